@@ -1,0 +1,638 @@
+//! The public cache: RAM tier in front of the shared disk tier.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clock::{Clock, SystemClock};
+use crate::entry::{Entry, ValueRef};
+use crate::error::{Error, Result};
+use crate::keys::{key_hash, validate_prefix};
+use crate::legacy;
+use crate::ram::RamTier;
+use crate::record::{self, Kind, MAX_RECORD_LEN};
+use crate::segment::Dir;
+use crate::store::{self, CompactReport, Store, VerifyReport};
+use crate::value::Stored;
+
+/// How the cache keeps its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// Shared disk tier and RAM tier.
+    Disk,
+    /// The directory could not be written: existing entries are served, new ones kept in RAM.
+    ReadOnly,
+    /// The directory could not be used at all: RAM only.
+    RamOnly,
+}
+
+/// Counters and sizes, with the original's field names first.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub ram_entries: u64,
+    /// Entries on disk (not files), expired ones included until `clear_expired`.
+    pub disk_files: u64,
+    pub ram_hits: u64,
+    pub disk_hits: u64,
+    pub misses: u64,
+    pub saves: u64,
+    pub evictions: u64,
+    /// Hits / lookups x 100, rounded to 2 decimals; 0.0 before the first lookup.
+    pub hit_rate_percent: f64,
+    pub temp_dir: String,
+    /// Bytes of records that belong to live entries.
+    pub live_bytes: u64,
+    /// Bytes of superseded, removed or expired records not yet reclaimed.
+    pub dead_bytes: u64,
+    /// Bytes of all segment files.
+    pub disk_bytes: u64,
+    pub index_generation: u64,
+    /// Records appended since the index was last rebuilt.
+    pub tail_records: u64,
+    pub storage: Storage,
+}
+
+/// Builds a [`Cache`]. Every setting has a default; see each method.
+#[must_use]
+#[derive(Clone)]
+pub struct CacheBuilder {
+    dir: PathBuf,
+    max_ram_entries: usize,
+    ttl: Duration,
+    file_mode: u32,
+    compact_records: u64,
+    compact_bytes: u64,
+    gc_min_dead: u64,
+    clock: Arc<dyn Clock>,
+}
+
+impl CacheBuilder {
+    /// Entries kept decoded in RAM (default 1000, as the original). 0 disables the RAM tier.
+    pub fn max_ram_entries(mut self, n: usize) -> Self {
+        self.max_ram_entries = n;
+        self
+    }
+
+    /// Age after which an entry is a miss (default 24 hours). Fractions of a second work.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The original's `cache_ttl_hours`, fractional hours allowed.
+    pub fn ttl_hours(self, hours: f64) -> Self {
+        let secs = if hours.is_finite() && hours > 0.0 {
+            hours * 3600.0
+        } else {
+            0.0
+        };
+        self.ttl(Duration::from_secs_f64(secs))
+    }
+
+    /// Permission bits of new files before the umask (default `0o644`; `0o600` keeps other
+    /// users out).
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = mode & 0o777;
+        self
+    }
+
+    /// Rebuild the index when this many records were appended since the last rebuild
+    /// (default 32768), bounding the work a process does when it opens the cache.
+    pub fn compact_after_records(mut self, n: u64) -> Self {
+        self.compact_records = n.max(1);
+        self
+    }
+
+    /// Rebuild the index when the active segment reaches this many bytes (default 64 MiB).
+    pub fn compact_after_bytes(mut self, n: u64) -> Self {
+        self.compact_bytes = n.max(1);
+        self
+    }
+
+    /// Rewrite a segment during compaction once it has at least this many dead bytes and
+    /// they are at least half of it (default 16 MiB).
+    pub fn rewrite_segments_with_dead_bytes(mut self, n: u64) -> Self {
+        self.gc_min_dead = n;
+        self
+    }
+
+    /// The clock used for timestamps and expiry (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Opens the cache. A directory that cannot be created or written gives a RAM-only (or
+    /// read-only) cache and a warning, as the original did; [`Cache::storage`] tells which.
+    /// Damaged files are rebuilt from what is intact.
+    pub fn open(self) -> Result<Cache> {
+        Ok(self.open_or_ram_only())
+    }
+
+    pub(crate) fn open_or_ram_only(self) -> Cache {
+        let ttl_secs = self.ttl.as_secs_f64();
+        let opts = store::Options {
+            mode: self.file_mode,
+            compact_records: self.compact_records,
+            compact_bytes: self.compact_bytes,
+            gc_min_dead: self.gc_min_dead,
+            ttl_secs,
+        };
+        let clock = Arc::clone(&self.clock);
+        let dir = Dir {
+            path: self.dir.clone(),
+            mode: self.file_mode,
+        };
+        let store = std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io("create directory", &self.dir, e))
+            .and_then(|()| {
+                Store::open(dir, opts, &|s: &Store| {
+                    migrate_original_files(s, ttl_secs, clock.now())
+                })
+            });
+        let (store, storage) = match store {
+            Ok(s) if s.is_writable() => (Some(s), Storage::Disk),
+            Ok(s) => {
+                log::warn!(
+                    "{} is read-only: new entries stay in RAM",
+                    self.dir.display()
+                );
+                (Some(s), Storage::ReadOnly)
+            }
+            Err(e) => {
+                log::warn!("{e}; the cache works from RAM only");
+                (None, Storage::RamOnly)
+            }
+        };
+        let cache = Cache {
+            dir: self.dir,
+            store,
+            storage,
+            ram: RamTier::new(self.max_ram_entries),
+            ttl_secs,
+            clock: self.clock,
+            local_seed: rand_seed(),
+            ram_hits: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            saves: AtomicU64::new(0),
+            flights: (0..64).map(|_| Mutex::new(())).collect(),
+        };
+        for line in cache.banner().lines() {
+            log::info!("{line}");
+        }
+        cache
+    }
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Brings the original's `{prefix}_{md5}.json` files into a newly created store; expired and
+/// damaged ones are left alone.
+fn migrate_original_files(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
+    let files = legacy::list_files(store.dir())?;
+    let mut buf = Vec::new();
+    let mut taken = 0usize;
+    for path in files {
+        match legacy::read_file(&path) {
+            Ok(e) if now - e.timestamp > ttl_secs => {}
+            Ok(e) => {
+                let hash = key_hash(store.seed(), &e.prefix, e.key.as_bytes());
+                record::encode(
+                    &mut buf,
+                    Kind::Legacy,
+                    hash,
+                    e.timestamp,
+                    &e.bytes,
+                    &e.prefix,
+                    e.key.as_bytes(),
+                );
+                taken += 1;
+            }
+            Err(err) => log::warn!("not migrated: {err}"),
+        }
+        if buf.len() >= 4 << 20 {
+            store.append(&buf, now, &|_| {})?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        store.append(&buf, now, &|_| {})?;
+    }
+    if taken > 0 {
+        log::info!(
+            "migrated {taken} entries of the original format from {}",
+            store.dir().display()
+        );
+    }
+    Ok(())
+}
+
+/// A persistent cache of JSON values (token counts above all), shared by the processes that
+/// open the same directory. `Send + Sync`: share one per process.
+pub struct Cache {
+    dir: PathBuf,
+    store: Option<Store>,
+    storage: Storage,
+    ram: RamTier,
+    ttl_secs: f64,
+    clock: Arc<dyn Clock>,
+    local_seed: u64,
+    ram_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    misses: AtomicU64,
+    saves: AtomicU64,
+    flights: Box<[Mutex<()>]>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.dir)
+            .field("storage", &self.storage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a lookup found its value.
+enum Found {
+    Ram(Stored),
+    Disk(ValueRef),
+}
+
+impl Cache {
+    /// Opens `dir` with the defaults: 1000 RAM entries, 24 h TTL.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(dir).open()
+    }
+
+    /// A builder for `dir`, with the defaults its methods document.
+    pub fn builder(dir: impl AsRef<Path>) -> CacheBuilder {
+        CacheBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            max_ram_entries: 1000,
+            ttl: Duration::from_secs(24 * 3600),
+            file_mode: 0o644,
+            compact_records: 32 * 1024,
+            compact_bytes: 64 << 20,
+            gc_min_dead: 16 << 20,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    /// The original's start-up banner.
+    pub fn banner(&self) -> String {
+        let s = self.get_stats();
+        let mut b = format!(
+            "Persistent token cache initialized\n  Cache directory: {}\n  Cache files: {}, RAM entries: {}",
+            s.temp_dir, s.disk_files, s.ram_entries
+        );
+        if s.disk_files > 0 {
+            b.push_str("\n  Existing cache files found - lazy loading enabled");
+        }
+        if self.storage != Storage::Disk {
+            b.push_str(&format!("\n  Storage degraded: {:?}", self.storage));
+        }
+        b
+    }
+
+    fn hash(&self, prefix: &str, key: &str) -> u64 {
+        let seed = self.store.as_ref().map_or(self.local_seed, Store::seed);
+        key_hash(seed, prefix, key.as_bytes())
+    }
+
+    fn expired(&self, timestamp: f64, now: f64) -> bool {
+        now - timestamp > self.ttl_secs
+    }
+
+    fn invalidate(&self, changed: Option<u64>) {
+        match changed {
+            Some(h) => self.ram.remove(h),
+            None => self.ram.clear(),
+        }
+    }
+
+    /// Follows other processes' writes; a failure leaves the last good view in use.
+    fn refresh(&self) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.refresh(&|c| self.invalidate(c))
+        {
+            log::warn!("cannot follow the cache's changes: {e}");
+        }
+    }
+
+    fn lookup(&self, prefix: &str, key: &str) -> Result<Option<Found>> {
+        validate_prefix(prefix)?;
+        let hash = self.hash(prefix, key);
+        let now = self.clock.now();
+        self.refresh();
+        if let Some((value, ts)) = self.ram.get(hash, prefix, key) {
+            if !self.expired(ts, now) {
+                self.ram_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(Found::Ram(value)));
+            }
+            self.ram.remove(hash);
+        }
+        let found = self.store.as_ref().and_then(|s| {
+            s.get(hash, prefix, key, |map, rec| {
+                (!self.expired(rec.timestamp, now)).then(|| ValueRef::mapped(map, rec))
+            })
+        });
+        match found.flatten() {
+            Some(v) => {
+                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Found::Disk(v)))
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The value of `key`, or `None` on a miss, an expired entry, a bad prefix, or a stored
+    /// value that does not decode into `T` ([`Cache::try_get`] tells these apart).
+    pub fn get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Option<T> {
+        self.try_get(prefix, key).unwrap_or_else(|e| {
+            log::debug!("get {prefix}/{}: {e}", key.len());
+            None
+        })
+    }
+
+    /// Like [`Cache::get`], with the reason of a failure.
+    pub fn try_get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Result<Option<T>> {
+        match self.lookup(prefix, key)? {
+            None => Ok(None),
+            Some(Found::Ram(v)) => v.to_value().map(Some),
+            Some(Found::Disk(r)) => {
+                let stored = r.to_stored().ok_or_else(|| {
+                    Error::InvalidValue("stored value is not valid UTF-8 JSON".into())
+                })?;
+                let value = stored.to_value()?;
+                self.ram
+                    .insert(self.hash(prefix, key), prefix, key, stored, r.timestamp());
+                Ok(Some(value))
+            }
+        }
+    }
+
+    /// The value without copying it out of the shared map where it can: token ids as
+    /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
+    pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
+        match self.lookup(prefix, key).ok()? {
+            None => None,
+            Some(Found::Ram(v)) => Some(ValueRef::owned(v, self.clock.now())),
+            Some(Found::Disk(r)) => Some(r),
+        }
+    }
+
+    /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map.
+    pub fn get_tokens(&self, prefix: &str, key: &str) -> Option<ValueRef> {
+        self.get_ref(prefix, key)
+            .filter(|v| v.as_tokens().is_some())
+    }
+
+    /// Stores `value` under `key` in RAM and on disk.
+    pub fn set<T: Serialize + ?Sized>(&self, prefix: &str, key: &str, value: &T) -> Result<()> {
+        validate_prefix(prefix)?;
+        self.put(prefix, key, Stored::from_value(value)?)
+    }
+
+    /// Stores token ids so that readers can borrow them as `&[u32]`.
+    pub fn set_tokens(&self, prefix: &str, key: &str, tokens: &[u32]) -> Result<()> {
+        validate_prefix(prefix)?;
+        self.put(prefix, key, Stored::Tokens(tokens.into()))
+    }
+
+    fn put(&self, prefix: &str, key: &str, value: Stored) -> Result<()> {
+        let (kind, bytes) = value.encode();
+        let now = self.clock.now();
+        self.write(prefix, key, kind, &bytes, now)?;
+        self.ram
+            .insert(self.hash(prefix, key), prefix, key, value, now);
+        self.saves.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        prefix: &str,
+        key: &str,
+        kind: Kind,
+        value: &[u8],
+        timestamp: f64,
+    ) -> Result<()> {
+        let len = record::encoded_len(value.len(), prefix.len(), key.len());
+        if len > MAX_RECORD_LEN {
+            return Err(Error::TooLarge {
+                what: "key and value",
+                len,
+                max: MAX_RECORD_LEN,
+            });
+        }
+        let Some(store) = self.store.as_ref().filter(|s| s.is_writable()) else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(len);
+        record::encode(
+            &mut buf,
+            kind,
+            self.hash(prefix, key),
+            timestamp,
+            value,
+            prefix,
+            key.as_bytes(),
+        );
+        store.append(&buf, self.clock.now(), &|c| self.invalidate(c))
+    }
+
+    /// Removes `key`; `true` if it was there.
+    pub fn remove(&self, prefix: &str, key: &str) -> Result<bool> {
+        validate_prefix(prefix)?;
+        self.refresh();
+        let hash = self.hash(prefix, key);
+        let on_disk = self
+            .store
+            .as_ref()
+            .and_then(|s| s.get(hash, prefix, key, |_, _| ()))
+            .is_some();
+        let in_ram = self.ram.get(hash, prefix, key).is_some();
+        if on_disk {
+            self.write(prefix, key, Kind::Tombstone, &[], self.clock.now())?;
+        }
+        self.ram.remove(hash);
+        Ok(on_disk || in_ram)
+    }
+
+    /// The value of `key`, computed by `compute` and stored on a miss. Concurrent callers in
+    /// this process asking for the same key compute it once.
+    pub fn get_or_insert_with<T, F>(&self, prefix: &str, key: &str, compute: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> T,
+    {
+        if let Some(v) = self.try_get(prefix, key)? {
+            return Ok(v);
+        }
+        let _flight = self.flights[self.hash(prefix, key) as usize % self.flights.len()].lock();
+        if let Some(v) = self.try_get(prefix, key)? {
+            return Ok(v);
+        }
+        let value = compute();
+        self.set(prefix, key, &value)?;
+        Ok(value)
+    }
+
+    /// Counters and sizes.
+    pub fn get_stats(&self) -> Stats {
+        self.refresh();
+        let disk = self.store.as_ref().map(Store::stats).unwrap_or_default();
+        let (ram_hits, disk_hits, misses) = (
+            self.ram_hits.load(Ordering::Relaxed),
+            self.disk_hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        );
+        let lookups = ram_hits + disk_hits + misses;
+        let hit_rate_percent = if lookups == 0 {
+            0.0
+        } else {
+            ((ram_hits + disk_hits) as f64 / lookups as f64 * 10_000.0).round() / 100.0
+        };
+        Stats {
+            ram_entries: self.ram.len() as u64,
+            disk_files: disk.entries,
+            ram_hits,
+            disk_hits,
+            misses,
+            saves: self.saves.load(Ordering::Relaxed),
+            evictions: self.ram.evictions.load(Ordering::Relaxed),
+            hit_rate_percent,
+            temp_dir: self.dir.display().to_string(),
+            live_bytes: disk.live_bytes,
+            dead_bytes: disk.disk_bytes - disk.live_bytes,
+            disk_bytes: disk.disk_bytes,
+            index_generation: disk.generation,
+            tail_records: disk.tail_records,
+            storage: self.storage,
+        }
+    }
+
+    fn writable_store(&self) -> Result<&Store> {
+        self.store
+            .as_ref()
+            .filter(|s| s.is_writable())
+            .ok_or_else(|| Error::Degraded {
+                reason: format!(
+                    "{} is not writable ({:?})",
+                    self.dir.display(),
+                    self.storage
+                ),
+            })
+    }
+
+    /// Drops expired entries from disk and reclaims their space; returns how many.
+    pub fn clear_expired(&self) -> Result<usize> {
+        let Ok(store) = self.writable_store() else {
+            return Ok(0);
+        };
+        let report = store.compact(self.clock.now(), true, &|c| self.invalidate(c))?;
+        Ok(report.expired as usize)
+    }
+
+    /// Rebuilds the index now: merges the appended records, reclaims mostly-dead segments.
+    pub fn compact(&self) -> Result<CompactReport> {
+        self.writable_store()?
+            .compact(self.clock.now(), false, &|c| self.invalidate(c))
+    }
+
+    /// Removes every entry from RAM and disk, the original-format entry files included.
+    /// Files that are not entries are left alone.
+    pub fn clear_all(&self) -> Result<()> {
+        self.ram.clear();
+        if let Ok(store) = self.writable_store() {
+            store.clear(&|c| self.invalidate(c))?;
+            for path in legacy::list_files(&self.dir)? {
+                if legacy::read_file(&path).is_ok() {
+                    std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every file of the cache (see [`VerifyReport`]); `progress` is called with the
+    /// number of records checked so far.
+    pub fn verify(&self, progress: impl FnMut(u64)) -> VerifyReport {
+        self.refresh();
+        match &self.store {
+            Some(s) => s.verify(progress),
+            None => VerifyReport {
+                problems: vec![format!(
+                    "{} holds no cache ({:?})",
+                    self.dir.display(),
+                    self.storage
+                )],
+                ..VerifyReport::default()
+            },
+        }
+    }
+
+    /// Makes every `set` before it durable (fsync of the active segment and control page).
+    pub fn flush(&self) -> Result<()> {
+        self.writable_store()?.flush()
+    }
+
+    /// Calls `f` with every entry on disk, expired ones included (see [`Entry::is_expired`]).
+    /// Streams: memory does not grow with the number of entries. `f` must not call back into
+    /// this cache.
+    pub fn for_each_entry(&self, mut f: impl FnMut(&Entry<'_>)) {
+        self.refresh();
+        let Some(store) = &self.store else { return };
+        let now = self.clock.now();
+        store.for_each(|rec| {
+            if let Some(e) = Entry::new(rec, now, self.ttl_secs) {
+                f(&e);
+            }
+        });
+    }
+
+    /// Stores one original-format entry object (a `{prefix}_{md5}.json` file's content or a
+    /// line of a JSONL export) with its own timestamp. `Ok(false)` if it is expired.
+    pub fn import_original(&self, bytes: Vec<u8>) -> Result<bool> {
+        let e = legacy::check_entry(bytes).map_err(Error::InvalidValue)?;
+        if self.expired(e.timestamp, self.clock.now()) {
+            return Ok(false);
+        }
+        let len = record::encoded_len(e.bytes.len(), e.prefix.len(), e.key.len());
+        if len > MAX_RECORD_LEN {
+            return Err(Error::TooLarge {
+                what: "entry",
+                len,
+                max: MAX_RECORD_LEN,
+            });
+        }
+        self.write(&e.prefix, &e.key, Kind::Legacy, &e.bytes, e.timestamp)?;
+        self.ram.remove(self.hash(&e.prefix, &e.key));
+        self.saves.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}

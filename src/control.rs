@@ -1,0 +1,136 @@
+//! The control page `tokcache.ctl`: magic, format version, hash seed, and the atomics every
+//! process follows (index generation, committed length of the active log, clear epoch).
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, IoContext, Result};
+use crate::map::SharedPage;
+
+pub(crate) const FILE_NAME: &str = "tokcache.ctl";
+pub(crate) const PAGE_LEN: usize = 4096;
+const MAGIC: &[u8; 8] = b"TOKCCTL1";
+const VERSION: u32 = 1;
+
+const OFF_VERSION: usize = 8;
+const OFF_PAGE_LEN: usize = 12;
+const OFF_SEED: usize = 16;
+const OFF_GENERATION: usize = 24;
+const OFF_COMMITTED: usize = 32;
+const OFF_CLEAR_EPOCH: usize = 40;
+
+/// A consistent reading of the moving fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct State {
+    pub generation: u64,
+    pub committed: u64,
+    pub clear_epoch: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Control {
+    page: SharedPage,
+    seed: u64,
+}
+
+impl Control {
+    /// Writes a fresh page (generation 0, nothing committed) to `path` atomically.
+    pub(crate) fn create(path: &Path, seed: u64, generation: u64) -> Result<()> {
+        let mut page = vec![0u8; PAGE_LEN];
+        page[..8].copy_from_slice(MAGIC);
+        page[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
+        page[OFF_PAGE_LEN..OFF_PAGE_LEN + 4].copy_from_slice(&(PAGE_LEN as u32).to_le_bytes());
+        page[OFF_SEED..OFF_SEED + 8].copy_from_slice(&seed.to_le_bytes());
+        page[OFF_GENERATION..OFF_GENERATION + 8].copy_from_slice(&generation.to_le_bytes());
+        crate::segment::write_new_file(path, &page)
+    }
+
+    /// Maps and checks an existing page.
+    pub(crate) fn open(path: &Path, writable: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .ctx("open control page", path)?;
+        let len = file.metadata().ctx("stat control page", path)?.len();
+        if len != PAGE_LEN as u64 {
+            return Err(Error::corrupt(
+                path,
+                format!("control page is {len} bytes, not {PAGE_LEN}"),
+            ));
+        }
+        let page = SharedPage::new(&file, PAGE_LEN, writable).ctx("map control page", path)?;
+        let b = page.bytes();
+        if &b[..8] != MAGIC {
+            return Err(Error::corrupt(
+                path,
+                "bad magic: not a tokcache control page",
+            ));
+        }
+        let version = u32::from_le_bytes(
+            b[OFF_VERSION..OFF_VERSION + 4]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        if version != VERSION {
+            return Err(Error::corrupt(
+                path,
+                format!("format version {version}, this build reads {VERSION}"),
+            ));
+        }
+        let seed = u64::from_le_bytes(b[OFF_SEED..OFF_SEED + 8].try_into().unwrap_or_default());
+        debug_assert_eq!(page.len(), PAGE_LEN);
+        Ok(Self { page, seed })
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Reads generation, committed length and clear epoch so that the committed length belongs
+    /// to the generation returned (writers publish a new generation after resetting the length).
+    pub(crate) fn state(&self) -> State {
+        loop {
+            let generation = self.page.atomic(OFF_GENERATION).load(Ordering::Acquire);
+            let committed = self.page.atomic(OFF_COMMITTED).load(Ordering::Acquire);
+            let clear_epoch = self.page.atomic(OFF_CLEAR_EPOCH).load(Ordering::Acquire);
+            if self.page.atomic(OFF_GENERATION).load(Ordering::Acquire) == generation {
+                return State {
+                    generation,
+                    committed,
+                    clear_epoch,
+                };
+            }
+        }
+    }
+
+    /// Publishes a new committed length. Caller holds the write lock.
+    pub(crate) fn publish_committed(&self, committed: u64) {
+        if self.page.is_writable() {
+            self.page
+                .atomic(OFF_COMMITTED)
+                .store(committed, Ordering::Release);
+        }
+    }
+
+    /// Publishes a new generation whose active log is empty. Caller holds the write lock.
+    pub(crate) fn publish_generation(&self, generation: u64, cleared: bool) {
+        if !self.page.is_writable() {
+            return;
+        }
+        self.page.atomic(OFF_COMMITTED).store(0, Ordering::Release);
+        if cleared {
+            self.page
+                .atomic(OFF_CLEAR_EPOCH)
+                .fetch_add(1, Ordering::AcqRel);
+        }
+        self.page
+            .atomic(OFF_GENERATION)
+            .store(generation, Ordering::Release);
+    }
+
+    pub(crate) fn flush(&self, path: &Path) -> Result<()> {
+        self.page.flush().ctx("sync control page", path)
+    }
+}

@@ -1,0 +1,223 @@
+//! Borrowed views of stored values and entries.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::keys::logical_name;
+use crate::map::{ReadMap, as_u32s};
+use crate::pyjson;
+use crate::record::{Kind, RecordRef};
+use crate::value::{Stored, legacy_value};
+
+/// A value found by [`Cache::get_ref`](crate::Cache::get_ref): borrowed from the shared map when
+/// it came from disk (the map stays alive as long as this does), or the RAM tier's copy.
+#[derive(Clone, Debug)]
+pub struct ValueRef {
+    inner: Inner,
+    timestamp: f64,
+}
+
+#[derive(Clone, Debug)]
+enum Inner {
+    Mapped {
+        map: Arc<ReadMap>,
+        start: usize,
+        end: usize,
+        kind: Kind,
+    },
+    Owned(Stored),
+}
+
+impl ValueRef {
+    pub(crate) fn mapped(map: &Arc<ReadMap>, rec: &RecordRef<'_>) -> Self {
+        let start = rec.value.as_ptr() as usize - map.bytes().as_ptr() as usize;
+        Self {
+            inner: Inner::Mapped {
+                map: Arc::clone(map),
+                start,
+                end: start + rec.value.len(),
+                kind: rec.kind,
+            },
+            timestamp: rec.timestamp,
+        }
+    }
+
+    pub(crate) fn owned(value: Stored, timestamp: f64) -> Self {
+        Self {
+            inner: Inner::Owned(value),
+            timestamp,
+        }
+    }
+
+    /// When the value was stored, in seconds since the Unix epoch.
+    pub fn timestamp(&self) -> f64 {
+        self.timestamp
+    }
+
+    /// An integer value (a token count).
+    pub fn as_i64(&self) -> Option<i64> {
+        match &self.inner {
+            Inner::Mapped {
+                map,
+                start,
+                end,
+                kind: Kind::Int,
+            } => Some(i64::from_le_bytes(
+                map.bytes()[*start..*end].try_into().ok()?,
+            )),
+            Inner::Owned(Stored::Int(i)) => Some(*i),
+            _ => self.decode().ok(),
+        }
+    }
+
+    /// A float value (integers convert).
+    pub fn as_f64(&self) -> Option<f64> {
+        match &self.inner {
+            Inner::Mapped {
+                map,
+                start,
+                end,
+                kind: Kind::Float,
+            } => Some(f64::from_le_bytes(
+                map.bytes()[*start..*end].try_into().ok()?,
+            )),
+            Inner::Owned(Stored::Float(f)) => Some(*f),
+            _ => self.as_i64().map(|i| i as f64),
+        }
+    }
+
+    /// Token ids stored with `set_tokens`, borrowed.
+    pub fn as_tokens(&self) -> Option<&[u32]> {
+        match &self.inner {
+            Inner::Mapped {
+                map,
+                start,
+                end,
+                kind: Kind::Tokens,
+            } => as_u32s(&map.bytes()[*start..*end]),
+            Inner::Owned(Stored::Tokens(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The JSON text of a value that is neither a number nor tokens, borrowed.
+    pub fn as_json_str(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Mapped {
+                map,
+                start,
+                end,
+                kind: Kind::Json,
+            } => std::str::from_utf8(&map.bytes()[*start..*end]).ok(),
+            Inner::Mapped {
+                map,
+                start,
+                end,
+                kind: Kind::Legacy,
+            } => legacy_value(&map.bytes()[*start..*end]),
+            Inner::Owned(Stored::Json(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_stored(&self) -> Option<Stored> {
+        match &self.inner {
+            Inner::Mapped {
+                map,
+                start,
+                end,
+                kind,
+            } => Stored::decode(*kind, &map.bytes()[*start..*end]),
+            Inner::Owned(v) => Some(v.clone()),
+        }
+    }
+
+    /// Deserializes the value.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        self.to_stored()
+            .ok_or_else(|| Error::InvalidValue("stored value is not valid".into()))?
+            .to_value()
+    }
+}
+
+/// One entry on disk, as [`Cache::for_each_entry`](crate::Cache::for_each_entry) shows it.
+pub struct Entry<'a> {
+    rec: &'a RecordRef<'a>,
+    prefix: &'a str,
+    key: &'a str,
+    age: f64,
+    expired: bool,
+}
+
+impl<'a> Entry<'a> {
+    pub(crate) fn new(rec: &'a RecordRef<'a>, now: f64, ttl_secs: f64) -> Option<Self> {
+        let prefix = std::str::from_utf8(rec.prefix).ok()?;
+        let key = std::str::from_utf8(rec.key).ok()?;
+        let age = now - rec.timestamp;
+        Some(Self {
+            rec,
+            prefix,
+            key,
+            age,
+            expired: age > ttl_secs,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        self.prefix
+    }
+
+    pub fn key(&self) -> &str {
+        self.key
+    }
+
+    pub fn timestamp(&self) -> f64 {
+        self.rec.timestamp
+    }
+
+    /// Seconds since the entry was stored.
+    pub fn age_secs(&self) -> f64 {
+        self.age
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.expired
+    }
+
+    /// Bytes of the stored value.
+    pub fn value_len(&self) -> usize {
+        self.rec.value.len()
+    }
+
+    /// `{prefix}_{md5hex(key)}`.
+    pub fn logical_name(&self) -> String {
+        logical_name(self.prefix, self.key)
+    }
+
+    /// Whether the entry came from an original-format file (exported as it was).
+    pub fn is_original(&self) -> bool {
+        self.rec.kind == Kind::Legacy
+    }
+
+    /// The value as the original would write it.
+    pub fn value_json(&self) -> Option<String> {
+        let value = Stored::decode(self.rec.kind, self.rec.value)?;
+        let mut out = String::new();
+        pyjson::write_value(&mut out, &value)?;
+        Some(out)
+    }
+
+    /// The entry's file content in the original format: byte for byte what the original wrote
+    /// for entries that came from it, else the same JSON the original would have written.
+    pub fn to_original_json(&self) -> Option<String> {
+        if self.rec.kind == Kind::Legacy {
+            return String::from_utf8(self.rec.value.to_vec()).ok();
+        }
+        let value = Stored::decode(self.rec.kind, self.rec.value)?;
+        let mut out = String::with_capacity(self.key.len() + self.rec.value.len() + 64);
+        pyjson::write_entry(&mut out, self.key, &value, self.rec.timestamp, self.prefix)?;
+        Some(out)
+    }
+}

@@ -1,0 +1,100 @@
+//! The one public error type.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in tokcache.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation failed; `op` says what the cache was doing, `path` on which file.
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A prefix that is not 1-64 of `[A-Za-z0-9_.-]`, or that starts with `.`.
+    InvalidPrefix {
+        prefix: String,
+        reason: &'static str,
+    },
+    /// A value that JSON cannot hold (NaN, infinity) or that cannot be serialized.
+    InvalidValue(String),
+    /// A key or value over the size a record can hold.
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A stored value could not be decoded into the type asked for.
+    Decode(serde_json::Error),
+    /// A file of the cache is damaged or of an unknown format.
+    Corrupt { path: PathBuf, reason: String },
+    /// The cache could not use its directory and works from RAM only (or read-only), so the
+    /// operation cannot do what it promises (for example `flush`).
+    Degraded { reason: String },
+}
+
+/// `Result` with tokcache's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Attaches the operation and path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, path, source } => {
+                write!(f, "cannot {op} {}: {source}", path.display())
+            }
+            Error::InvalidPrefix { prefix, reason } => {
+                write!(f, "invalid prefix {prefix:?}: {reason}")
+            }
+            Error::InvalidValue(why) => write!(f, "invalid value: {why}"),
+            Error::TooLarge { what, len, max } => {
+                write!(f, "{what} of {len} bytes is over the limit of {max} bytes")
+            }
+            Error::Decode(e) => write!(f, "stored value does not decode into the asked type: {e}"),
+            Error::Corrupt { path, reason } => {
+                write!(f, "corrupt cache file {}: {reason}", path.display())
+            }
+            Error::Degraded { reason } => write!(f, "cache is degraded: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
+}

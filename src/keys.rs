@@ -1,0 +1,124 @@
+//! Prefixes, key hashing, logical names and the two real key formats.
+
+use md5::{Digest, Md5};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::error::{Error, Result};
+
+/// The prefix of token-count entries in the original.
+pub const TOKEN_COUNT: &str = "token_count";
+/// The prefix of symbol-efficiency entries in the original.
+pub const SYMBOL_EFFICIENCY: &str = "symbol_efficiency";
+/// The original's default prefix.
+pub const DEFAULT_PREFIX: &str = "token";
+/// Longest prefix accepted.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// The original's token-count key: `tokenizer:{tokenizer}:{text}`.
+pub fn token_count_key(tokenizer: &str, text: &str) -> String {
+    let mut key = String::with_capacity(11 + tokenizer.len() + text.len());
+    key.push_str("tokenizer:");
+    key.push_str(tokenizer);
+    key.push(':');
+    key.push_str(text);
+    key
+}
+
+/// The original's symbol-efficiency key: `symbol_test:{symbol}:{contexts joined by "|"}`.
+pub fn symbol_test_key<S: AsRef<str>>(symbol: &str, contexts: &[S]) -> String {
+    let mut key = format!("symbol_test:{symbol}:");
+    for (i, c) in contexts.iter().enumerate() {
+        if i > 0 {
+            key.push('|');
+        }
+        key.push_str(c.as_ref());
+    }
+    key
+}
+
+/// `{prefix}_{md5hex(key)}`: the entry's name in the original format (its file is this + `.json`).
+pub fn logical_name(prefix: &str, key: &str) -> String {
+    format!("{prefix}_{}", md5_hex(key.as_bytes()))
+}
+
+pub(crate) fn md5_hex(bytes: &[u8]) -> String {
+    let digest: [u8; 16] = Md5::digest(bytes).into();
+    let mut hex = String::with_capacity(32);
+    for b in digest {
+        hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        hex.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
+    }
+    hex
+}
+
+/// Checks a prefix: 1-64 of ASCII letters, digits, `_`, `-`, `.`, not starting with `.`.
+pub fn validate_prefix(prefix: &str) -> Result<()> {
+    let reason = if prefix.is_empty() {
+        "empty"
+    } else if prefix.len() > MAX_PREFIX_LEN {
+        "longer than 64 bytes"
+    } else if prefix.starts_with('.') {
+        "starts with '.'"
+    } else if !prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        "only ASCII letters, digits, '_', '-' and '.' are allowed"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidPrefix {
+        prefix: prefix.to_string(),
+        reason,
+    })
+}
+
+/// The 64-bit key hash used by every table: seeded xxh3 of the key, the seed mixed with the
+/// prefix. The seed is random per cache directory, so outsiders cannot aim collisions at it.
+#[inline]
+pub(crate) fn key_hash(seed: u64, prefix: &str, key: &[u8]) -> u64 {
+    xxh3_64_with_seed(key, seed ^ xxh3_64(prefix.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logical_name_matches_python_hashlib() {
+        // python3 -c 'import hashlib;print(hashlib.md5("hello".encode()).hexdigest())'
+        assert_eq!(
+            logical_name("test", "hello"),
+            "test_5d41402abc4b2a76b9719d911017c592"
+        );
+    }
+
+    #[test]
+    fn prefixes() {
+        for ok in ["token", "token_count", "a.b-c_9", &"x".repeat(64)] {
+            assert!(validate_prefix(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "/abs",
+            ".hidden",
+            "a b",
+            "a\0b",
+            &"x".repeat(65),
+            "é",
+        ] {
+            assert!(validate_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_formats() {
+        assert_eq!(
+            token_count_key("cl100k_base", "hi"),
+            "tokenizer:cl100k_base:hi"
+        );
+        assert_eq!(symbol_test_key("§", &["a", "b"]), "symbol_test:§:a|b");
+        assert_ne!(key_hash(1, "a", b"k"), key_hash(1, "b", b"k"));
+    }
+}

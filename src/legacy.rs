@@ -1,0 +1,104 @@
+//! Entries in the original's format: `{prefix}_{md5hex(key)}.json` files holding
+//! `{"key","value","timestamp","prefix"}`. Read when a cache is first created in a directory the
+//! original wrote, by `import`, and removed by `clear_all`. Other files are never touched.
+
+use std::fs;
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::keys::{md5_hex, validate_prefix};
+use crate::value::legacy_entry;
+
+/// Splits `{prefix}_{32 lowercase hex}.json` into prefix and digest.
+pub(crate) fn parse_file_name(name: &str) -> Option<(&str, &str)> {
+    let stem = name.strip_suffix(".json")?;
+    let (prefix, md5) = stem.rsplit_once('_')?;
+    let hex = md5.len() == 32 && md5.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (hex && validate_prefix(prefix).is_ok()).then_some((prefix, md5))
+}
+
+/// An original-format entry, checked.
+#[derive(Debug)]
+pub struct OriginalEntry {
+    pub prefix: String,
+    pub key: String,
+    pub timestamp: f64,
+    /// The whole object as it was written.
+    pub bytes: Vec<u8>,
+}
+
+/// Why an original-format entry was not taken.
+pub(crate) fn check_entry(bytes: Vec<u8>) -> std::result::Result<OriginalEntry, String> {
+    let Some(e) = legacy_entry(&bytes) else {
+        return Err("not an entry object {key, value, timestamp, prefix}".into());
+    };
+    validate_prefix(&e.prefix).map_err(|e| e.to_string())?;
+    if !e.timestamp.is_finite() {
+        return Err("timestamp is not a finite number".into());
+    }
+    let (prefix, key, timestamp) = (e.prefix.into_owned(), e.key.into_owned(), e.timestamp);
+    Ok(OriginalEntry {
+        prefix,
+        key,
+        timestamp,
+        bytes,
+    })
+}
+
+/// Reads one `{prefix}_{md5}.json` file and checks that its content matches its name.
+pub(crate) fn read_file(path: &Path) -> Result<OriginalEntry> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let Some((prefix, md5)) = parse_file_name(name) else {
+        return Err(Error::corrupt(path, "name is not {prefix}_{md5}.json"));
+    };
+    let meta = fs::symlink_metadata(path).ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(Error::corrupt(path, "not a regular file"));
+    }
+    let bytes = fs::read(path).ctx("read", path)?;
+    let entry = check_entry(bytes).map_err(|why| Error::corrupt(path, why))?;
+    if entry.prefix != prefix {
+        return Err(Error::corrupt(path, "prefix inside differs from the name"));
+    }
+    if md5_hex(entry.key.as_bytes()) != md5 {
+        return Err(Error::corrupt(path, "md5 of the key differs from the name"));
+    }
+    Ok(entry)
+}
+
+/// The original-format entry files of `dir`, by name only.
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).ctx("list directory", dir)? {
+        let e = e.ctx("list directory", dir)?;
+        if e.file_name().to_str().and_then(parse_file_name).is_some() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        assert_eq!(
+            parse_file_name(&format!("token_count_{md5}.json")),
+            Some(("token_count", md5))
+        );
+        assert_eq!(parse_file_name(&format!("x_{md5}.json.tmp")), None);
+        assert_eq!(parse_file_name(&format!("_{md5}.json")), None);
+        assert_eq!(parse_file_name("config.json"), None);
+        assert_eq!(
+            parse_file_name(&format!("x_{}.json", md5.to_uppercase())),
+            None
+        );
+    }
+}

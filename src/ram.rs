@@ -1,0 +1,153 @@
+//! The RAM tier: decoded values of recently used entries, bounded in count, evicted by CLOCK
+//! (an LRU approximation whose hits take only a shared lock). Sharded by key hash.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::value::Stored;
+
+struct Entry {
+    hash: u64,
+    prefix: Box<str>,
+    key: Box<str>,
+    value: Stored,
+    timestamp: f64,
+    referenced: AtomicBool,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: Vec<Entry>,
+    by_hash: HashMap<u64, usize>,
+    hand: usize,
+}
+
+pub(crate) struct RamTier {
+    shards: Box<[RwLock<Shard>]>,
+    per_shard: usize,
+    len: AtomicUsize,
+    pub(crate) evictions: AtomicU64,
+}
+
+impl RamTier {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let shards = if capacity >= 4096 { 8 } else { 1 };
+        Self {
+            shards: (0..shards).map(|_| RwLock::new(Shard::default())).collect(),
+            per_shard: capacity.div_ceil(shards),
+            len: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // The table index uses the low bits; shards use the high ones.
+        &self.shards[(hash >> 58) as usize % self.shards.len()]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// The value and its timestamp, if present.
+    pub(crate) fn get(&self, hash: u64, prefix: &str, key: &str) -> Option<(Stored, f64)> {
+        let shard = self.shard(hash).read();
+        let e = &shard.entries[*shard.by_hash.get(&hash)?];
+        if &*e.key != key || &*e.prefix != prefix {
+            return None;
+        }
+        e.referenced.store(true, Ordering::Relaxed);
+        Some((e.value.clone(), e.timestamp))
+    }
+
+    pub(crate) fn insert(&self, hash: u64, prefix: &str, key: &str, value: Stored, timestamp: f64) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let mut guard = self.shard(hash).write();
+        let shard = &mut *guard;
+        let entry = Entry {
+            hash,
+            prefix: prefix.into(),
+            key: key.into(),
+            value,
+            timestamp,
+            referenced: AtomicBool::new(false),
+        };
+        if let Some(&i) = shard.by_hash.get(&hash) {
+            shard.entries[i] = entry;
+            return;
+        }
+        if shard.entries.len() < self.per_shard {
+            shard.by_hash.insert(hash, shard.entries.len());
+            shard.entries.push(entry);
+            self.len.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        loop {
+            let i = shard.hand;
+            shard.hand = (shard.hand + 1) % shard.entries.len();
+            if !shard.entries[i].referenced.swap(false, Ordering::Relaxed) {
+                shard.by_hash.remove(&shard.entries[i].hash);
+                shard.by_hash.insert(hash, i);
+                shard.entries[i] = entry;
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Drops the entry of this hash, whatever its key.
+    pub(crate) fn remove(&self, hash: u64) {
+        let mut guard = self.shard(hash).write();
+        let shard = &mut *guard;
+        let Some(i) = shard.by_hash.remove(&hash) else {
+            return;
+        };
+        shard.entries.swap_remove(i);
+        if let Some(moved) = shard.entries.get(i) {
+            shard.by_hash.insert(moved.hash, i);
+        }
+        if shard.hand >= shard.entries.len() {
+            shard.hand = 0;
+        }
+        self.len.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn clear(&self) {
+        for s in self.shards.iter() {
+            let mut s = s.write();
+            self.len.fetch_sub(s.entries.len(), Ordering::Relaxed);
+            *s = Shard::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_with_clock_order() {
+        let ram = RamTier::new(3);
+        for (h, k) in [(1, "a"), (2, "b"), (3, "c")] {
+            ram.insert(h, "p", k, Stored::Int(h as i64), 0.0);
+        }
+        assert!(ram.get(1, "p", "a").is_some()); // a is referenced
+        ram.insert(4, "p", "d", Stored::Int(4), 0.0);
+        assert_eq!(ram.len(), 3);
+        assert!(
+            ram.get(2, "p", "b").is_none(),
+            "b was the least recently used"
+        );
+        assert!(ram.get(1, "p", "a").is_some());
+        assert!(ram.get(1, "p", "other").is_none(), "same hash, other key");
+        assert_eq!(ram.evictions.load(Ordering::Relaxed), 1);
+        ram.remove(1);
+        assert_eq!(ram.len(), 2);
+        ram.clear();
+        assert_eq!(ram.len(), 0);
+    }
+}

@@ -1,0 +1,142 @@
+//! Segment files `seg-NNNNNNNNNN.tks`: append-only runs of records. The active one (the log) is
+//! appended to under the write lock; the others are immutable. None is ever truncated.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result};
+use crate::map::ReadMap;
+use crate::record::{self, RecordRef};
+
+pub(crate) fn segment_name(id: u32) -> String {
+    format!("seg-{id:010}.tks")
+}
+
+/// Parses a segment file name back into its id.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".tks")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Where the cache's files live and with which permission bits new ones are made.
+#[derive(Clone, Debug)]
+pub(crate) struct Dir {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+impl Dir {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Opens (creating if needed) a segment for appending. Never follows a symlink.
+    pub(crate) fn open_log(&self, id: u32) -> Result<(File, PathBuf)> {
+        let path = self.join(&segment_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(self.mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ctx("open segment", &path)?;
+        Ok((file, path))
+    }
+
+    /// Writes a whole new file atomically: `NAME.new`, fsync, rename over `NAME`, fsync the dir.
+    pub(crate) fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_new_file_mode(&self.join(name), bytes, self.mode)
+    }
+
+    pub(crate) fn sync(&self) -> Result<()> {
+        sync_dir(&self.path)
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("sync directory", dir)
+}
+
+pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_new_file_mode(path, bytes, 0o644)
+}
+
+fn write_new_file_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(".new");
+    let staging = PathBuf::from(staging);
+    let _ = fs::remove_file(&staging);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&staging)
+        .ctx("create", &staging)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&staging);
+        return Err(crate::Error::io("write", &staging, e));
+    }
+    fs::rename(&staging, path).ctx("rename into place", path)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at `offset` of the log (beyond the committed length, so no reader sees them
+/// until the length is published).
+pub(crate) fn append_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+    file.write_all_at(bytes, offset)
+        .ctx("append to segment", path)
+}
+
+/// Maps the first `len` bytes of a segment, or fewer if the file is shorter (damaged).
+pub(crate) fn map_segment(file: &File, path: &Path, len: u64) -> Result<ReadMap> {
+    let on_disk = file.metadata().ctx("stat segment", path)?.len();
+    let len = len.min(on_disk);
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    ReadMap::new(file, len).ctx("map segment", path)
+}
+
+/// Walks the records of `buf` from `start`, stopping at the end or at the first bad record.
+/// Returns the offset where it stopped and why, if it stopped early.
+pub(crate) fn scan<'a>(
+    buf: &'a [u8],
+    start: usize,
+    mut visit: impl FnMut(usize, &RecordRef<'a>),
+) -> (usize, Option<&'static str>) {
+    let mut off = start;
+    while off < buf.len() {
+        match record::decode(buf, off) {
+            Ok(rec) => {
+                visit(off, &rec);
+                off += rec.len;
+            }
+            Err(why) => return (off, Some(why)),
+        }
+    }
+    (off, None)
+}
+
+/// Lists the segment ids present in `dir`, sorted.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).ctx("list directory", dir)? {
+        let entry = entry.ctx("list directory", dir)?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
