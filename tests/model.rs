@@ -1,0 +1,123 @@
+//! Random operation sequences against a `HashMap` model, through two handles on one directory
+//! (as two processes would have), with compaction and segment rewriting forced often.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use tokcache::Cache;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Set {
+        handle: bool,
+        key: u8,
+        value: u32,
+        big: bool,
+    },
+    Tokens {
+        handle: bool,
+        key: u8,
+        len: u8,
+    },
+    Remove {
+        handle: bool,
+        key: u8,
+    },
+    Get {
+        handle: bool,
+        key: u8,
+    },
+    Compact,
+    Reopen,
+    ClearAll,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<bool>(), 0..24u8, any::<u32>(), any::<bool>()).prop_map(|(handle, key, value, big)| Op::Set { handle, key, value, big }),
+        1 => (any::<bool>(), 0..24u8, 0..40u8).prop_map(|(handle, key, len)| Op::Tokens { handle, key, len }),
+        2 => (any::<bool>(), 0..24u8).prop_map(|(handle, key)| Op::Remove { handle, key }),
+        6 => (any::<bool>(), 0..24u8).prop_map(|(handle, key)| Op::Get { handle, key }),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::ClearAll),
+    ]
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Val {
+    Json(String),
+    Tokens(Vec<u32>),
+}
+
+fn key(k: u8) -> String {
+    // Some keys share a prefix of many bytes, some are long, one is empty.
+    match k {
+        0 => String::new(),
+        1..=4 => format!("tokenizer:cl100k_base:{}", "x".repeat(k as usize * 1000)),
+        _ => format!("k{k}-ü🙂"),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Cache {
+    Cache::builder(dir)
+        .max_ram_entries(4)
+        .compact_after_records(7)
+        .rewrite_segments_with_dead_bytes(0)
+        .open()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn behaves_like_a_hashmap(ops in proptest::collection::vec(op(), 1..120)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut handles = [open(tmp.path()), open(tmp.path())];
+        let mut model: HashMap<String, Val> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Set { handle, key: k, value, big } => {
+                    let v = if big { format!("{value}-{}", "v".repeat(3000)) } else { value.to_string() };
+                    handles[handle as usize].set("test", &key(k), &v).unwrap();
+                    model.insert(key(k), Val::Json(v));
+                }
+                Op::Tokens { handle, key: k, len } => {
+                    let t: Vec<u32> = (0..u32::from(len)).map(|i| i * 31 + u32::from(k)).collect();
+                    handles[handle as usize].set_tokens("test", &key(k), &t).unwrap();
+                    model.insert(key(k), Val::Tokens(t));
+                }
+                Op::Remove { handle, key: k } => {
+                    let was = handles[handle as usize].remove("test", &key(k)).unwrap();
+                    prop_assert_eq!(was, model.remove(&key(k)).is_some());
+                }
+                Op::Get { handle, key: k } => {
+                    let c = &handles[handle as usize];
+                    let got = match model.get(&key(k)) {
+                        Some(Val::Tokens(_)) => c.get_tokens("test", &key(k)).map(|r| Val::Tokens(r.as_tokens().unwrap().to_vec())),
+                        _ => c.get::<String>("test", &key(k)).map(Val::Json),
+                    };
+                    prop_assert_eq!(got.as_ref(), model.get(&key(k)));
+                }
+                Op::Compact => { handles[0].compact().unwrap(); }
+                Op::Reopen => { handles = [open(tmp.path()), open(tmp.path())]; }
+                Op::ClearAll => { handles[1].clear_all().unwrap(); model.clear(); }
+            }
+            prop_assert_eq!(handles[0].get_stats().disk_files, model.len() as u64);
+        }
+        let fresh = open(tmp.path());
+        for (k, v) in &model {
+            let got = match v {
+                Val::Tokens(_) => fresh.get_tokens("test", k).map(|r| Val::Tokens(r.as_tokens().unwrap().to_vec())),
+                Val::Json(_) => fresh.get::<String>("test", k).map(Val::Json),
+            };
+            prop_assert_eq!(got.as_ref(), Some(v));
+        }
+        let mut seen = 0;
+        fresh.for_each_entry(|_| seen += 1);
+        prop_assert_eq!(seen, model.len());
+        let report = fresh.verify(|_| {});
+        prop_assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}

@@ -1,0 +1,174 @@
+//! Real processes sharing one cache directory. The workers are this test binary re-run with
+//! `TOKCACHE_WORKER` set, entering through the ignored `worker` test.
+
+use std::process::{Command, Stdio};
+
+use tokcache::Cache;
+
+const WORKERS: usize = 4;
+const KEYS: usize = 300;
+
+fn value_of(key: &str) -> u64 {
+    key.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(1099511628211)
+    }) >> 8
+}
+
+fn open(dir: &str) -> Cache {
+    Cache::builder(dir)
+        .max_ram_entries(64)
+        .compact_after_records(200)
+        .rewrite_segments_with_dead_bytes(0)
+        .open()
+        .unwrap()
+}
+
+/// Worker body: writes its own keys and the shared keys, reads everything it can, and exits
+/// non-zero on any wrong value.
+#[test]
+#[ignore = "entry point of the worker processes of this file"]
+fn worker() {
+    let Ok(spec) = std::env::var("TOKCACHE_WORKER") else {
+        return;
+    };
+    let (dir, me) = spec.split_once('|').unwrap();
+    let me: usize = me.parse().unwrap();
+    let cache = open(dir);
+    let mut wrong = 0;
+    for i in 0..KEYS {
+        let own = format!("own-{me}-{i}");
+        cache.set("test", &own, &value_of(&own)).unwrap();
+        let shared = format!("shared-{}", (i * 7 + me) % KEYS);
+        cache.set("test", &shared, &value_of(&shared)).unwrap();
+        if i % 3 == me % 3 {
+            cache
+                .remove("test", &format!("shared-{}", (i * 13) % KEYS))
+                .unwrap();
+        }
+        for other in 0..WORKERS {
+            let k = format!("own-{other}-{}", i / 2);
+            if let Some(v) = cache.get::<u64>("test", &k) {
+                wrong += usize::from(v != value_of(&k));
+            }
+            let k = format!("shared-{}", (i + other) % KEYS);
+            if let Some(v) = cache.get::<u64>("test", &k) {
+                wrong += usize::from(v != value_of(&k));
+            }
+        }
+    }
+    cache.flush().unwrap();
+    assert_eq!(wrong, 0, "worker {me} read {wrong} wrong values");
+}
+
+fn spawn(dir: &str, me: usize) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "worker",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TOKCACHE_WORKER", format!("{dir}|{me}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn four_processes_write_and_read_overlapping_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let children: Vec<_> = (0..WORKERS).map(|me| spawn(&dir, me)).collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let cache = open(&dir);
+    for me in 0..WORKERS {
+        for i in 0..KEYS {
+            let k = format!("own-{me}-{i}");
+            assert_eq!(
+                cache.get::<u64>("test", &k),
+                Some(value_of(&k)),
+                "lost write {k}"
+            );
+        }
+    }
+    for i in 0..KEYS {
+        let k = format!("shared-{i}");
+        if let Some(v) = cache.get::<u64>("test", &k) {
+            assert_eq!(v, value_of(&k));
+        }
+    }
+    let report = cache.verify(|_| {});
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        cache.get_stats().index_generation > 0,
+        "compaction ran while workers wrote"
+    );
+}
+
+#[test]
+fn overwrite_and_remove_are_seen_by_another_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let a = Cache::open(dir).unwrap();
+    let b = Cache::open(dir).unwrap();
+    a.set("test", "k", &1u64).unwrap();
+    assert_eq!(b.get::<u64>("test", "k"), Some(1));
+    a.set("test", "k", &2u64).unwrap();
+    assert_eq!(
+        b.get::<u64>("test", "k"),
+        Some(2),
+        "RAM tier of b was invalidated"
+    );
+    a.remove("test", "k").unwrap();
+    assert_eq!(b.get::<u64>("test", "k"), None);
+    a.set("test", "k", &3u64).unwrap();
+    a.compact().unwrap();
+    assert_eq!(b.get::<u64>("test", "k"), Some(3));
+    b.clear_all().unwrap();
+    assert_eq!(a.get::<u64>("test", "k"), None);
+
+    // And across a real process boundary: a child process reads what this one wrote.
+    a.set("test", "own-9-1", &value_of("own-9-1")).unwrap();
+    a.flush().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "reader",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TOKCACHE_READER", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        a.get::<u64>("test", "own-9-1"),
+        None,
+        "the child removed it"
+    );
+}
+
+#[test]
+#[ignore = "entry point of a reader process"]
+fn reader() {
+    let Ok(dir) = std::env::var("TOKCACHE_READER") else {
+        return;
+    };
+    let c = Cache::open(dir).unwrap();
+    assert_eq!(c.get::<u64>("test", "own-9-1"), Some(value_of("own-9-1")));
+    assert!(c.remove("test", "own-9-1").unwrap());
+}
