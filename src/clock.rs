@@ -31,6 +31,16 @@ impl ManualClock {
         Self(Mutex::new(SystemClock.now()))
     }
 
+    /// Starts at `secs` since the Unix epoch.
+    pub fn at(secs: f64) -> Self {
+        Self(Mutex::new(secs))
+    }
+
+    /// Moves to `secs` since the Unix epoch.
+    pub fn set(&self, secs: f64) {
+        *self.0.lock() = secs;
+    }
+
     pub fn advance(&self, secs: f64) {
         *self.0.lock() += secs;
     }
