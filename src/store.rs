@@ -562,6 +562,15 @@ impl Store {
                 reason: "no index loaded".into(),
             });
         };
+        if !index.verify_checksum() {
+            let why = format!("{}: archive checksum mismatch", index.path.display());
+            drop(v);
+            let generation = self.rebuild_locked(&why)?;
+            return Ok(CompactReport {
+                generation,
+                ..CompactReport::default()
+            });
+        }
         let body = index.body();
         let mut superseded = vec![false; body.slots.len()];
         let mut entries: Vec<Slot> =
@@ -752,7 +761,7 @@ impl Store {
 
     /// Rebuilds the index from every segment in the directory, rewriting the live records into
     /// a fresh segment. Caller holds the write lock (or is creating the store).
-    fn rebuild_locked(&self, why: &str) -> Result<()> {
+    fn rebuild_locked(&self, why: &str) -> Result<u64> {
         log::warn!(
             "{}: {why}; rebuilding from the segments",
             self.dir.path.display()
@@ -837,7 +846,8 @@ impl Store {
             id + 1,
             segments,
             &entries,
-        ))
+        ))?;
+        Ok(generation)
     }
 
     /// Makes everything appended so far durable.

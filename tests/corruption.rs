@@ -1,0 +1,201 @@
+//! Damaged files: every file of a cache truncated, extended and bit-flipped. Opening and reading
+//! never panic and never return a wrong value; the cache keeps working; verify reports damage.
+
+use std::path::Path;
+
+use tokcache::Cache;
+
+const KEYS: usize = 400;
+
+fn value_of(key: &str) -> String {
+    format!("v:{}:{}", key.len(), key.chars().rev().collect::<String>())
+}
+
+fn key(i: usize) -> String {
+    format!("tokenizer:cl100k_base:{i}-{}", "p".repeat(i % 50))
+}
+
+/// A cache with entries in compacted segments, a rewritten segment and a live tail.
+fn build(dir: &Path) {
+    let cache = Cache::builder(dir)
+        .compact_after_records(150)
+        .rewrite_segments_with_dead_bytes(0)
+        .open()
+        .unwrap();
+    for round in 0..2 {
+        for i in 0..KEYS {
+            if round == 1 && i % 3 == 0 {
+                continue;
+            }
+            cache.set("test", &key(i), &value_of(&key(i))).unwrap();
+        }
+    }
+    for i in (0..KEYS).step_by(7) {
+        cache.remove("test", &key(i)).unwrap();
+    }
+    cache.flush().unwrap();
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Reads every key: each answer must be a miss or the right value. Returns the hits.
+fn check_no_wrong_values(dir: &Path) -> usize {
+    let cache = Cache::open(dir).unwrap();
+    let mut hits = 0;
+    for i in 0..KEYS {
+        if let Some(v) = cache.get::<String>("test", &key(i)) {
+            assert_eq!(v, value_of(&key(i)), "wrong value for key {i}");
+            hits += 1;
+        }
+    }
+    cache.set("test", "after-damage", "works").unwrap();
+    assert_eq!(
+        cache.get::<String>("test", "after-damage").as_deref(),
+        Some("works")
+    );
+    drop(cache);
+    assert_eq!(
+        Cache::open(dir)
+            .unwrap()
+            .get::<String>("test", "after-damage")
+            .as_deref(),
+        Some("works")
+    );
+    hits
+}
+
+fn our_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn damaged_copy(src: &Path, file: &str, damage: impl FnOnce(&mut Vec<u8>)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in our_files(src) {
+        std::fs::copy(src.join(&name), tmp.path().join(&name)).unwrap();
+    }
+    let path = tmp.path().join(file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&path, bytes).unwrap();
+    tmp
+}
+
+#[test]
+fn intact_cache_is_sound() {
+    let tmp = tempfile::tempdir().unwrap();
+    build(tmp.path());
+    let cache = Cache::open(tmp.path()).unwrap();
+    let report = cache.verify(|_| {});
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.records_checked > KEYS as u64);
+    let expected = (0..KEYS).filter(|i| i % 7 != 0).count();
+    assert_eq!(check_no_wrong_values(tmp.path()), expected);
+}
+
+#[test]
+fn every_file_truncated_extended_and_flipped() {
+    let src = tempfile::tempdir().unwrap();
+    build(src.path());
+    let files = our_files(src.path());
+    assert!(
+        files.iter().any(|f| f.ends_with(".tki"))
+            && files.iter().filter(|f| f.ends_with(".tks")).count() >= 2,
+        "{files:?}"
+    );
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut runs = 0;
+    for file in &files {
+        let len = std::fs::metadata(src.path().join(file)).unwrap().len() as usize;
+        let cuts = [0, 1, len / 3, len / 2, len.saturating_sub(1)];
+        for cut in cuts {
+            let tmp = damaged_copy(src.path(), file, |b| b.truncate(cut));
+            check_no_wrong_values(tmp.path());
+            runs += 1;
+        }
+        let tmp = damaged_copy(src.path(), file, |b| {
+            b.extend((0..4099).map(|i| (i * 7) as u8))
+        });
+        check_no_wrong_values(tmp.path());
+        runs += 1;
+        for _ in 0..12 {
+            let flips = 1 + rng.next() as usize % 4;
+            let seed = rng.next();
+            let tmp = damaged_copy(src.path(), file, |b| {
+                let mut r = Rng(seed | 1);
+                for _ in 0..flips {
+                    if !b.is_empty() {
+                        let at = r.next() as usize % b.len();
+                        b[at] ^= 1 << (r.next() % 8);
+                    }
+                }
+            });
+            check_no_wrong_values(tmp.path());
+            runs += 1;
+        }
+    }
+    assert!(runs > 50);
+}
+
+#[test]
+fn verify_reports_damage_and_recovery_keeps_the_intact_entries() {
+    let src = tempfile::tempdir().unwrap();
+    build(src.path());
+    let seg = our_files(src.path())
+        .into_iter()
+        .find(|f| f.ends_with(".tks"))
+        .unwrap();
+    // A flipped byte in the first record's header of the oldest segment.
+    let tmp = damaged_copy(src.path(), &seg, |b| b[10] ^= 0xff);
+    let cache = Cache::open(tmp.path()).unwrap();
+    let report = cache.verify(|_| {});
+    assert!(!report.problems.is_empty(), "damage went unreported");
+    drop(cache);
+    let hits = check_no_wrong_values(tmp.path());
+    assert!(
+        hits > KEYS / 2,
+        "only {hits} entries survived one flipped byte"
+    );
+
+    // A damaged index is rebuilt from the segments: every entry survives.
+    let index = our_files(src.path())
+        .into_iter()
+        .find(|f| f.ends_with(".tki"))
+        .unwrap();
+    let tmp = damaged_copy(src.path(), &index, |b| {
+        let n = b.len();
+        b[n / 2] ^= 0x55;
+        b[70] ^= 0x55;
+    });
+    let expected = (0..KEYS).filter(|i| i % 7 != 0).count();
+    let hits = check_no_wrong_values(tmp.path());
+    assert!(hits >= expected - 2, "{hits} of {expected}");
+    // The index checksum is not read on open (O(1) open); compaction reads it and rebuilds.
+    let cache = Cache::open(tmp.path()).unwrap();
+    assert!(
+        !cache.verify(|_| {}).problems.is_empty(),
+        "verify sees the damaged index"
+    );
+    cache.compact().unwrap();
+    let report = cache.verify(|_| {});
+    assert!(
+        report.problems.is_empty(),
+        "after repair: {:?}",
+        report.problems
+    );
+    drop(cache);
+    assert!(check_no_wrong_values(tmp.path()) >= expected);
+}
