@@ -340,14 +340,20 @@ impl Cache {
         }
     }
 
-    fn lookup(&self, prefix: &str, key: &str) -> Result<Option<Found>> {
+    /// Finds a live value. `count` says whether this lookup goes into the hit/miss counters.
+    fn lookup(&self, prefix: &str, key: &str, count: bool) -> Result<Option<Found>> {
+        let tally = |c: &AtomicU64| {
+            if count {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        };
         validate_prefix(prefix)?;
         let hash = self.hash(prefix, key);
         let now = self.clock.now();
         self.refresh();
         if let Some((value, ts)) = self.ram.get(hash, prefix, key) {
             if !self.expired(ts, now) {
-                self.ram_hits.fetch_add(1, Ordering::Relaxed);
+                tally(&self.ram_hits);
                 return Ok(Some(Found::Ram(value)));
             }
             self.ram.remove(hash);
@@ -359,11 +365,11 @@ impl Cache {
         });
         match found.flatten() {
             Some(v) => {
-                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                tally(&self.disk_hits);
                 Ok(Some(Found::Disk(v)))
             }
             None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
+                tally(&self.misses);
                 Ok(None)
             }
         }
@@ -380,7 +386,16 @@ impl Cache {
 
     /// Like [`Cache::get`], with the reason of a failure.
     pub fn try_get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Result<Option<T>> {
-        match self.lookup(prefix, key)? {
+        self.get_counted(prefix, key, true)
+    }
+
+    fn get_counted<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        key: &str,
+        count: bool,
+    ) -> Result<Option<T>> {
+        match self.lookup(prefix, key, count)? {
             None => Ok(None),
             Some(Found::Ram(v)) => v.to_value().map(Some),
             Some(Found::Disk(r)) => {
@@ -398,7 +413,7 @@ impl Cache {
     /// The value without copying it out of the shared map where it can: token ids as
     /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        match self.lookup(prefix, key).ok()? {
+        match self.lookup(prefix, key, true).ok()? {
             None => None,
             Some(Found::Ram(v)) => Some(ValueRef::owned(v, self.clock.now())),
             Some(Found::Disk(r)) => Some(r),
@@ -494,7 +509,7 @@ impl Cache {
             return Ok(v);
         }
         let _flight = self.flights[self.hash(prefix, key) as usize % self.flights.len()].lock();
-        if let Some(v) = self.try_get(prefix, key)? {
+        if let Some(v) = self.get_counted(prefix, key, false)? {
             return Ok(v);
         }
         let value = compute();

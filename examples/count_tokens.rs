@@ -1,0 +1,201 @@
+//! The main job: count the tokens of real chat conversations with tiktoken's `cl100k_base`
+//! through the cache, as an LLM proxy does on every turn, first in this process and then in a
+//! second, fresh process that finds everything on disk.
+//!
+//!     cargo run --release --example count_tokens [-- --dir temp --data examples/data]
+//!
+//! Each file of `--data` is one conversation; messages are separated by lines holding `---`.
+//! On turn t the proxy counts every message so far and the whole prompt, as the original did
+//! (prefix `token_count`, key `tokenizer:cl100k_base:{text}`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use tiktoken_rs::CoreBPE;
+use tokcache::{Cache, keys::TOKEN_COUNT, token_count_key};
+
+struct Args {
+    dir: PathBuf,
+    data: PathBuf,
+    child: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        dir: PathBuf::from("temp"),
+        data: Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data"),
+        child: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => args.dir = it.next().ok_or("--dir needs a value")?.into(),
+            "--data" => args.data = it.next().ok_or("--data needs a value")?.into(),
+            "--child" => args.child = true,
+            "-h" | "--help" => {
+                return Err("usage: count_tokens [--dir DIR (default temp)] [--data DIR (default examples/data)]".into());
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        }
+    }
+    Ok(args)
+}
+
+/// Every text the proxy counts, in order: per turn, each message so far and the whole prompt.
+fn workload(data: &Path) -> Result<Vec<String>, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
+        .map_err(|e| format!("cannot read {}: {e}", data.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    let mut texts = Vec::new();
+    for f in files {
+        let body =
+            std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let messages: Vec<&str> = body
+            .split("\n---\n")
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect();
+        for turn in 1..=messages.len() {
+            texts.extend(messages[..turn].iter().map(|m| m.to_string()));
+            texts.push(messages[..turn].join("\n\n"));
+        }
+    }
+    if texts.is_empty() {
+        return Err(format!("no .txt conversations in {}", data.display()));
+    }
+    Ok(texts)
+}
+
+fn count(bpe: &CoreBPE, text: &str) -> u64 {
+    bpe.encode_with_special_tokens(text).len() as u64
+}
+
+/// Runs the workload through the cache; returns the elapsed time and checks every count.
+fn through_cache(cache: &Cache, bpe: &CoreBPE, texts: &[String]) -> Result<Duration, String> {
+    let keys: Vec<String> = texts
+        .iter()
+        .map(|t| token_count_key("cl100k_base", t))
+        .collect();
+    let start = Instant::now();
+    let mut counts = Vec::with_capacity(texts.len());
+    for (text, key) in texts.iter().zip(&keys) {
+        let n = cache
+            .get_or_insert_with(TOKEN_COUNT, key, || count(bpe, text))
+            .map_err(|e| format!("cache: {e}"))?;
+        counts.push(n);
+    }
+    let elapsed = start.elapsed();
+    for (text, n) in texts.iter().zip(counts) {
+        if n != count(bpe, text) {
+            return Err(format!(
+                "wrong count {n} from the cache for a text of {} bytes",
+                text.len()
+            ));
+        }
+    }
+    Ok(elapsed)
+}
+
+fn per_op(d: Duration, n: usize) -> String {
+    format!("{:.2} us", d.as_secs_f64() * 1e6 / n as f64)
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    let texts = workload(&args.data)?;
+    let bpe = tiktoken_rs::cl100k_base().map_err(|e| format!("tokenizer: {e}"))?;
+    let cache = Cache::open(&args.dir).map_err(|e| e.to_string())?;
+
+    if args.child {
+        let elapsed = through_cache(&cache, &bpe, &texts)?;
+        let stats = serde_json::to_string(&cache.get_stats()).map_err(|e| e.to_string())?;
+        println!("{}\t{stats}", elapsed.as_nanos());
+        return Ok(());
+    }
+
+    println!("{}\n", cache.banner());
+    let bytes: usize = texts.iter().map(String::len).sum();
+    println!(
+        "workload: {} token counts of texts from {} ({} KiB, largest {} bytes)",
+        texts.len(),
+        args.data.display(),
+        bytes / 1024,
+        texts.iter().map(String::len).max().unwrap_or(0)
+    );
+
+    let start = Instant::now();
+    let total: u64 = texts.iter().map(|t| count(&bpe, t)).sum();
+    let tokenizer_only = start.elapsed();
+    println!(
+        "tokenizer only (no cache):         {:>10} per count, {total} tokens in all",
+        per_op(tokenizer_only, texts.len())
+    );
+
+    let this_process = through_cache(&cache, &bpe, &texts)?;
+    let s = cache.get_stats();
+    println!(
+        "through the cache, this process:   {:>10} per count ({} computed, {} RAM hits, {} disk hits)",
+        per_op(this_process, texts.len()),
+        s.misses,
+        s.ram_hits,
+        s.disk_hits
+    );
+
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .args(["--child", "--dir"])
+        .arg(&args.dir)
+        .arg("--data")
+        .arg(&args.data)
+        .output()
+        .map_err(|e| format!("cannot start the second process: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "second process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let (nanos, child_stats) = line
+        .trim()
+        .split_once('\t')
+        .ok_or("second process printed no result")?;
+    let child = Duration::from_nanos(
+        nanos
+            .parse()
+            .map_err(|_| "bad timing from the second process")?,
+    );
+    let child_stats: serde_json::Value =
+        serde_json::from_str(child_stats).map_err(|e| e.to_string())?;
+    println!(
+        "through the cache, fresh process:  {:>10} per count ({} computed, {} disk hits, {} RAM hits)",
+        per_op(child, texts.len()),
+        child_stats["misses"],
+        child_stats["disk_hits"],
+        child_stats["ram_hits"]
+    );
+    println!(
+        "\nspeed-up over tokenizing: {:.0}x in this process, {:.0}x in a fresh process; every cached count checked against the tokenizer",
+        tokenizer_only.as_secs_f64() / this_process.as_secs_f64(),
+        tokenizer_only.as_secs_f64() / child.as_secs_f64()
+    );
+    println!(
+        "\nstats: {}",
+        serde_json::to_string_pretty(&cache.get_stats()).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("count_tokens: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
