@@ -122,6 +122,19 @@ impl ValueRef {
         }
     }
 
+    /// The value as compact JSON text (numbers and token lists written out).
+    pub fn to_json_string(&self) -> Option<String> {
+        if let Some(s) = self.as_json_str() {
+            return Some(s.to_string());
+        }
+        match self.to_stored()? {
+            Stored::Int(i) => Some(i.to_string()),
+            Stored::Float(f) => serde_json::to_string(&f).ok(),
+            Stored::Tokens(t) => serde_json::to_string(&*t).ok(),
+            Stored::Json(s) => Some(s.to_string()),
+        }
+    }
+
     pub(crate) fn to_stored(&self) -> Option<Stored> {
         match &self.inner {
             Inner::Mapped {
