@@ -14,8 +14,9 @@ use crate::entry::{Entry, ValueRef};
 use crate::error::{Error, Result};
 use crate::keys::{key_hash, validate_prefix};
 use crate::legacy;
+use crate::map::ReadMap;
 use crate::ram::RamTier;
-use crate::record::{self, Kind, MAX_RECORD_LEN};
+use crate::record::{self, Kind, MAX_RECORD_LEN, RecordRef};
 use crate::segment::Dir;
 use crate::store::{self, CompactReport, Store, VerifyReport};
 use crate::value::Stored;
@@ -266,9 +267,9 @@ impl std::fmt::Debug for Cache {
 }
 
 /// Where a lookup found its value.
-enum Found {
-    Ram(Stored),
-    Disk(ValueRef),
+enum Hit<'a> {
+    Ram(Stored, f64),
+    Disk(&'a Arc<ReadMap>, &'a RecordRef<'a>),
 }
 
 impl Cache {
@@ -340,8 +341,15 @@ impl Cache {
         }
     }
 
-    /// Finds a live value. `count` says whether this lookup goes into the hit/miss counters.
-    fn lookup(&self, prefix: &str, key: &str, count: bool) -> Result<Option<Found>> {
+    /// Finds a live value and hands it to `extract` with the key's hash. `count` says whether
+    /// this lookup goes into the hit/miss counters.
+    fn lookup<R>(
+        &self,
+        prefix: &str,
+        key: &str,
+        count: bool,
+        extract: impl FnOnce(u64, Hit<'_>) -> R,
+    ) -> Result<Option<R>> {
         let tally = |c: &AtomicU64| {
             if count {
                 c.fetch_add(1, Ordering::Relaxed);
@@ -349,30 +357,27 @@ impl Cache {
         };
         validate_prefix(prefix)?;
         let hash = self.hash(prefix, key);
-        let now = self.clock.now();
+        let now = self.clock.now_coarse();
         self.refresh();
         if let Some((value, ts)) = self.ram.get(hash, prefix, key) {
             if !self.expired(ts, now) {
                 tally(&self.ram_hits);
-                return Ok(Some(Found::Ram(value)));
+                return Ok(Some(extract(hash, Hit::Ram(value, ts))));
             }
             self.ram.remove(hash);
         }
         let found = self.store.as_ref().and_then(|s| {
             s.get(hash, prefix, key, |map, rec| {
-                (!self.expired(rec.timestamp, now)).then(|| ValueRef::mapped(map, rec))
+                (!self.expired(rec.timestamp, now)).then(|| extract(hash, Hit::Disk(map, rec)))
             })
         });
-        match found.flatten() {
-            Some(v) => {
-                tally(&self.disk_hits);
-                Ok(Some(Found::Disk(v)))
-            }
-            None => {
-                tally(&self.misses);
-                Ok(None)
-            }
-        }
+        let found = found.flatten();
+        tally(if found.is_some() {
+            &self.disk_hits
+        } else {
+            &self.misses
+        });
+        Ok(found)
     }
 
     /// The value of `key`, or `None` on a miss, an expired entry, a bad prefix, or a stored
@@ -395,29 +400,29 @@ impl Cache {
         key: &str,
         count: bool,
     ) -> Result<Option<T>> {
-        match self.lookup(prefix, key, count)? {
-            None => Ok(None),
-            Some(Found::Ram(v)) => v.to_value().map(Some),
-            Some(Found::Disk(r)) => {
-                let stored = r.to_stored().ok_or_else(|| {
+        self.lookup(prefix, key, count, |hash, hit| match hit {
+            Hit::Ram(v, _) => v.to_value(),
+            Hit::Disk(_, rec) => {
+                let stored = Stored::decode(rec.kind, rec.value).ok_or_else(|| {
                     Error::InvalidValue("stored value is not valid UTF-8 JSON".into())
                 })?;
                 let value = stored.to_value()?;
-                self.ram
-                    .insert(self.hash(prefix, key), prefix, key, stored, r.timestamp());
-                Ok(Some(value))
+                self.ram.insert(hash, prefix, key, stored, rec.timestamp);
+                Ok(value)
             }
-        }
+        })?
+        .transpose()
     }
 
     /// The value without copying it out of the shared map where it can: token ids as
     /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        match self.lookup(prefix, key, true).ok()? {
-            None => None,
-            Some(Found::Ram(v)) => Some(ValueRef::owned(v, self.clock.now())),
-            Some(Found::Disk(r)) => Some(r),
-        }
+        self.lookup(prefix, key, true, |_, hit| match hit {
+            Hit::Ram(v, ts) => ValueRef::owned(v, ts),
+            Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
+        })
+        .ok()
+        .flatten()
     }
 
     /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map.

@@ -7,6 +7,11 @@ use parking_lot::Mutex;
 /// A source of "now", in seconds since the Unix epoch (the original's `time.time()`).
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> f64;
+
+    /// "Now" to within a few milliseconds, for expiry checks on the read path (default: `now`).
+    fn now_coarse(&self) -> f64 {
+        self.now()
+    }
 }
 
 /// The system clock.
@@ -18,6 +23,10 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    fn now_coarse(&self) -> f64 {
+        crate::map::coarse_realtime().unwrap_or_else(|| self.now())
     }
 }
 

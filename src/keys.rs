@@ -80,6 +80,28 @@ pub(crate) fn key_hash(seed: u64, prefix: &str, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, seed ^ xxh3_64(prefix.as_bytes()))
 }
 
+/// A `Hasher` for maps whose keys already are [`key_hash`] values: it passes them through.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by key hashes.
+pub(crate) type HashKeyed<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<PassThrough>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,3 +114,15 @@ pub(crate) fn as_u32s(bytes: &[u8]) -> Option<&[u32]> {
     // the stored little-endian words read as their values.
     Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u32, bytes.len() / 4) })
 }
+
+/// Seconds since the Unix epoch from `CLOCK_REALTIME_COARSE` (a few ms resolution, a few ns to
+/// read), or `None` if the kernel refuses it.
+pub(crate) fn coarse_realtime() -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec owned by this frame; clock_gettime only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}

@@ -1,11 +1,11 @@
 //! The RAM tier: decoded values of recently used entries, bounded in count, evicted by CLOCK
 //! (an LRU approximation whose hits take only a shared lock). Sharded by key hash.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::keys::HashKeyed;
 use crate::value::Stored;
 
 struct Entry {
@@ -20,7 +20,7 @@ struct Entry {
 #[derive(Default)]
 struct Shard {
     entries: Vec<Entry>,
-    by_hash: HashMap<u64, usize>,
+    by_hash: HashKeyed<usize>,
     hand: usize,
 }
 
@@ -53,6 +53,9 @@ impl RamTier {
 
     /// The value and its timestamp, if present.
     pub(crate) fn get(&self, hash: u64, prefix: &str, key: &str) -> Option<(Stored, f64)> {
+        if self.per_shard == 0 {
+            return None;
+        }
         let shard = self.shard(hash).read();
         let e = &shard.entries[*shard.by_hash.get(&hash)?];
         if &*e.key != key || &*e.prefix != prefix {

@@ -100,6 +100,19 @@ pub(crate) fn append_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> 
         .ctx("append to segment", path)
 }
 
+/// Grows the log file so that `need` bytes fit, in steps that double up to 64 MiB, so that
+/// readers map it rarely. The new bytes are sparse zeros past the committed length.
+pub(crate) fn reserve(file: &File, path: &Path, current: u64, need: u64) -> Result<u64> {
+    if need <= current {
+        return Ok(current);
+    }
+    const MIB: u64 = 1 << 20;
+    let step = current.clamp(MIB, 64 * MIB);
+    let len = need.max(current + step).next_multiple_of(MIB);
+    file.set_len(len).ctx("grow segment", path)?;
+    Ok(len)
+}
+
 /// Maps the first `len` bytes of a segment, or fewer if the file is shorter (damaged).
 pub(crate) fn map_segment(file: &File, path: &Path, len: u64) -> Result<ReadMap> {
     let on_disk = file.metadata().ctx("stat segment", path)?.len();

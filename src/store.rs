@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::control::{self, Control, State};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Index, IndexBody, SegmentInfo, Slot};
-use crate::keys::key_hash;
+use crate::keys::{HashKeyed, key_hash};
 use crate::lock::LockFile;
 use crate::map::ReadMap;
 use crate::record::{self, Kind, RecordRef};
@@ -55,9 +55,11 @@ struct View {
     log: Option<File>,
     log_path: PathBuf,
     log_map: Arc<ReadMap>,
+    /// Length of the log file (preallocated past the committed length).
+    log_len: u64,
     scanned: u64,
     seen_committed: u64,
-    tail: HashMap<u64, Vec<TailLoc>>,
+    tail: HashKeyed<Vec<TailLoc>>,
     tail_records: u64,
     /// Entries the tail adds to (or removes from) the index's count.
     delta: i64,
@@ -122,11 +124,16 @@ impl View {
             let Some(file) = &self.log else {
                 return Ok(Vec::new());
             };
-            self.log_map = Arc::new(segment::map_segment(file, &self.log_path, committed)?);
+            let len = file.metadata().ctx("stat segment", &self.log_path)?.len();
+            self.log_len = len;
+            self.log_map = Arc::new(segment::map_segment(file, &self.log_path, len)?);
         }
         let map = Arc::clone(&self.log_map);
+        let end = usize::try_from(committed)
+            .unwrap_or(usize::MAX)
+            .min(map.bytes().len());
         let mut records = Vec::new();
-        let (stop, why) = segment::scan(map.bytes(), self.scanned as usize, |off, rec| {
+        let (stop, why) = segment::scan(&map.bytes()[..end], self.scanned as usize, |off, rec| {
             records.push((off, *rec))
         });
         if let Some(why) = why
@@ -352,9 +359,10 @@ impl Store {
             log: None,
             log_path: dir.join("none"),
             log_map: Arc::new(ReadMap::empty()),
+            log_len: 0,
             scanned: 0,
             seen_committed: 0,
-            tail: HashMap::new(),
+            tail: HashKeyed::default(),
             tail_records: 0,
             delta: 0,
         }
@@ -395,8 +403,12 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound && state.committed == 0 => None,
             Err(e) => return Err(Error::io("open segment", &log_path, e)),
         };
+        let log_len = match &log {
+            Some(f) => f.metadata().ctx("stat segment", &log_path)?.len(),
+            None => 0,
+        };
         let log_map = match &log {
-            Some(f) => segment::map_segment(f, &log_path, state.committed)?,
+            Some(f) => segment::map_segment(f, &log_path, log_len)?,
             None => ReadMap::empty(),
         };
         let mut view = View {
@@ -408,9 +420,10 @@ impl Store {
             log,
             log_path,
             log_map: Arc::new(log_map),
+            log_len,
             scanned: 0,
             seen_committed: 0,
-            tail: HashMap::new(),
+            tail: HashKeyed::default(),
             tail_records: 0,
             delta: 0,
         };
@@ -522,8 +535,11 @@ impl Store {
             v.log = Some(file);
         }
         let off = v.scanned;
-        if let Some(file) = &v.log {
-            segment::append_at(file, &v.log_path, off, bytes)?;
+        let view = &mut *v;
+        if let Some(file) = &view.log {
+            view.log_len =
+                segment::reserve(file, &view.log_path, view.log_len, off + bytes.len() as u64)?;
+            segment::append_at(file, &view.log_path, off, bytes)?;
         }
         let committed = off + bytes.len() as u64;
         self.control.publish_committed(committed);
@@ -683,6 +699,9 @@ impl Store {
             .map(|s| s.len)
             .sum();
         if let (Some(log), true) = (&v.log, referenced.contains(&v.active)) {
+            // Seal: trim the preallocated, never-published tail (no process reads past the
+            // published length), then make the segment durable.
+            log.set_len(v.scanned).ctx("seal segment", &v.log_path)?;
             log.sync_data().ctx("sync segment", &v.log_path)?;
         }
         let generation = v.generation + 1;
@@ -991,7 +1010,10 @@ impl Store {
                     map.bytes().len()
                 ));
             }
-            let (stop, why) = segment::scan(map.bytes(), 0, |_, rec| {
+            let valid = &map.bytes()[..usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .min(map.bytes().len())];
+            let (stop, why) = segment::scan(valid, 0, |_, rec| {
                 report.records_checked += 1;
                 let ok = std::str::from_utf8(rec.prefix)
                     .is_ok_and(|p| key_hash(self.seed(), p, rec.key) == rec.key_hash);
