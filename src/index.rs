@@ -66,9 +66,20 @@ pub(crate) struct IndexBody {
     /// The segment appended to after this index was written.
     pub active_segment: u32,
     pub segments: Vec<SegmentInfo>,
-    /// Power-of-two length; linear probing.
+    /// Linear probing from `(hash * len) >> 64`; at most 3/4 full.
     pub slots: Vec<Slot>,
     pub entries: u64,
+}
+
+/// The slot a hash probes first: `(hash * len) >> 64`, so any table length works.
+#[inline]
+fn home(hash: u64, len: usize) -> usize {
+    ((u128::from(hash) * len as u128) >> 64) as usize
+}
+
+#[inline]
+fn next(i: usize, len: usize) -> usize {
+    if i + 1 == len { 0 } else { i + 1 }
 }
 
 impl IndexBody {
@@ -80,13 +91,12 @@ impl IndexBody {
         segments: Vec<SegmentInfo>,
         entries: &[Slot],
     ) -> Self {
-        let cap = (entries.len() * 4 / 3 + 1).next_power_of_two().max(16);
-        let mask = cap - 1;
+        let cap = (entries.len() * 4 / 3 + 1).max(16);
         let mut slots = vec![Slot::VACANT; cap];
         for e in entries {
-            let mut i = e.hash as usize & mask;
+            let mut i = home(e.hash, cap);
             while slots[i].seg != EMPTY {
-                i = (i + 1) & mask;
+                i = next(i, cap);
             }
             slots[i] = *e;
         }
@@ -181,8 +191,7 @@ impl Index {
         let archive = &b[HEADER_LEN..];
         let body = rkyv::access::<ArchivedIndexBody, rkyv::rancor::Error>(archive)
             .map_err(|e| Error::corrupt(path, format!("invalid archive: {e}")))?;
-        let slots = body.slots.len();
-        if !slots.is_power_of_two() || body.generation != generation || body.seed != seed {
+        if body.slots.is_empty() || body.generation != generation || body.seed != seed {
             return Err(Error::corrupt(path, "archive disagrees with its header"));
         }
         Ok(Self {
@@ -211,8 +220,7 @@ impl Index {
         mut f: impl FnMut(&ArchivedSlot) -> Option<R>,
     ) -> Option<R> {
         let slots = &self.body().slots;
-        let mask = slots.len() - 1;
-        let mut i = hash as usize & mask;
+        let mut i = home(hash, slots.len());
         for _ in 0..slots.len() {
             let s = &slots[i];
             if s.seg == EMPTY {
@@ -223,7 +231,7 @@ impl Index {
             {
                 return Some(r);
             }
-            i = (i + 1) & mask;
+            i = next(i, slots.len());
         }
         None
     }
@@ -235,8 +243,7 @@ impl Index {
         mut f: impl FnMut(&ArchivedSlot) -> bool,
     ) -> Option<usize> {
         let slots = &self.body().slots;
-        let mask = slots.len() - 1;
-        let mut i = hash as usize & mask;
+        let mut i = home(hash, slots.len());
         for _ in 0..slots.len() {
             let s = &slots[i];
             if s.seg == EMPTY {
@@ -245,7 +252,7 @@ impl Index {
             if s.hash == hash && f(s) {
                 return Some(i);
             }
-            i = (i + 1) & mask;
+            i = next(i, slots.len());
         }
         None
     }
