@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, IoContext, Result};
 use crate::map::SharedPage;
+use crate::segment::Dir;
 
 pub(crate) const FILE_NAME: &str = "tokcache.ctl";
 pub(crate) const PAGE_LEN: usize = 4096;
@@ -36,14 +37,14 @@ pub(crate) struct Control {
 
 impl Control {
     /// Writes a fresh page (generation 0, nothing committed) to `path` atomically.
-    pub(crate) fn create(path: &Path, seed: u64, generation: u64) -> Result<()> {
+    pub(crate) fn create(dir: &Dir, seed: u64, generation: u64) -> Result<()> {
         let mut page = vec![0u8; PAGE_LEN];
         page[..8].copy_from_slice(MAGIC);
         page[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
         page[OFF_PAGE_LEN..OFF_PAGE_LEN + 4].copy_from_slice(&(PAGE_LEN as u32).to_le_bytes());
         page[OFF_SEED..OFF_SEED + 8].copy_from_slice(&seed.to_le_bytes());
         page[OFF_GENERATION..OFF_GENERATION + 8].copy_from_slice(&generation.to_le_bytes());
-        crate::segment::write_new_file(path, &page)
+        dir.write_file(FILE_NAME, &page)
     }
 
     /// Maps and checks an existing page.

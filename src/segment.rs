@@ -51,7 +51,7 @@ impl Dir {
 
     /// Writes a whole new file atomically: `NAME.new`, fsync, rename over `NAME`, fsync the dir.
     pub(crate) fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        write_new_file_mode(&self.join(name), bytes, self.mode)
+        write_new_file(&self.join(name), bytes, self.mode)
     }
 
     pub(crate) fn sync(&self) -> Result<()> {
@@ -65,11 +65,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("sync directory", dir)
 }
 
-pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_new_file_mode(path, bytes, 0o644)
-}
-
-fn write_new_file_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut staging = path.as_os_str().to_owned();
     staging.push(".new");
     let staging = PathBuf::from(staging);

@@ -277,7 +277,7 @@ impl Store {
                             log::warn!("{first}; rebuilding the control page");
                         }
                         let generation = Self::highest_index_generation(&dir)?.map_or(0, |g| g + 1);
-                        Control::create(&ctl_path, random_seed(), generation)?;
+                        Control::create(&dir, random_seed(), generation)?;
                         drop(held);
                         (Control::open(&ctl_path, true)?, true)
                     }

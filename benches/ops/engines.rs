@@ -105,6 +105,7 @@ pub use compare::{Lmdb, Redb};
 mod compare {
     use super::*;
     use heed::types::{Bytes, Str};
+    use redb::ReadableDatabase;
 
     pub struct Lmdb {
         env: heed::Env,

@@ -1,0 +1,59 @@
+//! Helpers shared by the tests that spawn real processes: the child is this same test binary,
+//! entering through an `#[ignore]`d test that does nothing unless its variable is set.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+
+/// A value derived from the key, so a wrong value is detectable anywhere.
+pub fn value_of(key: &str) -> u64 {
+    key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    }) >> 8
+}
+
+/// Starts this test binary running only the ignored test `entry`, with `var=spec`.
+pub fn spawn_child(entry: &str, var: &str, spec: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            entry,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(var, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child and panics with its output if it failed.
+pub fn expect_success(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A small xorshift generator: tests are reproducible from their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
