@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::control::{self, Control, State};
 use crate::error::{Error, IoContext, Result};
@@ -299,15 +299,18 @@ impl Store {
             let _l = store.lock()?;
             if store.list_segments()?.is_empty() {
                 store.write_empty_generation(store.control.state().generation, 0)?;
-                store.reload(&|_| {})?;
+                store.reload(&|_| {}, true)?;
                 drop(_l);
                 drop(_w);
                 migrate(&store)?;
             } else {
-                store.rebuild_locked("control page was missing or damaged")?;
+                store.rebuild_locked(
+                    &mut store.view.write(),
+                    "control page was missing or damaged",
+                )?;
             }
         } else {
-            store.reload(&|_| {})?;
+            store.reload(&|_| {}, false)?;
         }
         Ok(store)
     }
@@ -431,14 +434,16 @@ impl Store {
         Ok(view)
     }
 
-    /// Loads the current generation, retrying while a compaction elsewhere moves files away.
-    fn reload(&self, on_change: OnChange<'_>) -> Result<()> {
+    /// Loads the current generation, retrying while a compaction elsewhere moves files away;
+    /// rebuilds it from the segments if it cannot be read. `locked`: the caller holds the
+    /// writer mutex and the file lock (and no view guard).
+    fn reload(&self, on_change: OnChange<'_>, locked: bool) -> Result<()> {
         let mut last = None;
         for _ in 0..64 {
             let state = self.control.state();
             match self.load_view(state) {
                 Ok(v) => {
-                    *self.view.write() = v;
+                    self.install_view(v);
                     on_change(None);
                     return Ok(());
                 }
@@ -455,20 +460,49 @@ impl Store {
             return Err(e);
         }
         log::warn!("{e}; rebuilding the index from the segments");
-        let _w = self.writer.lock();
-        let _l = self.lock()?;
+        let held = if locked {
+            None
+        } else {
+            Some((self.writer.lock(), self.lock()?))
+        };
         let state = self.control.state();
         match self.load_view(state) {
-            Ok(v) => {
-                *self.view.write() = v;
-                on_change(None);
-                Ok(())
-            }
+            Ok(v) => self.install_view(v),
             Err(_) => {
-                self.rebuild_locked("index unreadable")?;
-                on_change(None);
-                Ok(())
+                self.rebuild_locked(&mut self.view.write(), "index unreadable")?;
             }
+        }
+        drop(held);
+        on_change(None);
+        Ok(())
+    }
+
+    /// Replaces the view unless it would go back: a thread that loaded an older state while
+    /// another moved on must not undo that.
+    fn install_view(&self, new: View) {
+        let mut cur = self.view.write();
+        let newer = cur.index.is_none()
+            || new.generation > cur.generation
+            || (new.generation == cur.generation && new.scanned >= cur.scanned);
+        if newer {
+            *cur = new;
+        }
+    }
+
+    /// The view, caught up with the control page, held for writing. The caller holds the file
+    /// lock, so nothing moves while the guard lives: appends go exactly at the committed length.
+    fn locked_view(&self, on_change: OnChange<'_>) -> Result<RwLockWriteGuard<'_, View>> {
+        loop {
+            let state = self.control.state();
+            let mut v = self.view.write();
+            if v.generation == state.generation {
+                for h in v.scan_log(state.committed)? {
+                    on_change(Some(h));
+                }
+                return Ok(v);
+            }
+            drop(v);
+            self.reload(on_change, true)?;
         }
     }
 
@@ -488,7 +522,7 @@ impl Store {
         let mut v = self.view.write();
         if v.generation != state.generation {
             drop(v);
-            return self.reload(on_change);
+            return self.reload(on_change, false);
         }
         for h in v.scan_log(state.committed)? {
             on_change(Some(h));
@@ -514,13 +548,10 @@ impl Store {
     pub(crate) fn append(&self, bytes: &[u8], now: f64, on_change: OnChange<'_>) -> Result<()> {
         let _w = self.writer.lock();
         let _l = self.lock()?;
-        self.catch_up(self.control.state(), on_change)?;
-        let mut v = self.view.write();
+        let mut v = self.locked_view(on_change)?;
         if v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
-            drop(v);
-            self.compact_locked(now, false)?;
+            self.compact_locked(&mut v, now, false)?;
             on_change(None);
-            v = self.view.write();
         }
         if v.scanned < v.seen_committed {
             // A damaged tail (after a machine crash): new records go after the intact part.
@@ -544,11 +575,12 @@ impl Store {
         let committed = off + bytes.len() as u64;
         self.control.publish_committed(committed);
         v.scan_log(committed)?;
-        let over =
-            v.tail_records >= self.opts.compact_records || v.scanned >= self.opts.compact_bytes;
-        drop(v);
-        if over {
-            self.compact_locked(now, false)?;
+        if v.tail_records >= self.opts.compact_records || v.scanned >= self.opts.compact_bytes {
+            // The record is published; a failed compaction (disk full, say) leaves the old
+            // generation in place and is retried on the next append.
+            if let Err(e) = self.compact_locked(&mut v, now, false) {
+                log::warn!("compaction failed, will retry: {e}");
+            }
             on_change(None);
         }
         Ok(())
@@ -564,15 +596,15 @@ impl Store {
     ) -> Result<CompactReport> {
         let _w = self.writer.lock();
         let _l = self.lock()?;
-        self.catch_up(self.control.state(), on_change)?;
-        let report = self.compact_locked(if expire { now } else { f64::NEG_INFINITY }, expire)?;
+        let mut v = self.locked_view(on_change)?;
+        let report =
+            self.compact_locked(&mut v, if expire { now } else { f64::NEG_INFINITY }, expire)?;
         on_change(None);
         Ok(report)
     }
 
     /// Caller holds the writer mutex and the file lock, and has caught up.
-    fn compact_locked(&self, now: f64, expire: bool) -> Result<CompactReport> {
-        let v = self.view.read();
+    fn compact_locked(&self, v: &mut View, now: f64, expire: bool) -> Result<CompactReport> {
         let Some(index) = v.index.as_ref() else {
             return Err(Error::Degraded {
                 reason: "no index loaded".into(),
@@ -580,8 +612,7 @@ impl Store {
         };
         if !index.verify_checksum() {
             let why = format!("{}: archive checksum mismatch", index.path.display());
-            drop(v);
-            let generation = self.rebuild_locked(&why)?;
+            let generation = self.rebuild_locked(v, &why)?;
             return Ok(CompactReport {
                 generation,
                 ..CompactReport::default()
@@ -707,8 +738,7 @@ impl Store {
         let generation = v.generation + 1;
         let new_active = next_id;
         let body = IndexBody::build(generation, self.seed(), new_active, kept, &entries);
-        drop(v);
-        self.install(body)?;
+        self.install(v, body)?;
         Ok(CompactReport {
             expired,
             bytes_freed: freed,
@@ -719,7 +749,7 @@ impl Store {
 
     /// Writes the index of a new generation, publishes it, deletes what it no longer refers to
     /// and maps it. Caller holds the locks.
-    fn install(&self, body: IndexBody) -> Result<()> {
+    fn install(&self, v: &mut View, body: IndexBody) -> Result<()> {
         let generation = body.generation;
         let referenced: HashSet<u32> = body
             .segments
@@ -753,8 +783,7 @@ impl Store {
                 let _ = fs::remove_file(e.path());
             }
         }
-        let state = self.control.state();
-        *self.view.write() = self.load_view(state)?;
+        *v = self.load_view(self.control.state())?;
         Ok(())
     }
 
@@ -770,17 +799,27 @@ impl Store {
     pub(crate) fn clear(&self, on_change: OnChange<'_>) -> Result<()> {
         let _w = self.writer.lock();
         let _l = self.lock()?;
-        let generation = self.control.state().generation + 1;
-        let active = self.list_segments()?.last().map_or(0, |id| id + 1);
+        let mut v = self.locked_view(on_change)?;
+        let generation = v.generation + 1;
+        let segments = self.list_segments()?;
+        let active = segments.last().map_or(0, |id| id + 1);
+        // Segments go first, so that clearing works on a full disk. A crash in between leaves
+        // an index whose segments are gone, which open rebuilds (from nothing: cleared).
+        for id in segments {
+            let p = self.dir.join(&segment::segment_name(id));
+            fs::remove_file(&p).ctx("remove segment", &p)?;
+        }
+        // Unmap them too: a deleted file's space comes back when the last map goes.
+        *v = Self::empty_view(&self.dir);
         let body = IndexBody::build(generation, self.seed(), active, Vec::new(), &[]);
-        self.install(body)?;
+        self.install(&mut v, body)?;
         on_change(None);
         Ok(())
     }
 
     /// Rebuilds the index from every segment in the directory, rewriting the live records into
     /// a fresh segment. Caller holds the write lock (or is creating the store).
-    fn rebuild_locked(&self, why: &str) -> Result<u64> {
+    fn rebuild_locked(&self, v: &mut View, why: &str) -> Result<u64> {
         log::warn!(
             "{}: {why}; rebuilding from the segments",
             self.dir.path.display()
@@ -859,13 +898,10 @@ impl Store {
         } else {
             vec![info]
         };
-        self.install(IndexBody::build(
-            generation,
-            self.seed(),
-            id + 1,
-            segments,
-            &entries,
-        ))?;
+        self.install(
+            v,
+            IndexBody::build(generation, self.seed(), id + 1, segments, &entries),
+        )?;
         Ok(generation)
     }
 

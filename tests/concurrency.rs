@@ -156,3 +156,54 @@ fn readers_keep_reading_through_compaction_and_clear_expired() {
     assert!(reads > 100);
     assert!(reader.get_stats().index_generation >= 40);
 }
+
+#[test]
+fn threads_of_one_process_never_lose_writes() {
+    // Readers that reload the view after other threads' compactions must never hand a stale
+    // view to a writer (which would then append over published records).
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Arc::new(
+        Cache::builder(tmp.path())
+            .max_ram_entries(0)
+            .compact_after_records(40)
+            .rewrite_segments_with_dead_bytes(0)
+            .open()
+            .unwrap(),
+    );
+    let other = Arc::new(open(tmp.path().to_str().unwrap()));
+    let workers: Vec<_> = (0..6u64)
+        .map(|t| {
+            let (cache, other) = (Arc::clone(&cache), Arc::clone(&other));
+            std::thread::spawn(move || {
+                let mut rng = Rng(t + 11);
+                for i in 0..1500u64 {
+                    if t % 2 == 0 {
+                        let k = own_key(0, t, i);
+                        cache.set("test", &k, &value_of(&k)).unwrap();
+                    } else {
+                        let k = own_key(0, t - 1, rng.below(i + 1));
+                        if let Some(v) = cache.get::<u64>("test", &k) {
+                            assert_eq!(v, value_of(&k));
+                        }
+                        let k2 = own_key(1, t, i);
+                        other.set("test", &k2, &value_of(&k2)).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let fresh = open(tmp.path().to_str().unwrap());
+    for t in 0..6u64 {
+        for i in 0..1500u64 {
+            let k = if t % 2 == 0 {
+                own_key(0, t, i)
+            } else {
+                own_key(1, t, i)
+            };
+            assert_eq!(fresh.get::<u64>("test", &k), Some(value_of(&k)), "lost {k}");
+        }
+    }
+}

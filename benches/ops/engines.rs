@@ -13,6 +13,8 @@ use tokcache::Cache;
 pub const PREFIX: &str = "token_count";
 
 pub trait Engine: Sized {
+    /// Whether several processes may open the same directory at once.
+    const MULTI_PROCESS: bool = true;
     /// `ram` turns on the engine's own RAM tier where it has one.
     fn open(dir: &Path, ram: bool) -> Self;
     fn set(&self, key: &str, value: u64);
@@ -154,6 +156,8 @@ mod compare {
     pub struct Redb(redb::Database);
 
     impl Engine for Redb {
+        const MULTI_PROCESS: bool = false; // redb: DatabaseAlreadyOpen in a second process
+
         fn open(dir: &Path, _ram: bool) -> Self {
             fs::create_dir_all(dir).unwrap();
             let db = redb::Database::create(dir.join("db.redb")).unwrap();

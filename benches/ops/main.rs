@@ -297,10 +297,17 @@ fn measure<E: Engine>(
     push("set, no fsync", t);
     drop(e);
 
-    let writers = (0..4)
-        .map(|w| spawn("set", engine, &dir, n, 20_000, 100 + w))
-        .collect();
-    push("set, 4 writer processes", collect(writers));
+    if E::MULTI_PROCESS {
+        let writers = (0..4)
+            .map(|w| spawn("set", engine, &dir, n, 20_000, 100 + w))
+            .collect();
+        push("set, 4 writer processes", collect(writers));
+    } else {
+        let _ = writeln!(
+            notes,
+            "- {engine}: no row for 4 writer processes (one process at a time only)"
+        );
+    }
 
     if engine == "tokcache" {
         let rss = collect(vec![spawn("rss", engine, &dir, n, 100_000, 9)]);

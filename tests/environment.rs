@@ -1,0 +1,341 @@
+//! The environment failing under the cache: a full disk, read-only and forbidden directories,
+//! the directory deleted while open, planted symlinks, file modes.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{expect_success, spawn_child};
+use tokcache::{Cache, Error, Storage};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Drops to user `nobody` in this (child) process.
+fn become_nobody() {
+    // SAFETY: plain syscalls on this process's credentials; checked for failure.
+    unsafe {
+        assert_eq!(libc::setgid(65534), 0);
+        assert_eq!(libc::setuid(65534), 0);
+    }
+}
+
+fn value(i: u64) -> String {
+    format!("{i}:{}", "v".repeat(20_000))
+}
+
+/// Sets values until the first error; checks that it is a clear I/O error naming the cache's
+/// file and that every value stored before it is still there. Returns how many were stored.
+fn fill_until_error(dir: &Path) -> u64 {
+    let cache = Cache::builder(dir)
+        .compact_after_records(1000)
+        .open()
+        .unwrap();
+    let mut stored = 0u64;
+    let err = loop {
+        match cache.set("test", &format!("k{stored}"), &value(stored)) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10_000, "the limit never bit");
+    };
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(dir.to_str().unwrap()),
+        "the error names the file: {msg}"
+    );
+    for i in 0..stored {
+        assert_eq!(
+            cache.get::<String>("test", &format!("k{i}")),
+            Some(value(i))
+        );
+    }
+    println!("stored {stored}: {msg}");
+    stored
+}
+
+fn check_after_refill(dir: &Path, stored: u64) {
+    let cache = Cache::open(dir).unwrap();
+    for i in 0..stored {
+        assert_eq!(
+            cache.get::<String>("test", &format!("k{i}")),
+            Some(value(i)),
+            "entry {i} lost"
+        );
+    }
+    assert!(
+        cache
+            .verify(|_| {})
+            .problems
+            .iter()
+            .all(|p| p.contains("not referenced"))
+    );
+}
+
+#[test]
+fn disk_full_on_a_small_tmpfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root?); the file-size-limit test covers EFBIG"
+        );
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let dir = mnt.join("cache");
+    let stored = fill_until_error(&dir);
+    assert!(stored > 10);
+    check_after_refill(&dir, stored);
+    // With space again (after clear_all frees the segments), the cache works.
+    let cache = Cache::open(&dir).unwrap();
+    cache.clear_all().unwrap();
+    cache.set("test", "after", &value(1)).unwrap();
+}
+
+#[test]
+#[ignore = "entry point of the child whose file size is limited"]
+fn file_size_limit_child() {
+    let Ok(dir) = std::env::var("TOKCACHE_FSIZE") else {
+        return;
+    };
+    // SAFETY: setrlimit/signal on this process only; SIGXFSZ ignored so writes fail with EFBIG.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: 2 << 20,
+            rlim_max: 2 << 20,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+    fill_until_error(Path::new(&dir));
+}
+
+#[test]
+fn file_size_limit_gives_an_error_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    let out = expect_success(spawn_child(
+        "file_size_limit_child",
+        "TOKCACHE_FSIZE",
+        dir.to_str().unwrap(),
+    ));
+    let stored: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("stored ")?.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no result from the child: {out}"));
+    assert!(stored > 10, "{out}");
+    check_after_refill(&dir, stored);
+    Cache::open(&dir)
+        .unwrap()
+        .set("test", "after", &1u64)
+        .unwrap();
+}
+
+#[test]
+#[ignore = "entry point of a child that runs as another user"]
+fn unprivileged_child() {
+    let Ok(spec) = std::env::var("TOKCACHE_NOBODY") else {
+        return;
+    };
+    let (mode, dir) = spec.split_once('|').unwrap();
+    if is_root() {
+        become_nobody();
+    }
+    let cache = Cache::open(dir).unwrap();
+    match mode {
+        "read-only" => {
+            assert_eq!(cache.storage(), Storage::ReadOnly);
+            assert_eq!(
+                cache.get::<u64>("test", "k"),
+                Some(7),
+                "a read-only cache serves reads"
+            );
+            cache.set("test", "new", &1u64).unwrap();
+            assert_eq!(
+                cache.get::<u64>("test", "new"),
+                Some(1),
+                "new entries stay in RAM"
+            );
+            assert!(matches!(cache.flush(), Err(Error::Degraded { .. })));
+        }
+        "forbidden" => {
+            assert_eq!(cache.storage(), Storage::RamOnly);
+            cache.set("test", "k", &2u64).unwrap();
+            assert_eq!(cache.get::<u64>("test", "k"), Some(2));
+            assert!(cache.flush().is_err());
+        }
+        other => panic!("{other}"),
+    }
+    println!("ok");
+}
+
+fn open_world_readable_tempdir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
+}
+
+#[test]
+fn read_only_directory_still_serves_reads() {
+    let tmp = open_world_readable_tempdir();
+    let dir = tmp.path().join("cache");
+    Cache::open(&dir).unwrap().set("test", "k", &7u64).unwrap();
+    if !is_root() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            std::fs::set_permissions(e.unwrap().path(), std::fs::Permissions::from_mode(0o444))
+                .unwrap();
+        }
+    }
+    // As root the child drops to nobody, for whom the 0644 files are read-only.
+    expect_success(spawn_child(
+        "unprivileged_child",
+        "TOKCACHE_NOBODY",
+        &format!("read-only|{}", dir.display()),
+    ));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn forbidden_directory_gives_a_ram_only_cache() {
+    let tmp = open_world_readable_tempdir();
+    let locked = tmp.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(
+        &locked,
+        std::fs::Permissions::from_mode(if is_root() { 0o700 } else { 0o500 }),
+    )
+    .unwrap();
+    expect_success(spawn_child(
+        "unprivileged_child",
+        "TOKCACHE_NOBODY",
+        &format!("forbidden|{}", locked.join("cache").display()),
+    ));
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(!locked.join("cache").exists());
+}
+
+#[test]
+fn directory_deleted_while_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    let cache = Cache::builder(&dir).max_ram_entries(0).open().unwrap();
+    for i in 0..100u64 {
+        cache.set("test", &format!("k{i}"), &i).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    for i in 0..100u64 {
+        assert_eq!(
+            cache.get::<u64>("test", &format!("k{i}")),
+            Some(i),
+            "still served from the maps"
+        );
+    }
+    // Writes go to the open (now unlinked) files or fail with an error; never a panic.
+    let _ = cache.set("test", "late", &1u64);
+    let _ = cache.compact();
+    let fresh = Cache::open(&dir).unwrap();
+    assert_eq!(fresh.storage(), Storage::Disk);
+    assert_eq!(
+        fresh.get::<u64>("test", "k1"),
+        None,
+        "documented: the deleted directory's entries are gone"
+    );
+    fresh.set("test", "k1", &1u64).unwrap();
+}
+
+fn newest_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tks"))
+        .collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+#[test]
+fn planted_symlinks_are_never_followed_to_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let dir = tmp.path().join("cache");
+    {
+        let cache = Cache::open(&dir).unwrap();
+        for i in 0..50u64 {
+            cache.set("test", &format!("k{i}"), &i).unwrap();
+        }
+        cache.compact().unwrap();
+    }
+    // The active segment replaced by a symlink to the victim.
+    let active = newest_segment(&dir);
+    std::fs::remove_file(&active).unwrap();
+    std::os::unix::fs::symlink(&victim, &active).unwrap();
+    let cache = Cache::open(&dir).unwrap();
+    let _ = cache.set("test", "new", &1u64);
+    for i in 0..50u64 {
+        assert_eq!(cache.get::<u64>("test", &format!("k{i}")), Some(i));
+    }
+    drop(cache);
+    // The lock file replaced by a symlink.
+    let lock = dir.join("tokcache.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let cache = Cache::open(&dir).unwrap();
+    let _ = cache.set("test", "new2", &1u64);
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious",
+        "a symlink was followed to write"
+    );
+}
+
+#[test]
+fn file_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let private = tmp.path().join("private");
+    let cache = Cache::builder(&private)
+        .file_mode(0o600)
+        .compact_after_records(5)
+        .open()
+        .unwrap();
+    for i in 0..20u64 {
+        cache.set("test", &format!("k{i}"), &i).unwrap();
+    }
+    for e in std::fs::read_dir(&private).unwrap() {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{:?} is {mode:o}", e.file_name());
+    }
+    let shared = tmp.path().join("shared");
+    let cache = Cache::open(&shared).unwrap();
+    cache.set("test", "k", &1u64).unwrap();
+    for e in std::fs::read_dir(&shared).unwrap() {
+        let mode = e.unwrap().metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o133,
+            0,
+            "never executable or group/other-writable: {mode:o}"
+        );
+    }
+}
