@@ -674,7 +674,14 @@ impl Store {
             .iter()
             .filter(|s| {
                 let dead = s.len - s.live.min(s.len);
-                s.live > 0 && dead >= self.opts.gc_min_dead && dead >= s.live
+                // clear_expired promises the space back: any segment a quarter dead. Routine
+                // compaction rewrites only big, mostly dead segments.
+                let worth = if expire {
+                    dead * 4 >= s.len
+                } else {
+                    dead >= self.opts.gc_min_dead && dead >= s.live
+                };
+                s.live > 0 && dead > 0 && worth
             })
             .map(|s| s.id)
             .collect();

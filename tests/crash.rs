@@ -147,8 +147,8 @@ fn kill_rounds(rounds: u64, seed: u64) {
 }
 
 #[test]
-fn writer_killed_at_random_points_100_rounds() {
-    kill_rounds(100, 0x5eed);
+fn writer_killed_at_random_points_200_rounds() {
+    kill_rounds(200, 0x5eed);
 }
 
 #[test]

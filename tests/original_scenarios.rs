@@ -162,10 +162,18 @@ fn clear_expired_and_clear_all() {
         cache.set("test", &format!("new{i}"), &i).unwrap();
     }
     std::fs::write(dir.path().join("settings.json"), "{}").unwrap();
-    assert_eq!(cache.get_stats().disk_files, 15);
+    let before = cache.get_stats();
+    assert_eq!(before.disk_files, 15);
     assert_eq!(cache.clear_expired().unwrap(), 10);
     let s = cache.get_stats();
     assert_eq!(s.disk_files, 5);
+    assert!(
+        s.disk_bytes * 2 < before.disk_bytes,
+        "space reclaimed: {} -> {}",
+        before.disk_bytes,
+        s.disk_bytes
+    );
+    assert_eq!(s.dead_bytes, 0);
     assert_eq!(cache.get::<u64>("test", "new3"), Some(3));
     assert_eq!(cache.get::<u64>("test", "old3"), None);
 

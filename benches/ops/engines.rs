@@ -15,6 +15,8 @@ pub const PREFIX: &str = "token_count";
 pub trait Engine: Sized {
     /// Whether several processes may open the same directory at once.
     const MULTI_PROCESS: bool = true;
+    /// The longest key the engine accepts.
+    const MAX_KEY: usize = usize::MAX;
     /// `ram` turns on the engine's own RAM tier where it has one.
     fn open(dir: &Path, ram: bool) -> Self;
     fn set(&self, key: &str, value: u64);
@@ -115,6 +117,8 @@ mod compare {
     }
 
     impl Engine for Lmdb {
+        const MAX_KEY: usize = 511; // LMDB's compile-time key limit
+
         fn open(dir: &Path, _ram: bool) -> Self {
             fs::create_dir_all(dir).unwrap();
             // SAFETY (bench only): one environment per directory per process, as heed requires.
