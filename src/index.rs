@@ -212,6 +212,21 @@ impl Index {
         xxh3_64(&self.map.bytes()[HEADER_LEN..HEADER_LEN + self.archive_len]) == self.archive_sum
     }
 
+    /// The occupied slots whose hash is `hash`, with their positions, in probe order.
+    fn candidates(&self, hash: u64) -> impl Iterator<Item = (usize, &ArchivedSlot)> {
+        let slots = &self.body().slots;
+        let len = slots.len();
+        let mut i = home(hash, len);
+        (0..len)
+            .map(move |_| {
+                let at = i;
+                i = next(i, len);
+                (at, &slots[at])
+            })
+            .take_while(|(_, s)| s.seg != EMPTY)
+            .filter(move |(_, s)| s.hash == hash)
+    }
+
     /// Calls `f` with each occupied slot whose hash is `hash`, until `f` returns `Some`.
     #[inline]
     pub(crate) fn probe<R>(
@@ -219,21 +234,7 @@ impl Index {
         hash: u64,
         mut f: impl FnMut(&ArchivedSlot) -> Option<R>,
     ) -> Option<R> {
-        let slots = &self.body().slots;
-        let mut i = home(hash, slots.len());
-        for _ in 0..slots.len() {
-            let s = &slots[i];
-            if s.seg == EMPTY {
-                return None;
-            }
-            if s.hash == hash
-                && let Some(r) = f(s)
-            {
-                return Some(r);
-            }
-            i = next(i, slots.len());
-        }
-        None
+        self.candidates(hash).find_map(|(_, s)| f(s))
     }
 
     /// The position of the slot `f` picks, for marking it superseded.
@@ -242,19 +243,7 @@ impl Index {
         hash: u64,
         mut f: impl FnMut(&ArchivedSlot) -> bool,
     ) -> Option<usize> {
-        let slots = &self.body().slots;
-        let mut i = home(hash, slots.len());
-        for _ in 0..slots.len() {
-            let s = &slots[i];
-            if s.seg == EMPTY {
-                return None;
-            }
-            if s.hash == hash && f(s) {
-                return Some(i);
-            }
-            i = next(i, slots.len());
-        }
-        None
+        self.candidates(hash).find(|(_, s)| f(s)).map(|(at, _)| at)
     }
 }
 

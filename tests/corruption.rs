@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+mod common;
+
+use common::Rng;
 use tokcache::Cache;
 
 const KEYS: usize = 400;
@@ -34,17 +37,6 @@ fn build(dir: &Path) {
         cache.remove("test", &key(i)).unwrap();
     }
     cache.flush().unwrap();
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// Reads every key: each answer must be a miss or the right value. Returns the hits.

@@ -7,10 +7,15 @@ use common::{expect_success, spawn_child};
 #[test]
 #[ignore = "entry point of the child process"]
 fn global_child() {
-    let Ok(dir) = std::env::var("TOKCACHE_DIR") else { return };
+    let Ok(dir) = std::env::var("TOKCACHE_DIR") else {
+        return;
+    };
     let cache = tokcache::get_persistent_cache();
     assert_eq!(cache.dir(), std::path::Path::new(&dir));
-    assert!(std::ptr::eq(cache, tokcache::get_persistent_cache()), "one instance per process");
+    assert!(
+        std::ptr::eq(cache, tokcache::get_persistent_cache()),
+        "one instance per process"
+    );
     cache.set("test", "global", &1u64).unwrap();
     cache.flush().unwrap();
 }
@@ -19,8 +24,17 @@ fn global_child() {
 fn get_persistent_cache_uses_tokcache_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("global");
-    expect_success(spawn_child("global_child", "TOKCACHE_DIR", dir.to_str().unwrap()));
-    assert_eq!(tokcache::Cache::open(&dir).unwrap().get::<u64>("test", "global"), Some(1));
+    expect_success(spawn_child(
+        "global_child",
+        "TOKCACHE_DIR",
+        dir.to_str().unwrap(),
+    ));
+    assert_eq!(
+        tokcache::Cache::open(&dir)
+            .unwrap()
+            .get::<u64>("test", "global"),
+        Some(1)
+    );
 }
 
 #[test]

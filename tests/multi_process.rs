@@ -1,18 +1,15 @@
 //! Real processes sharing one cache directory. The workers are this test binary re-run with
 //! `TOKCACHE_WORKER` set, entering through the ignored `worker` test.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+mod common;
+
+use common::{expect_success, spawn_child, value_of};
 use tokcache::Cache;
 
 const WORKERS: usize = 4;
 const KEYS: usize = 300;
-
-fn value_of(key: &str) -> u64 {
-    key.bytes().fold(1469598103934665603u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(1099511628211)
-    }) >> 8
-}
 
 fn open(dir: &str) -> Cache {
     Cache::builder(dir)
@@ -60,34 +57,15 @@ fn worker() {
     assert_eq!(wrong, 0, "worker {me} read {wrong} wrong values");
 }
 
-fn spawn(dir: &str, me: usize) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "worker",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TOKCACHE_WORKER", format!("{dir}|{me}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn four_processes_write_and_read_overlapping_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap().to_string();
-    let children: Vec<_> = (0..WORKERS).map(|me| spawn(&dir, me)).collect();
+    let children: Vec<_> = (0..WORKERS)
+        .map(|me| spawn_child("worker", "TOKCACHE_WORKER", &format!("{dir}|{me}")))
+        .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "a worker failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        expect_success(c);
     }
     let cache = open(&dir);
     for me in 0..WORKERS {
