@@ -1,0 +1,500 @@
+//! The disk tier: composes the control page, the lock, the index and the segments into one
+//! shared store. Every process follows the control page: a new committed length means records to
+//! scan into its tail table, a new generation means a new index to map.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+
+use crate::control::{self, Control, State};
+use crate::error::{Error, IoContext, Result};
+use crate::index::{self, Index, SegmentInfo};
+use crate::keys::HashKeyed;
+use crate::lock::LockFile;
+use crate::map::ReadMap;
+use crate::record::{Kind, RecordRef};
+use crate::segment::{self, Dir};
+
+mod compact;
+mod verify;
+mod view;
+
+pub use compact::CompactReport;
+pub use verify::VerifyReport;
+use view::{View, key_eq};
+
+/// Tunables of the disk tier (the builder documents them).
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub mode: u32,
+    pub compact_records: u64,
+    pub compact_bytes: u64,
+    /// A segment is rewritten when at least this many of its bytes are dead and they are at
+    /// least half of it.
+    pub gc_min_dead: u64,
+    pub ttl_secs: f64,
+}
+
+/// Disk-tier numbers for stats.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DiskStats {
+    pub entries: u64,
+    pub live_bytes: u64,
+    pub disk_bytes: u64,
+    pub generation: u64,
+    pub tail_records: u64,
+}
+
+/// Called with the hash of each key another process changed, or `None` when everything may
+/// have changed (a new generation).
+pub(crate) type OnChange<'a> = &'a dyn Fn(Option<u64>);
+
+pub(crate) struct Store {
+    dir: Dir,
+    opts: Options,
+    control: Control,
+    ctl_path: PathBuf,
+    lock: Option<LockFile>,
+    writer: Mutex<()>,
+    view: RwLock<View>,
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if needed. `migrate` is called once, under the
+    /// write lock, when the store is created, to bring in entries of the original format.
+    pub(crate) fn open(
+        dir: Dir,
+        opts: Options,
+        migrate: &dyn Fn(&Store) -> Result<()>,
+    ) -> Result<Self> {
+        let lock = match LockFile::open(&dir.path, opts.mode) {
+            Ok(l) => Some(l),
+            Err(Error::Io { ref source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let ctl_path = dir.join(control::FILE_NAME);
+        let writable = lock.is_some();
+        let (control, created) = match Control::open(&ctl_path, writable) {
+            Ok(c) => (c, false),
+            Err(e) if lock.is_none() => return Err(e),
+            Err(first) => {
+                let held = lock.as_ref().map(LockFile::exclusive).transpose()?;
+                match Control::open(&ctl_path, true) {
+                    Ok(c) => (c, false),
+                    Err(_) => {
+                        if !is_not_found(&first) {
+                            log::warn!("{first}; rebuilding the control page");
+                        }
+                        let generation = Self::highest_index_generation(&dir)?.map_or(0, |g| g + 1);
+                        Control::create(&dir, random_seed(), generation)?;
+                        drop(held);
+                        (Control::open(&ctl_path, true)?, true)
+                    }
+                }
+            }
+        };
+        let placeholder = Self::empty_view(&dir);
+        let store = Self {
+            dir,
+            opts,
+            control,
+            ctl_path,
+            lock,
+            writer: Mutex::new(()),
+            view: RwLock::new(placeholder),
+        };
+        if created {
+            let _w = store.writer.lock();
+            let _l = store.lock()?;
+            if store.list_segments()?.is_empty() {
+                store.write_empty_generation(store.control.state().generation, 0)?;
+                store.reload(&|_| {}, true)?;
+                drop(_l);
+                drop(_w);
+                migrate(&store)?;
+            } else {
+                store.rebuild_locked(
+                    &mut store.view.write(),
+                    "control page was missing or damaged",
+                )?;
+            }
+        } else {
+            store.reload(&|_| {}, false)?;
+        }
+        Ok(store)
+    }
+
+    fn lock(&self) -> Result<crate::lock::Locked<'_>> {
+        match &self.lock {
+            Some(l) => l.exclusive(),
+            None => Err(Error::Degraded {
+                reason: format!("{} is read-only", self.dir.path.display()),
+            }),
+        }
+    }
+
+    pub(crate) fn is_writable(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.control.seed()
+    }
+
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir.path
+    }
+
+    fn list_segments(&self) -> Result<Vec<u32>> {
+        segment::list_segments(&self.dir.path)
+    }
+
+    fn highest_index_generation(dir: &Dir) -> Result<Option<u64>> {
+        let mut best = None;
+        for e in fs::read_dir(&dir.path).ctx("list directory", &dir.path)? {
+            let e = e.ctx("list directory", &dir.path)?;
+            if let Some(g) = e.file_name().to_str().and_then(index::parse_index_name) {
+                best = best.max(Some(g));
+            }
+        }
+        Ok(best)
+    }
+
+    /// A view with nothing in it, used until the first real load.
+    fn empty_view(dir: &Dir) -> View {
+        View {
+            generation: u64::MAX,
+            index: None,
+            segments: HashMap::new(),
+            infos: Vec::new(),
+            active: u32::MAX,
+            log: None,
+            log_path: dir.join("none"),
+            log_map: Arc::new(ReadMap::empty()),
+            log_len: 0,
+            scanned: 0,
+            seen_committed: 0,
+            tail: HashKeyed::default(),
+            tail_records: 0,
+            delta: 0,
+        }
+    }
+
+    /// Maps generation `state.generation` and scans its log up to `state.committed`.
+    fn load_view(&self, state: State) -> Result<View> {
+        let path = self.dir.join(&index::index_name(state.generation));
+        let index = Index::open(&path, state.generation, self.seed())?;
+        let body = index.body();
+        let infos: Vec<SegmentInfo> = body
+            .segments
+            .iter()
+            .map(|s| SegmentInfo {
+                id: s.id.to_native(),
+                len: s.len.to_native(),
+                live: s.live.to_native(),
+            })
+            .collect();
+        let active = body.active_segment.to_native();
+        let mut segments = HashMap::with_capacity(infos.len());
+        for info in &infos {
+            let p = self.dir.join(&segment::segment_name(info.id));
+            let file = File::open(&p).ctx("open segment", &p)?;
+            segments.insert(
+                info.id,
+                Arc::new(segment::map_segment(&file, &p, info.len)?),
+            );
+        }
+        let log_path = self.dir.join(&segment::segment_name(active));
+        let log = match OpenOptions::new()
+            .read(true)
+            .write(self.is_writable())
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log_path)
+        {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && state.committed == 0 => None,
+            Err(e) => return Err(Error::io("open segment", &log_path, e)),
+        };
+        let log_len = match &log {
+            Some(f) => f.metadata().ctx("stat segment", &log_path)?.len(),
+            None => 0,
+        };
+        let log_map = match &log {
+            Some(f) => segment::map_segment(f, &log_path, log_len)?,
+            None => ReadMap::empty(),
+        };
+        let mut view = View {
+            generation: state.generation,
+            index: Some(index),
+            segments,
+            infos,
+            active,
+            log,
+            log_path,
+            log_map: Arc::new(log_map),
+            log_len,
+            scanned: 0,
+            seen_committed: 0,
+            tail: HashKeyed::default(),
+            tail_records: 0,
+            delta: 0,
+        };
+        view.scan_log(state.committed)?;
+        Ok(view)
+    }
+
+    /// Loads the current generation, retrying while a compaction elsewhere moves files away;
+    /// rebuilds it from the segments if it cannot be read. `locked`: the caller holds the
+    /// writer mutex and the file lock (and no view guard).
+    fn reload(&self, on_change: OnChange<'_>, locked: bool) -> Result<()> {
+        let mut last = None;
+        for _ in 0..64 {
+            let state = self.control.state();
+            match self.load_view(state) {
+                Ok(v) => {
+                    self.install_view(v);
+                    on_change(None);
+                    return Ok(());
+                }
+                Err(e)
+                    if is_not_found(&e) && self.control.state().generation != state.generation => {}
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| Error::corrupt(&self.ctl_path, "generation keeps changing"));
+        if !self.is_writable() {
+            return Err(e);
+        }
+        log::warn!("{e}; rebuilding the index from the segments");
+        let held = if locked {
+            None
+        } else {
+            Some((self.writer.lock(), self.lock()?))
+        };
+        let state = self.control.state();
+        match self.load_view(state) {
+            Ok(v) => self.install_view(v),
+            Err(_) => {
+                self.rebuild_locked(&mut self.view.write(), "index unreadable")?;
+            }
+        }
+        drop(held);
+        on_change(None);
+        Ok(())
+    }
+
+    /// Replaces the view unless it would go back: a thread that loaded an older state while
+    /// another moved on must not undo that.
+    fn install_view(&self, new: View) {
+        let mut cur = self.view.write();
+        let newer = cur.index.is_none()
+            || new.generation > cur.generation
+            || (new.generation == cur.generation && new.scanned >= cur.scanned);
+        if newer {
+            *cur = new;
+        }
+    }
+
+    /// The view, caught up with the control page, held for writing. The caller holds the file
+    /// lock, so nothing moves while the guard lives: appends go exactly at the committed length.
+    fn locked_view(&self, on_change: OnChange<'_>) -> Result<RwLockWriteGuard<'_, View>> {
+        loop {
+            let state = self.control.state();
+            let mut v = self.view.write();
+            if v.generation == state.generation {
+                for h in v.scan_log(state.committed)? {
+                    on_change(Some(h));
+                }
+                return Ok(v);
+            }
+            drop(v);
+            self.reload(on_change, true)?;
+        }
+    }
+
+    /// Catches up with other processes: new records, or a new generation.
+    pub(crate) fn refresh(&self, on_change: OnChange<'_>) -> Result<()> {
+        let state = self.control.state();
+        {
+            let v = self.view.read();
+            if v.generation == state.generation && v.seen_committed == state.committed {
+                return Ok(());
+            }
+        }
+        self.catch_up(state, on_change)
+    }
+
+    fn catch_up(&self, state: State, on_change: OnChange<'_>) -> Result<()> {
+        let mut v = self.view.write();
+        if v.generation != state.generation {
+            drop(v);
+            return self.reload(on_change, false);
+        }
+        for h in v.scan_log(state.committed)? {
+            on_change(Some(h));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the newest live record of the key, if any (tombstones are misses).
+    pub(crate) fn get<R>(
+        &self,
+        hash: u64,
+        prefix: &str,
+        key: &str,
+        f: impl FnOnce(&Arc<ReadMap>, &RecordRef<'_>) -> R,
+    ) -> Option<R> {
+        let v = self.view.read();
+        let (map, rec) = v.find(hash, prefix.as_bytes(), key.as_bytes())?;
+        (rec.kind != Kind::Tombstone).then(|| f(map, &rec))
+    }
+
+    /// Appends encoded records (under the lock), publishes them, and compacts if the log is
+    /// past its thresholds. `now` is for compaction's expiry.
+    pub(crate) fn append(&self, bytes: &[u8], now: f64, on_change: OnChange<'_>) -> Result<()> {
+        let _w = self.writer.lock();
+        let _l = self.lock()?;
+        let mut v = self.locked_view(on_change)?;
+        if v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
+            self.compact_locked(&mut v, now, false)?;
+            on_change(None);
+        }
+        if v.scanned < v.seen_committed {
+            // A damaged tail (after a machine crash): new records go after the intact part.
+            log::warn!(
+                "{}: truncating the committed length to the intact {} bytes",
+                v.log_path.display(),
+                v.scanned
+            );
+        }
+        if v.log.is_none() {
+            let (file, _) = self.dir.open_log(v.active)?;
+            v.log = Some(file);
+        }
+        let off = v.scanned;
+        let view = &mut *v;
+        if let Some(file) = &view.log {
+            view.log_len =
+                segment::reserve(file, &view.log_path, view.log_len, off + bytes.len() as u64)?;
+            segment::append_at(file, &view.log_path, off, bytes)?;
+        }
+        let committed = off + bytes.len() as u64;
+        self.control.publish_committed(committed);
+        v.scan_log(committed)?;
+        if v.tail_records >= self.opts.compact_records || v.scanned >= self.opts.compact_bytes {
+            // The record is published; a failed compaction (disk full, say) leaves the old
+            // generation in place and is retried on the next append.
+            if let Err(e) = self.compact_locked(&mut v, now, false) {
+                log::warn!("compaction failed, will retry: {e}");
+            }
+            on_change(None);
+        }
+        Ok(())
+    }
+
+    /// Merges the tail into a new index, drops expired entries if `expire`, rewrites segments
+    /// that are mostly dead.
+    pub(crate) fn compact(
+        &self,
+        now: f64,
+        expire: bool,
+        on_change: OnChange<'_>,
+    ) -> Result<CompactReport> {
+        let _w = self.writer.lock();
+        let _l = self.lock()?;
+        let mut v = self.locked_view(on_change)?;
+        let report =
+            self.compact_locked(&mut v, if expire { now } else { f64::NEG_INFINITY }, expire)?;
+        on_change(None);
+        Ok(report)
+    }
+    /// Makes everything appended so far durable.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let v = self.view.read();
+        if let Some(log) = &v.log {
+            log.sync_data().ctx("sync segment", &v.log_path)?;
+        }
+        self.control.flush(&self.ctl_path)
+    }
+
+    pub(crate) fn stats(&self) -> DiskStats {
+        let v = self.view.read();
+        let index_live: u64 = v.infos.iter().map(|s| s.live).sum();
+        let tail_live: u64 = v
+            .tail
+            .values()
+            .flatten()
+            .filter(|l| !l.tombstone)
+            .map(|l| u64::from(l.len))
+            .sum();
+        let disk: u64 = v.infos.iter().map(|s| s.len).sum::<u64>() + v.scanned;
+        DiskStats {
+            entries: v.entries(),
+            live_bytes: (index_live + tail_live).min(disk),
+            disk_bytes: disk,
+            generation: v.generation,
+            tail_records: v.tail_records,
+        }
+    }
+
+    /// Calls `f` with every live entry's newest record (expired ones included).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&RecordRef<'_>)) {
+        let v = self.view.read();
+        for locs in v.tail.values() {
+            for l in locs.iter().filter(|l| !l.tombstone) {
+                if let Some((_, rec)) = v.record(v.active, l.off) {
+                    f(&rec);
+                }
+            }
+        }
+        let Some(index) = v.index.as_ref() else {
+            return;
+        };
+        for s in index.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
+            let Some((_, rec)) = v.record(s.seg.to_native(), s.off.to_native()) else {
+                continue;
+            };
+            let newer = v.tail.get(&s.hash.to_native()).is_some_and(|locs| {
+                locs.iter().any(|l| {
+                    v.record(v.active, l.off)
+                        .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
+                })
+            });
+            if !newer {
+                f(&rec);
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `verify`: every file of the cache checked, for the CLI and the tests.
+
+use std::collections::HashSet;
+use std::fs;
+use std::sync::Arc;
+
+use super::Store;
+use crate::index;
+use crate::keys::key_hash;
+use crate::map::ReadMap;
+use crate::segment;
+
+/// What [`Store::verify`] found.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    /// Records read and checked, in every segment.
+    pub records_checked: u64,
+    /// Index slots checked against their records.
+    pub slots_checked: u64,
+    /// Each problem, in words; empty when the cache is sound.
+    pub problems: Vec<String>,
+}
+
+impl Store {
+    /// Checks every file: the index checksum, each slot against its record, every record of
+    /// every segment (checksums and key hashes), and files that nothing refers to.
+    pub(crate) fn verify(&self, mut progress: impl FnMut(u64)) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let v = self.view.read();
+        let Some(index) = v.index.as_ref() else {
+            report.problems.push("no index loaded".into());
+            return report;
+        };
+        if !index.verify_checksum() {
+            report.problems.push(format!(
+                "{}: archive checksum mismatch",
+                index.path.display()
+            ));
+        }
+        for s in index.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
+            report.slots_checked += 1;
+            let (seg, off, hash) = (s.seg.to_native(), s.off.to_native(), s.hash.to_native());
+            let problem = match v.record(seg, off) {
+                None => Some("points at no valid record".to_string()),
+                Some((_, rec)) => {
+                    let actual =
+                        std::str::from_utf8(rec.prefix).map(|p| key_hash(self.seed(), p, rec.key));
+                    (rec.key_hash != hash
+                        || actual != Ok(hash)
+                        || rec.len != s.len.to_native() as usize)
+                        .then(|| "disagrees with its record (hash or length)".to_string())
+                }
+            };
+            if let Some(p) = problem {
+                report
+                    .problems
+                    .push(format!("index slot -> segment {seg} offset {off}: {p}"));
+            }
+        }
+        let mut all: Vec<(u32, &Arc<ReadMap>, u64)> = v
+            .infos
+            .iter()
+            .filter_map(|i| Some((i.id, v.segments.get(&i.id)?, i.len)))
+            .collect();
+        all.push((v.active, &v.log_map, v.seen_committed));
+        for (id, map, len) in all {
+            if (map.bytes().len() as u64) < len {
+                report.problems.push(format!(
+                    "{}: shorter ({} bytes) than the {len} bytes the cache refers to",
+                    segment::segment_name(id),
+                    map.bytes().len()
+                ));
+            }
+            let valid = &map.bytes()[..usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .min(map.bytes().len())];
+            let (stop, why) = segment::scan(valid, 0, |_, rec| {
+                report.records_checked += 1;
+                let ok = std::str::from_utf8(rec.prefix)
+                    .is_ok_and(|p| key_hash(self.seed(), p, rec.key) == rec.key_hash);
+                if !ok {
+                    report.problems.push(format!(
+                        "{}: a record's key does not match its hash",
+                        segment::segment_name(id)
+                    ));
+                }
+                if report.records_checked % 65536 == 0 {
+                    progress(report.records_checked);
+                }
+            });
+            if let Some(why) = why {
+                report.problems.push(format!(
+                    "{} offset {stop}: {why}",
+                    segment::segment_name(id)
+                ));
+            }
+        }
+        let referenced: HashSet<u32> = v.infos.iter().map(|i| i.id).chain([v.active]).collect();
+        if let Ok(entries) = fs::read_dir(&self.dir.path) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let orphan = match (
+                    segment::parse_segment_name(&name),
+                    index::parse_index_name(&name),
+                ) {
+                    (Some(id), _) => !referenced.contains(&id),
+                    (_, Some(g)) => g != v.generation,
+                    _ => name.ends_with(".tki.new") || name.ends_with(".ctl.new"),
+                };
+                if orphan {
+                    report.problems.push(format!("{name}: not referenced by the current generation (left by an interrupted writer; compaction removes it)"));
+                }
+            }
+        }
+        report
+    }
+}

@@ -1,0 +1,173 @@
+//! What one process has mapped of a generation, and the tail table of the records appended
+//! since its index was written.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{IoContext, Result};
+use crate::index::{Index, SegmentInfo};
+use crate::keys::HashKeyed;
+use crate::map::ReadMap;
+use crate::record::{self, Kind, RecordRef};
+use crate::segment;
+
+/// A record of the active log, as the tail table keeps it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TailLoc {
+    pub(super) off: u32,
+    pub(super) len: u32,
+    pub(super) ts: f64,
+    pub(super) tombstone: bool,
+}
+
+/// What a process has mapped of one generation, plus the tail it has scanned.
+pub(super) struct View {
+    pub(super) generation: u64,
+    /// `None` only before the first load.
+    pub(super) index: Option<Index>,
+    pub(super) segments: HashMap<u32, Arc<ReadMap>>,
+    pub(super) infos: Vec<SegmentInfo>,
+    pub(super) active: u32,
+    pub(super) log: Option<File>,
+    pub(super) log_path: PathBuf,
+    pub(super) log_map: Arc<ReadMap>,
+    /// Length of the log file (preallocated past the committed length).
+    pub(super) log_len: u64,
+    pub(super) scanned: u64,
+    pub(super) seen_committed: u64,
+    pub(super) tail: HashKeyed<Vec<TailLoc>>,
+    pub(super) tail_records: u64,
+    /// Entries the tail adds to (or removes from) the index's count.
+    pub(super) delta: i64,
+}
+
+pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
+    rec.key == key && rec.prefix == prefix
+}
+
+impl View {
+    pub(super) fn map_of(&self, seg: u32) -> Option<&Arc<ReadMap>> {
+        if seg == self.active {
+            Some(&self.log_map)
+        } else {
+            self.segments.get(&seg)
+        }
+    }
+
+    pub(super) fn record(&self, seg: u32, off: u32) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
+        let map = self.map_of(seg)?;
+        let rec = record::decode(map.bytes(), off as usize).ok()?;
+        Some((map, rec))
+    }
+
+    /// The newest record of this key: from the tail, else from the index. Tombstones included.
+    pub(super) fn find(
+        &self,
+        hash: u64,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
+        if let Some(locs) = self.tail.get(&hash) {
+            for l in locs {
+                if let Some((map, rec)) = self.record(self.active, l.off)
+                    && key_eq(&rec, prefix, key)
+                {
+                    return Some((map, rec));
+                }
+            }
+        }
+        self.index.as_ref()?.probe(hash, |s| {
+            let (map, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
+            (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some((map, rec))
+        })
+    }
+
+    pub(super) fn in_index(&self, hash: u64, prefix: &[u8], key: &[u8]) -> bool {
+        self.index
+            .as_ref()
+            .and_then(|i| {
+                i.probe(hash, |s| {
+                    let (_, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
+                    key_eq(&rec, prefix, key).then_some(())
+                })
+            })
+            .is_some()
+    }
+
+    /// Maps the log up to `committed` and adds its new records to the tail table. Returns the
+    /// hashes of the keys that changed.
+    pub(super) fn scan_log(&mut self, committed: u64) -> Result<Vec<u64>> {
+        self.seen_committed = committed;
+        if committed <= self.scanned {
+            return Ok(Vec::new());
+        }
+        if (self.log_map.bytes().len() as u64) < committed {
+            let Some(file) = &self.log else {
+                return Ok(Vec::new());
+            };
+            let len = file.metadata().ctx("stat segment", &self.log_path)?.len();
+            self.log_len = len;
+            self.log_map = Arc::new(segment::map_segment(file, &self.log_path, len)?);
+        }
+        let map = Arc::clone(&self.log_map);
+        let end = usize::try_from(committed)
+            .unwrap_or(usize::MAX)
+            .min(map.bytes().len());
+        let mut records = Vec::new();
+        let (stop, why) = segment::scan(&map.bytes()[..end], self.scanned as usize, |off, rec| {
+            records.push((off, *rec))
+        });
+        if let Some(why) = why
+            && (stop as u64) < committed
+        {
+            log::warn!(
+                "{}: {why} at offset {stop}; later records are ignored",
+                self.log_path.display()
+            );
+        }
+        let mut changed = Vec::with_capacity(records.len());
+        for (off, rec) in records {
+            self.add_to_tail(off, &rec);
+            changed.push(rec.key_hash);
+        }
+        self.scanned = stop as u64;
+        Ok(changed)
+    }
+
+    pub(super) fn add_to_tail(&mut self, off: usize, rec: &RecordRef<'_>) {
+        let hash = rec.key_hash;
+        let log = self.log_map.bytes();
+        let existing = self.tail.get(&hash).and_then(|locs| {
+            locs.iter().position(|l| {
+                record::decode(log, l.off as usize).is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
+            })
+        });
+        let before = match existing {
+            Some(i) => !self.tail[&hash][i].tombstone,
+            None => self.in_index(hash, rec.prefix, rec.key),
+        };
+        let loc = TailLoc {
+            off: off as u32,
+            len: rec.len as u32,
+            ts: rec.timestamp,
+            tombstone: rec.kind == Kind::Tombstone,
+        };
+        let locs = self.tail.entry(hash).or_default();
+        match existing {
+            Some(i) => locs[i] = loc,
+            None => locs.push(loc),
+        }
+        self.tail_records += 1;
+        self.delta += i64::from(!loc.tombstone) - i64::from(before);
+    }
+
+    pub(super) fn entries(&self) -> u64 {
+        let indexed = self
+            .index
+            .as_ref()
+            .map_or(0, |i| i.body().entries.to_native());
+        (indexed as i64 + self.delta).max(0) as u64
+    }
+}
