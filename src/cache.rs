@@ -103,8 +103,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Rebuild the index when this many records were appended since the last rebuild
-    /// (default 32768), bounding the work a process does when it opens the cache.
+    /// Rebuild the index when this many records were appended since the last rebuild, or 1/16
+    /// of the indexed entries if that is more (default 32768). This bounds the records a process
+    /// scans when it opens the cache, and keeps large caches from rewriting their index often.
     pub fn compact_after_records(mut self, n: u64) -> Self {
         self.compact_records = n.max(1);
         self
@@ -185,8 +186,10 @@ impl CacheBuilder {
             saves: AtomicU64::new(0),
             flights: (0..64).map(|_| Mutex::new(())).collect(),
         };
-        for line in cache.banner().lines() {
-            log::info!("{line}");
+        if log::log_enabled!(log::Level::Info) {
+            for line in cache.banner().lines() {
+                log::info!("{line}");
+            }
         }
         cache
     }

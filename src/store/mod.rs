@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
@@ -205,7 +205,7 @@ impl Store {
             seen_committed: 0,
             tail: HashKeyed::default(),
             tail_records: 0,
-            delta: 0,
+            delta: OnceLock::new(),
         }
     }
 
@@ -266,7 +266,7 @@ impl Store {
             seen_committed: 0,
             tail: HashKeyed::default(),
             tail_records: 0,
-            delta: 0,
+            delta: OnceLock::new(),
         };
         view.scan_log(state.committed)?;
         Ok(view)
@@ -413,7 +413,7 @@ impl Store {
         let committed = off + bytes.len() as u64;
         self.control.publish_committed(committed);
         v.scan_log(committed)?;
-        if v.tail_records >= self.opts.compact_records || v.scanned >= self.opts.compact_bytes {
+        if self.tail_is_full(&v) {
             // The record is published; a failed compaction (disk full, say) leaves the old
             // generation in place and is retried on the next append.
             if let Err(e) = self.compact_locked(&mut v, now, false) {
@@ -422,6 +422,15 @@ impl Store {
             on_change(None);
         }
         Ok(())
+    }
+
+    /// Whether the tail should be merged into a new index. The record threshold grows with the
+    /// index (1/16 of its entries), so that large caches do not rewrite their whole index every
+    /// few thousand writes; opening scans at most that many records.
+    fn tail_is_full(&self, v: &View) -> bool {
+        let indexed = v.index.as_ref().map_or(0, |i| i.body().entries.to_native());
+        v.tail_records >= self.opts.compact_records.max(indexed / 16)
+            || v.scanned >= self.opts.compact_bytes
     }
 
     /// Merges the tail into a new index, drops expired entries if `expire`, rewrites segments

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{IoContext, Result};
 use crate::index::{Index, SegmentInfo};
@@ -39,8 +39,8 @@ pub(super) struct View {
     pub(super) seen_committed: u64,
     pub(super) tail: HashKeyed<Vec<TailLoc>>,
     pub(super) tail_records: u64,
-    /// Entries the tail adds to (or removes from) the index's count.
-    pub(super) delta: i64,
+    /// Entries the tail adds to (or removes from) the index's count, once computed.
+    pub(super) delta: OnceLock<i64>,
 }
 
 pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
@@ -144,10 +144,6 @@ impl View {
                 record::decode(log, l.off as usize).is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
             })
         });
-        let before = match existing {
-            Some(i) => !self.tail[&hash][i].tombstone,
-            None => self.in_index(hash, rec.prefix, rec.key),
-        };
         let loc = TailLoc {
             off: off as u32,
             len: rec.len as u32,
@@ -160,14 +156,30 @@ impl View {
             None => locs.push(loc),
         }
         self.tail_records += 1;
-        self.delta += i64::from(!loc.tombstone) - i64::from(before);
+        self.delta = OnceLock::new();
     }
 
+    /// Live entries: the index's count, plus the tail's new keys, minus its removals. The
+    /// tail's part costs an index probe per key, so it is computed when asked, not on scan
+    /// (which runs on open), and kept until the tail changes.
     pub(super) fn entries(&self) -> u64 {
         let indexed = self
             .index
             .as_ref()
             .map_or(0, |i| i.body().entries.to_native());
-        (indexed as i64 + self.delta).max(0) as u64
+        let delta = *self.delta.get_or_init(|| {
+            let mut delta = 0i64;
+            for (&hash, locs) in &self.tail {
+                for l in locs {
+                    let Some((_, rec)) = self.record(self.active, l.off) else {
+                        continue;
+                    };
+                    let before = self.in_index(hash, rec.prefix, rec.key);
+                    delta += i64::from(!l.tombstone) - i64::from(before);
+                }
+            }
+            delta
+        });
+        (indexed as i64 + delta).max(0) as u64
     }
 }
