@@ -103,7 +103,7 @@ impl CacheBuilder {
         self
     }
 
-    /// Rebuild the index when this many records were appended since the last rebuild, or 1/16
+    /// Rebuild the index when this many records were appended since the last rebuild, or 1/32
     /// of the indexed entries if that is more (default 32768). This bounds the records a process
     /// scans when it opens the cache, and keeps large caches from rewriting their index often.
     pub fn compact_after_records(mut self, n: u64) -> Self {

@@ -150,3 +150,46 @@ fn reader() {
     assert_eq!(c.get::<u64>("test", "own-9-1"), Some(value_of("own-9-1")));
     assert!(c.remove("test", "own-9-1").unwrap());
 }
+
+#[test]
+#[ignore = "entry point of the processes racing to create a cache"]
+fn racer() {
+    let Ok(spec) = std::env::var("TOKCACHE_RACER") else {
+        return;
+    };
+    let (dir, me) = spec.split_once('|').unwrap();
+    let cache = Cache::open(dir).unwrap();
+    for i in 0..20 {
+        let k = format!("racer-{me}-{i}");
+        cache.set("test", &k, &value_of(&k)).unwrap();
+    }
+    cache.flush().unwrap();
+}
+
+#[test]
+fn processes_racing_to_create_a_fresh_directory_lose_nothing() {
+    // Regression: a process that mapped the first index before its segment existed appended at
+    // offset 0, over the creator's records.
+    for round in 0..12 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fresh");
+        let dir = dir.to_str().unwrap();
+        let racers: Vec<_> = (0..4)
+            .map(|me| spawn_child("racer", "TOKCACHE_RACER", &format!("{dir}|{me}")))
+            .collect();
+        for r in racers {
+            expect_success(r);
+        }
+        let cache = Cache::open(dir).unwrap();
+        for me in 0..4 {
+            for i in 0..20 {
+                let k = format!("racer-{me}-{i}");
+                assert_eq!(
+                    cache.get::<u64>("test", &k),
+                    Some(value_of(&k)),
+                    "round {round}: lost {k}"
+                );
+            }
+        }
+    }
+}

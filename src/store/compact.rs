@@ -52,27 +52,25 @@ impl Store {
         let body = index.body();
         let mut superseded = vec![false; body.slots.len()];
         let mut entries: Vec<Slot> =
-            Vec::with_capacity(body.entries.to_native() as usize + v.tail.len());
-        for (&hash, locs) in &v.tail {
-            for l in locs {
-                let Some((_, rec)) = v.record(v.active, l.off) else {
-                    continue;
-                };
-                if let Some(p) = index.position(hash, |s| {
-                    v.record(s.seg.to_native(), s.off.to_native())
-                        .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
-                }) {
-                    superseded[p] = true;
-                }
-                if !l.tombstone {
-                    entries.push(Slot {
-                        hash,
-                        seg: v.active,
-                        off: l.off,
-                        len: l.len,
-                        ts: l.ts.clamp(0.0, f64::from(u32::MAX)) as u32,
-                    });
-                }
+            Vec::with_capacity(body.entries.to_native() as usize + v.tail_records as usize);
+        for (hash, l) in v.tail.iter() {
+            let Some((_, rec)) = v.record(v.active, l.off) else {
+                continue;
+            };
+            if let Some(p) = index.position(hash, |s| {
+                v.record(s.seg.to_native(), s.off.to_native())
+                    .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
+            }) {
+                superseded[p] = true;
+            }
+            if !l.tombstone {
+                entries.push(Slot {
+                    hash,
+                    seg: v.active,
+                    off: l.off,
+                    len: l.len,
+                    ts: l.ts.clamp(0.0, f64::from(u32::MAX)) as u32,
+                });
             }
         }
         for (i, s) in body.slots.iter().enumerate() {
@@ -195,9 +193,10 @@ impl Store {
             .map(|s| s.id)
             .chain([body.active_segment])
             .collect();
+        // The active segment exists before any index names it.
+        self.dir.open_log(body.active_segment)?;
         self.dir
             .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
-        self.dir.open_log(body.active_segment)?;
         self.dir.sync()?;
         self.control.publish_generation(generation, false);
         self.control.flush(&self.ctl_path)?;
@@ -227,9 +226,9 @@ impl Store {
 
     pub(super) fn write_empty_generation(&self, generation: u64, active: u32) -> Result<()> {
         let body = IndexBody::build(generation, self.seed(), active, Vec::new(), &[]);
+        self.dir.open_log(active)?;
         self.dir
             .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
-        self.dir.open_log(active)?;
         self.dir.sync()
     }
 

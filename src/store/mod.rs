@@ -14,17 +14,18 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use crate::control::{self, Control, State};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Index, SegmentInfo};
-use crate::keys::HashKeyed;
 use crate::lock::LockFile;
 use crate::map::ReadMap;
 use crate::record::{Kind, RecordRef};
 use crate::segment::{self, Dir};
 
 mod compact;
+mod tail;
 mod verify;
 mod view;
 
 pub use compact::CompactReport;
+use tail::Tail;
 pub use verify::VerifyReport;
 use view::{View, key_eq};
 
@@ -203,7 +204,7 @@ impl Store {
             log_len: 0,
             scanned: 0,
             seen_committed: 0,
-            tail: HashKeyed::default(),
+            tail: Tail::default(),
             tail_records: 0,
             delta: OnceLock::new(),
         }
@@ -264,11 +265,11 @@ impl Store {
             log_len,
             scanned: 0,
             seen_committed: 0,
-            tail: HashKeyed::default(),
+            tail: Tail::with_capacity((state.committed.min(log_len) / 96).min(1 << 24) as usize),
             tail_records: 0,
             delta: OnceLock::new(),
         };
-        view.scan_log(state.committed)?;
+        view.scan_log(state.committed, |_| {})?;
         Ok(view)
     }
 
@@ -327,6 +328,32 @@ impl Store {
         }
     }
 
+    /// Opens the active segment if the view has none (it did not exist yet when the view was
+    /// loaded): without it the view could neither see others' records nor append after them.
+    fn ensure_log(&self, v: &mut View, create: bool) -> Result<()> {
+        if v.log.is_some() {
+            return Ok(());
+        }
+        let file = if create {
+            self.dir.open_log(v.active)?.0
+        } else {
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(self.is_writable())
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&v.log_path);
+            match opened {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io("open segment", &v.log_path, e)),
+            }
+        };
+        v.log_len = file.metadata().ctx("stat segment", &v.log_path)?.len();
+        v.log_map = Arc::new(segment::map_segment(&file, &v.log_path, v.log_len)?);
+        v.log = Some(file);
+        Ok(())
+    }
+
     /// The view, caught up with the control page, held for writing. The caller holds the file
     /// lock, so nothing moves while the guard lives: appends go exactly at the committed length.
     fn locked_view(&self, on_change: OnChange<'_>) -> Result<RwLockWriteGuard<'_, View>> {
@@ -334,9 +361,11 @@ impl Store {
             let state = self.control.state();
             let mut v = self.view.write();
             if v.generation == state.generation {
-                for h in v.scan_log(state.committed)? {
-                    on_change(Some(h));
+                self.ensure_log(&mut v, true)?;
+                if state.committed > v.scanned {
+                    self.ensure_log(&mut v, false)?;
                 }
+                v.scan_log(state.committed, |h| on_change(Some(h)))?;
                 return Ok(v);
             }
             drop(v);
@@ -362,10 +391,7 @@ impl Store {
             drop(v);
             return self.reload(on_change, false);
         }
-        for h in v.scan_log(state.committed)? {
-            on_change(Some(h));
-        }
-        Ok(())
+        v.scan_log(state.committed, |h| on_change(Some(h)))
     }
 
     /// Runs `f` on the newest live record of the key, if any (tombstones are misses).
@@ -399,10 +425,6 @@ impl Store {
                 v.scanned
             );
         }
-        if v.log.is_none() {
-            let (file, _) = self.dir.open_log(v.active)?;
-            v.log = Some(file);
-        }
         let off = v.scanned;
         let view = &mut *v;
         if let Some(file) = &view.log {
@@ -412,7 +434,7 @@ impl Store {
         }
         let committed = off + bytes.len() as u64;
         self.control.publish_committed(committed);
-        v.scan_log(committed)?;
+        v.scan_log(committed, |_| {})?;
         if self.tail_is_full(&v) {
             // The record is published; a failed compaction (disk full, say) leaves the old
             // generation in place and is retried on the next append.
@@ -425,11 +447,11 @@ impl Store {
     }
 
     /// Whether the tail should be merged into a new index. The record threshold grows with the
-    /// index (1/16 of its entries), so that large caches do not rewrite their whole index every
+    /// index (1/32 of its entries), so that large caches do not rewrite their whole index every
     /// few thousand writes; opening scans at most that many records.
     fn tail_is_full(&self, v: &View) -> bool {
         let indexed = v.index.as_ref().map_or(0, |i| i.body().entries.to_native());
-        v.tail_records >= self.opts.compact_records.max(indexed / 16)
+        v.tail_records >= self.opts.compact_records.max(indexed / 32)
             || v.scanned >= self.opts.compact_bytes
     }
 
@@ -463,10 +485,9 @@ impl Store {
         let index_live: u64 = v.infos.iter().map(|s| s.live).sum();
         let tail_live: u64 = v
             .tail
-            .values()
-            .flatten()
-            .filter(|l| !l.tombstone)
-            .map(|l| u64::from(l.len))
+            .iter()
+            .filter(|(_, l)| !l.tombstone)
+            .map(|(_, l)| u64::from(l.len))
             .sum();
         let disk: u64 = v.infos.iter().map(|s| s.len).sum::<u64>() + v.scanned;
         DiskStats {
@@ -481,11 +502,9 @@ impl Store {
     /// Calls `f` with every live entry's newest record (expired ones included).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&RecordRef<'_>)) {
         let v = self.view.read();
-        for locs in v.tail.values() {
-            for l in locs.iter().filter(|l| !l.tombstone) {
-                if let Some((_, rec)) = v.record(v.active, l.off) {
-                    f(&rec);
-                }
+        for (_, l) in v.tail.iter().filter(|(_, l)| !l.tombstone) {
+            if let Some((_, rec)) = v.record(v.active, l.off) {
+                f(&rec);
             }
         }
         let Some(index) = v.index.as_ref() else {
@@ -495,11 +514,9 @@ impl Store {
             let Some((_, rec)) = v.record(s.seg.to_native(), s.off.to_native()) else {
                 continue;
             };
-            let newer = v.tail.get(&s.hash.to_native()).is_some_and(|locs| {
-                locs.iter().any(|l| {
-                    v.record(v.active, l.off)
-                        .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
-                })
+            let newer = v.tail.candidates(s.hash.to_native()).any(|l| {
+                v.record(v.active, l.off)
+                    .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
             });
             if !newer {
                 f(&rec);

@@ -8,19 +8,11 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::{IoContext, Result};
 use crate::index::{Index, SegmentInfo};
-use crate::keys::HashKeyed;
 use crate::map::ReadMap;
 use crate::record::{self, Kind, RecordRef};
 use crate::segment;
 
-/// A record of the active log, as the tail table keeps it.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct TailLoc {
-    pub(super) off: u32,
-    pub(super) len: u32,
-    pub(super) ts: f64,
-    pub(super) tombstone: bool,
-}
+use super::tail::{Tail, TailLoc};
 
 /// What a process has mapped of one generation, plus the tail it has scanned.
 pub(super) struct View {
@@ -37,7 +29,7 @@ pub(super) struct View {
     pub(super) log_len: u64,
     pub(super) scanned: u64,
     pub(super) seen_committed: u64,
-    pub(super) tail: HashKeyed<Vec<TailLoc>>,
+    pub(super) tail: Tail,
     pub(super) tail_records: u64,
     /// Entries the tail adds to (or removes from) the index's count, once computed.
     pub(super) delta: OnceLock<i64>,
@@ -69,13 +61,11 @@ impl View {
         prefix: &[u8],
         key: &[u8],
     ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
-        if let Some(locs) = self.tail.get(&hash) {
-            for l in locs {
-                if let Some((map, rec)) = self.record(self.active, l.off)
-                    && key_eq(&rec, prefix, key)
-                {
-                    return Some((map, rec));
-                }
+        for l in self.tail.candidates(hash) {
+            if let Some((map, rec)) = self.record(self.active, l.off)
+                && key_eq(&rec, prefix, key)
+            {
+                return Some((map, rec));
             }
         }
         self.index.as_ref()?.probe(hash, |s| {
@@ -96,16 +86,16 @@ impl View {
             .is_some()
     }
 
-    /// Maps the log up to `committed` and adds its new records to the tail table. Returns the
-    /// hashes of the keys that changed.
-    pub(super) fn scan_log(&mut self, committed: u64) -> Result<Vec<u64>> {
+    /// Maps the log up to `committed` and adds its new records to the tail table. Calls
+    /// `changed` with the hash of each key that changed.
+    pub(super) fn scan_log(&mut self, committed: u64, mut changed: impl FnMut(u64)) -> Result<()> {
         self.seen_committed = committed;
         if committed <= self.scanned {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if (self.log_map.bytes().len() as u64) < committed {
             let Some(file) = &self.log else {
-                return Ok(Vec::new());
+                return Ok(());
             };
             let len = file.metadata().ctx("stat segment", &self.log_path)?.len();
             self.log_len = len;
@@ -115,9 +105,21 @@ impl View {
         let end = usize::try_from(committed)
             .unwrap_or(usize::MAX)
             .min(map.bytes().len());
-        let mut records = Vec::new();
-        let (stop, why) = segment::scan(&map.bytes()[..end], self.scanned as usize, |off, rec| {
-            records.push((off, *rec))
+        let log = map.bytes();
+        let tail = &mut self.tail;
+        let mut added = 0;
+        let (stop, why) = segment::scan(&log[..end], self.scanned as usize, |off, rec| {
+            let loc = TailLoc {
+                off: off as u32,
+                len: rec.len as u32,
+                ts: rec.timestamp,
+                tombstone: rec.kind == Kind::Tombstone,
+            };
+            tail.upsert(rec.key_hash, loc, |l| {
+                record::decode(log, l.off as usize).is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
+            });
+            added += 1;
+            changed(rec.key_hash);
         });
         if let Some(why) = why
             && (stop as u64) < committed
@@ -127,36 +129,12 @@ impl View {
                 self.log_path.display()
             );
         }
-        let mut changed = Vec::with_capacity(records.len());
-        for (off, rec) in records {
-            self.add_to_tail(off, &rec);
-            changed.push(rec.key_hash);
+        self.tail_records += added;
+        if added > 0 {
+            self.delta = OnceLock::new();
         }
         self.scanned = stop as u64;
-        Ok(changed)
-    }
-
-    pub(super) fn add_to_tail(&mut self, off: usize, rec: &RecordRef<'_>) {
-        let hash = rec.key_hash;
-        let log = self.log_map.bytes();
-        let existing = self.tail.get(&hash).and_then(|locs| {
-            locs.iter().position(|l| {
-                record::decode(log, l.off as usize).is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
-            })
-        });
-        let loc = TailLoc {
-            off: off as u32,
-            len: rec.len as u32,
-            ts: rec.timestamp,
-            tombstone: rec.kind == Kind::Tombstone,
-        };
-        let locs = self.tail.entry(hash).or_default();
-        match existing {
-            Some(i) => locs[i] = loc,
-            None => locs.push(loc),
-        }
-        self.tail_records += 1;
-        self.delta = OnceLock::new();
+        Ok(())
     }
 
     /// Live entries: the index's count, plus the tail's new keys, minus its removals. The
@@ -169,14 +147,12 @@ impl View {
             .map_or(0, |i| i.body().entries.to_native());
         let delta = *self.delta.get_or_init(|| {
             let mut delta = 0i64;
-            for (&hash, locs) in &self.tail {
-                for l in locs {
-                    let Some((_, rec)) = self.record(self.active, l.off) else {
-                        continue;
-                    };
-                    let before = self.in_index(hash, rec.prefix, rec.key);
-                    delta += i64::from(!l.tombstone) - i64::from(before);
-                }
+            for (hash, l) in self.tail.iter() {
+                let Some((_, rec)) = self.record(self.active, l.off) else {
+                    continue;
+                };
+                let before = self.in_index(hash, rec.prefix, rec.key);
+                delta += i64::from(!l.tombstone) - i64::from(before);
             }
             delta
         });
