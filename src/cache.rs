@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::clock::{Clock, SystemClock};
 use crate::entry::{Entry, ValueRef};
 use crate::error::{Error, Result};
-use crate::keys::{key_hash, validate_prefix};
+use crate::keys::{key_hash, random_seed, validate_prefix};
 use crate::legacy;
 use crate::map::ReadMap;
 use crate::ram::RamTier;
@@ -179,7 +179,7 @@ impl CacheBuilder {
             ram: RamTier::new(self.max_ram_entries),
             ttl_secs,
             clock: self.clock,
-            local_seed: rand_seed(),
+            local_seed: random_seed(),
             ram_hits: AtomicU64::new(0),
             disk_hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -193,13 +193,6 @@ impl CacheBuilder {
         }
         cache
     }
-}
-
-fn rand_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// Brings the original's `{prefix}_{md5}.json` files into a newly created store; expired and

@@ -80,6 +80,18 @@ pub(crate) fn key_hash(seed: u64, prefix: &str, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, seed ^ xxh3_64(prefix.as_bytes()))
 }
 
+/// A fresh random 64-bit seed (std's per-process random keys, the time and the pid).
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::hash::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// A `Hasher` for maps whose keys already are [`key_hash`] values: it passes them through.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct PassThrough(u64);

@@ -14,6 +14,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use crate::control::{self, Control, State};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Index, SegmentInfo};
+use crate::keys::random_seed;
 use crate::lock::LockFile;
 use crate::map::ReadMap;
 use crate::record::{Kind, RecordRef};
@@ -63,19 +64,6 @@ pub(crate) struct Store {
     lock: Option<LockFile>,
     writer: Mutex<()>,
     view: RwLock<View>,
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 fn is_not_found(e: &Error) -> bool {
