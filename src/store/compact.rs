@@ -10,7 +10,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::{self, IndexBody, SegmentInfo, Slot};
 use crate::keys::key_hash;
 use crate::record::{self, Kind};
-use crate::segment;
+use crate::segment::{self, Dir};
 
 /// Largest segment written by compaction's rewrite; slot offsets are `u32`.
 const GC_SEGMENT_MAX: u64 = 1 << 30;
@@ -224,12 +224,12 @@ impl Store {
         Ok(())
     }
 
-    pub(super) fn write_empty_generation(&self, generation: u64, active: u32) -> Result<()> {
-        let body = IndexBody::build(generation, self.seed(), active, Vec::new(), &[]);
-        self.dir.open_log(active)?;
-        self.dir
-            .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
-        self.dir.sync()
+    /// The first generation of a new cache: an empty index and its empty active segment.
+    pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<()> {
+        let body = IndexBody::build(generation, seed, 0, Vec::new(), &[]);
+        dir.open_log(0)?;
+        dir.write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
+        dir.sync()
     }
 
     /// Removes every entry: a new, empty generation; all segments deleted.

@@ -92,21 +92,29 @@ impl Store {
         };
         let ctl_path = dir.join(control::FILE_NAME);
         let writable = lock.is_some();
-        let (control, created) = match Control::open(&ctl_path, writable) {
-            Ok(c) => (c, false),
+        // `fresh`: this process made the control page and the first, empty generation (all
+        // under the write lock, so no other process sees a generation without its files);
+        // `rebuild`: the control page was lost but segments remain.
+        let (control, fresh, rebuild) = match Control::open(&ctl_path, writable) {
+            Ok(c) => (c, false, false),
             Err(e) if lock.is_none() => return Err(e),
             Err(first) => {
                 let held = lock.as_ref().map(LockFile::exclusive).transpose()?;
                 match Control::open(&ctl_path, true) {
-                    Ok(c) => (c, false),
+                    Ok(c) => (c, false, false),
                     Err(_) => {
                         if !is_not_found(&first) {
                             log::warn!("{first}; rebuilding the control page");
                         }
                         let generation = Self::highest_index_generation(&dir)?.map_or(0, |g| g + 1);
-                        Control::create(&dir, random_seed(), generation)?;
+                        let seed = random_seed();
+                        let empty = segment::list_segments(&dir.path)?.is_empty();
+                        if empty {
+                            Self::write_empty_generation(&dir, seed, generation)?;
+                        }
+                        Control::create(&dir, seed, generation)?;
                         drop(held);
-                        (Control::open(&ctl_path, true)?, true)
+                        (Control::open(&ctl_path, true)?, empty, !empty)
                     }
                 }
             }
@@ -121,23 +129,18 @@ impl Store {
             writer: Mutex::new(()),
             view: RwLock::new(placeholder),
         };
-        if created {
+        if rebuild {
             let _w = store.writer.lock();
             let _l = store.lock()?;
-            if store.list_segments()?.is_empty() {
-                store.write_empty_generation(store.control.state().generation, 0)?;
-                store.reload(&|_| {}, true)?;
-                drop(_l);
-                drop(_w);
-                migrate(&store)?;
-            } else {
-                store.rebuild_locked(
-                    &mut store.view.write(),
-                    "control page was missing or damaged",
-                )?;
-            }
+            store.rebuild_locked(
+                &mut store.view.write(),
+                "control page was missing or damaged",
+            )?;
         } else {
             store.reload(&|_| {}, false)?;
+        }
+        if fresh {
+            migrate(&store)?;
         }
         Ok(store)
     }
