@@ -442,15 +442,17 @@ impl Cache {
     fn put(&self, prefix: &str, key: &str, value: Stored) -> Result<()> {
         let (kind, bytes) = value.encode();
         let now = self.clock.now();
-        self.write(prefix, key, kind, &bytes, now)?;
-        self.ram
-            .insert(self.hash(prefix, key), prefix, key, value, now);
+        let hash = self.hash(prefix, key);
+        self.write(hash, prefix, key, kind, &bytes, now)?;
+        self.ram.insert(hash, prefix, key, value, now);
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Appends one record (for the key of `hash`) to the disk tier, if there is a writable one.
     fn write(
         &self,
+        hash: u64,
         prefix: &str,
         key: &str,
         kind: Kind,
@@ -472,7 +474,7 @@ impl Cache {
         record::encode(
             &mut buf,
             kind,
-            self.hash(prefix, key),
+            hash,
             timestamp,
             value,
             prefix,
@@ -493,7 +495,7 @@ impl Cache {
             .is_some();
         let in_ram = self.ram.get(hash, prefix, key).is_some();
         if on_disk {
-            self.write(prefix, key, Kind::Tombstone, &[], self.clock.now())?;
+            self.write(hash, prefix, key, Kind::Tombstone, &[], self.clock.now())?;
         }
         self.ram.remove(hash);
         Ok(on_disk || in_ram)
@@ -649,16 +651,9 @@ impl Cache {
         if self.expired(e.timestamp, self.clock.now()) {
             return Ok(false);
         }
-        let len = record::encoded_len(e.bytes.len(), e.prefix.len(), e.key.len());
-        if len > MAX_RECORD_LEN {
-            return Err(Error::TooLarge {
-                what: "entry",
-                len,
-                max: MAX_RECORD_LEN,
-            });
-        }
-        self.write(&e.prefix, &e.key, Kind::Legacy, &e.bytes, e.timestamp)?;
-        self.ram.remove(self.hash(&e.prefix, &e.key));
+        let hash = self.hash(&e.prefix, &e.key);
+        self.write(hash, &e.prefix, &e.key, Kind::Legacy, &e.bytes, e.timestamp)?;
+        self.ram.remove(hash);
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
