@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::clock::{Clock, SystemClock};
 use crate::entry::{Entry, ValueRef};
 use crate::error::{Error, Result};
-use crate::keys::{key_hash, random_seed, validate_prefix};
+use crate::keys::{HashKeyed, key_hash, random_seed, validate_prefix};
 use crate::legacy;
 use crate::map::ReadMap;
 use crate::ram::RamTier;
@@ -184,7 +184,7 @@ impl CacheBuilder {
             disk_hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             saves: AtomicU64::new(0),
-            flights: (0..64).map(|_| Mutex::new(())).collect(),
+            flights: Mutex::new(HashKeyed::default()),
         };
         if log::log_enabled!(log::Level::Info) {
             for line in cache.banner().lines() {
@@ -250,7 +250,9 @@ pub struct Cache {
     disk_hits: AtomicU64,
     misses: AtomicU64,
     saves: AtomicU64,
-    flights: Box<[Mutex<()>]>,
+    /// One mutex per key being computed by `get_or_insert_with` (per key, not striped, so that
+    /// a computation may itself call `get_or_insert_with` for other keys).
+    flights: Mutex<HashKeyed<Arc<Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -511,13 +513,24 @@ impl Cache {
         if let Some(v) = self.try_get(prefix, key)? {
             return Ok(v);
         }
-        let _flight = self.flights[self.hash(prefix, key) as usize % self.flights.len()].lock();
-        if let Some(v) = self.get_counted(prefix, key, false)? {
-            return Ok(v);
+        let hash = self.hash(prefix, key);
+        let flight = Arc::clone(self.flights.lock().entry(hash).or_default());
+        let result = {
+            let _computing = flight.lock();
+            match self.get_counted(prefix, key, false) {
+                Ok(Some(v)) => Ok(v),
+                Ok(None) => {
+                    let value = compute();
+                    self.set(prefix, key, &value).map(|()| value)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let mut flights = self.flights.lock();
+        if Arc::strong_count(&flight) == 2 {
+            flights.remove(&hash); // nobody else is waiting on this key
         }
-        let value = compute();
-        self.set(prefix, key, &value)?;
-        Ok(value)
+        result
     }
 
     /// Counters and sizes.

@@ -191,3 +191,48 @@ fn clear_expired_and_clear_all() {
         Some(1)
     );
 }
+
+#[test]
+fn get_or_insert_with_computes_once_across_threads_and_may_nest() {
+    let dir = temp();
+    let cache = std::sync::Arc::new(Cache::open(dir.path()).unwrap());
+    let computed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (cache, computed) = (cache.clone(), computed.clone());
+            std::thread::spawn(move || {
+                cache
+                    .get_or_insert_with("test", "slow", || {
+                        computed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        7u64
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 7);
+    }
+    assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A computation that itself memoizes other keys (the original's decorator on recursive
+    // functions) must not deadlock, whatever the keys' hashes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = cache.clone();
+    std::thread::spawn(move || {
+        for i in 0..300u64 {
+            let outer = c
+                .get_or_insert_with("test", &format!("outer{i}"), || {
+                    c.get_or_insert_with("test", &format!("inner{i}"), || i * 2)
+                        .unwrap()
+                        + 1
+                })
+                .unwrap();
+            assert_eq!(outer, i * 2 + 1);
+        }
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("nested get_or_insert_with deadlocked");
+}
