@@ -256,3 +256,31 @@ fn verify_compact_clear() {
     assert!(d.join("settings.json").exists());
     assert!(ok(&run(d, &["verify"])).contains("sound"));
 }
+
+#[test]
+fn repairs_made_while_opening_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for i in 0..10 {
+        ok(&run(
+            d,
+            &["set", "--prefix", "test", &format!("k{i}"), &i.to_string()],
+        ));
+    }
+    ok(&run(d, &["compact"]));
+    let index = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "tki"))
+        .unwrap();
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[0] ^= 0xff; // bad magic: the index cannot be opened
+    std::fs::write(&index, bytes).unwrap();
+    let out = run(d, &["verify"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rebuilding"),
+        "the repair is said: {stderr}"
+    );
+    assert_eq!(ok(&run(d, &["get", "--prefix", "test", "k3"])), "3\n");
+}
