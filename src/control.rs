@@ -19,14 +19,12 @@ const OFF_PAGE_LEN: usize = 12;
 const OFF_SEED: usize = 16;
 const OFF_GENERATION: usize = 24;
 const OFF_COMMITTED: usize = 32;
-const OFF_CLEAR_EPOCH: usize = 40;
 
 /// A consistent reading of the moving fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct State {
     pub generation: u64,
     pub committed: u64,
-    pub clear_epoch: u64,
 }
 
 #[derive(Debug)]
@@ -89,18 +87,16 @@ impl Control {
         self.seed
     }
 
-    /// Reads generation, committed length and clear epoch so that the committed length belongs
-    /// to the generation returned (writers publish a new generation after resetting the length).
+    /// Reads generation and committed length so that the length belongs to the generation
+    /// returned (writers publish a new generation after resetting the length).
     pub(crate) fn state(&self) -> State {
         loop {
             let generation = self.page.atomic(OFF_GENERATION).load(Ordering::Acquire);
             let committed = self.page.atomic(OFF_COMMITTED).load(Ordering::Acquire);
-            let clear_epoch = self.page.atomic(OFF_CLEAR_EPOCH).load(Ordering::Acquire);
             if self.page.atomic(OFF_GENERATION).load(Ordering::Acquire) == generation {
                 return State {
                     generation,
                     committed,
-                    clear_epoch,
                 };
             }
         }
@@ -116,16 +112,11 @@ impl Control {
     }
 
     /// Publishes a new generation whose active log is empty. Caller holds the write lock.
-    pub(crate) fn publish_generation(&self, generation: u64, cleared: bool) {
+    pub(crate) fn publish_generation(&self, generation: u64) {
         if !self.page.is_writable() {
             return;
         }
         self.page.atomic(OFF_COMMITTED).store(0, Ordering::Release);
-        if cleared {
-            self.page
-                .atomic(OFF_CLEAR_EPOCH)
-                .fetch_add(1, Ordering::AcqRel);
-        }
         self.page
             .atomic(OFF_GENERATION)
             .store(generation, Ordering::Release);

@@ -198,7 +198,7 @@ impl Store {
         self.dir
             .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         self.dir.sync()?;
-        self.control.publish_generation(generation, false);
+        self.control.publish_generation(generation);
         self.control.flush(&self.ctl_path)?;
         for id in self.list_segments()? {
             if !referenced.contains(&id) {
