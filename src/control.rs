@@ -1,5 +1,5 @@
 //! The control page `tokcache.ctl`: magic, format version, hash seed, and the atomics every
-//! process follows (index generation, committed length of the active log, clear epoch).
+//! process follows (index generation and committed length of the active log).
 
 use std::fs::OpenOptions;
 use std::path::Path;
