@@ -220,12 +220,12 @@ fn migrate_original_files(store: &Store, ttl_secs: f64, now: f64) -> Result<()> 
             Err(err) => log::warn!("not migrated: {err}"),
         }
         if buf.len() >= 4 << 20 {
-            store.append(&buf, now, &|_| {})?;
+            store.append(&buf, now, &|_| {}, || {})?;
             buf.clear();
         }
     }
     if !buf.is_empty() {
-        store.append(&buf, now, &|_| {})?;
+        store.append(&buf, now, &|_| {}, || {})?;
     }
     if taken > 0 {
         log::info!(
@@ -445,13 +445,18 @@ impl Cache {
         let (kind, bytes) = value.encode();
         let now = self.clock.now();
         let hash = self.hash(prefix, key);
-        self.write(hash, prefix, key, kind, &bytes, now)?;
-        self.ram.insert(hash, prefix, key, value, now);
+        // The RAM tier is updated under the write, so that two threads setting one key leave
+        // the RAM tier with the value that is last on disk.
+        self.write(hash, prefix, key, kind, &bytes, now, || {
+            self.ram.insert(hash, prefix, key, value, now)
+        })?;
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Appends one record (for the key of `hash`) to the disk tier, if there is a writable one.
+    /// Appends one record (for the key of `hash`) to the disk tier, if there is a writable one,
+    /// and runs `published` once it is visible (at once when there is no writable disk tier).
+    #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
         hash: u64,
@@ -460,6 +465,7 @@ impl Cache {
         kind: Kind,
         value: &[u8],
         timestamp: f64,
+        published: impl FnOnce(),
     ) -> Result<()> {
         let len = record::encoded_len(value.len(), prefix.len(), key.len());
         if len > MAX_RECORD_LEN {
@@ -470,6 +476,7 @@ impl Cache {
             });
         }
         let Some(store) = self.store.as_ref().filter(|s| s.is_writable()) else {
+            published();
             return Ok(());
         };
         let mut buf = Vec::with_capacity(len);
@@ -482,7 +489,7 @@ impl Cache {
             prefix,
             key.as_bytes(),
         );
-        store.append(&buf, self.clock.now(), &|c| self.invalidate(c))
+        store.append(&buf, self.clock.now(), &|c| self.invalidate(c), published)
     }
 
     /// Removes `key`; `true` if it was there.
@@ -497,7 +504,15 @@ impl Cache {
             .is_some();
         let in_ram = self.ram.get(hash, prefix, key).is_some();
         if on_disk {
-            self.write(hash, prefix, key, Kind::Tombstone, &[], self.clock.now())?;
+            self.write(
+                hash,
+                prefix,
+                key,
+                Kind::Tombstone,
+                &[],
+                self.clock.now(),
+                || {},
+            )?;
         }
         self.ram.remove(hash);
         Ok(on_disk || in_ram)
@@ -665,7 +680,15 @@ impl Cache {
             return Ok(false);
         }
         let hash = self.hash(&e.prefix, &e.key);
-        self.write(hash, &e.prefix, &e.key, Kind::Legacy, &e.bytes, e.timestamp)?;
+        self.write(
+            hash,
+            &e.prefix,
+            &e.key,
+            Kind::Legacy,
+            &e.bytes,
+            e.timestamp,
+            || {},
+        )?;
         self.ram.remove(hash);
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(true)

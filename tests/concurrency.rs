@@ -207,3 +207,32 @@ fn threads_of_one_process_never_lose_writes() {
         }
     }
 }
+
+#[test]
+fn threads_setting_one_key_leave_ram_and_disk_agreeing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(tmp.path()).unwrap());
+    for round in 0..200u64 {
+        let writers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let cache = Arc::clone(&cache);
+                std::thread::spawn(move || {
+                    cache.set("test", "contended", &(round * 2 + t)).unwrap()
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let on_disk = Cache::builder(tmp.path())
+            .max_ram_entries(0)
+            .open()
+            .unwrap()
+            .get::<u64>("test", "contended");
+        assert_eq!(
+            cache.get::<u64>("test", "contended"),
+            on_disk,
+            "round {round}: RAM tier disagrees with disk"
+        );
+    }
+}

@@ -400,7 +400,15 @@ impl Store {
 
     /// Appends encoded records (under the lock), publishes them, and compacts if the log is
     /// past its thresholds. `now` is for compaction's expiry.
-    pub(crate) fn append(&self, bytes: &[u8], now: f64, on_change: OnChange<'_>) -> Result<()> {
+    /// `published` runs once the records are visible, before any other writer of this process
+    /// can append: the place to update the RAM tier without racing another thread's write.
+    pub(crate) fn append(
+        &self,
+        bytes: &[u8],
+        now: f64,
+        on_change: OnChange<'_>,
+        published: impl FnOnce(),
+    ) -> Result<()> {
         let _w = self.writer.lock();
         let _l = self.lock()?;
         let mut v = self.locked_view(on_change)?;
@@ -426,6 +434,7 @@ impl Store {
         let committed = off + bytes.len() as u64;
         self.control.publish_committed(committed);
         v.scan_log(committed, |_| {})?;
+        published();
         if self.tail_is_full(&v) {
             // The record is published; a failed compaction (disk full, say) leaves the old
             // generation in place and is retried on the next append.
