@@ -401,9 +401,7 @@ impl Cache {
         self.lookup(prefix, key, count, |hash, hit| match hit {
             Hit::Ram(v, _) => v.to_value(),
             Hit::Disk(_, rec) => {
-                let stored = Stored::decode(rec.kind, rec.value).ok_or_else(|| {
-                    Error::InvalidValue("stored value is not valid UTF-8 JSON".into())
-                })?;
+                let stored = Stored::decode_value(rec.kind, rec.value)?;
                 let value = stored.to_value()?;
                 self.ram.insert(hash, prefix, key, stored, rec.timestamp);
                 Ok(value)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys::logical_name;
 use crate::map::{ReadMap, as_u32s};
 use crate::pyjson;
@@ -127,7 +127,7 @@ impl ValueRef {
         if let Some(s) = self.as_json_str() {
             return Some(s.to_string());
         }
-        match self.to_stored()? {
+        match self.to_stored().ok()? {
             Stored::Int(i) => Some(i.to_string()),
             Stored::Float(f) => serde_json::to_string(&f).ok(),
             Stored::Tokens(t) => serde_json::to_string(&*t).ok(),
@@ -135,23 +135,21 @@ impl ValueRef {
         }
     }
 
-    pub(crate) fn to_stored(&self) -> Option<Stored> {
+    pub(crate) fn to_stored(&self) -> Result<Stored> {
         match &self.inner {
             Inner::Mapped {
                 map,
                 start,
                 end,
                 kind,
-            } => Stored::decode(*kind, &map.bytes()[*start..*end]),
-            Inner::Owned(v) => Some(v.clone()),
+            } => Stored::decode_value(*kind, &map.bytes()[*start..*end]),
+            Inner::Owned(v) => Ok(v.clone()),
         }
     }
 
     /// Deserializes the value.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        self.to_stored()
-            .ok_or_else(|| Error::InvalidValue("stored value is not valid".into()))?
-            .to_value()
+        self.to_stored()?.to_value()
     }
 }
 

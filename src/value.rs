@@ -46,6 +46,13 @@ impl Stored {
         }
     }
 
+    /// Decodes stored bytes, or says that they are not a value.
+    pub(crate) fn decode_value(kind: Kind, bytes: &[u8]) -> Result<Self> {
+        Self::decode(kind, bytes).ok_or_else(|| {
+            Error::InvalidValue("stored value is not valid (UTF-8 JSON, or its kind)".into())
+        })
+    }
+
     /// Decodes stored bytes. `None` for a tombstone or bytes that do not fit the kind.
     pub(crate) fn decode(kind: Kind, bytes: &[u8]) -> Option<Self> {
         Some(match kind {

@@ -225,41 +225,29 @@ impl Store {
                 Arc::new(segment::map_segment(&file, &p, info.len)?),
             );
         }
-        let log_path = self.dir.join(&segment::segment_name(active));
-        let log = match OpenOptions::new()
-            .read(true)
-            .write(self.is_writable())
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&log_path)
-        {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && state.committed == 0 => None,
-            Err(e) => return Err(Error::io("open segment", &log_path, e)),
-        };
-        let log_len = match &log {
-            Some(f) => f.metadata().ctx("stat segment", &log_path)?.len(),
-            None => 0,
-        };
-        let log_map = match &log {
-            Some(f) => segment::map_segment(f, &log_path, log_len)?,
-            None => ReadMap::empty(),
-        };
         let mut view = View {
             generation: state.generation,
             index: Some(index),
             segments,
             infos,
             active,
-            log,
-            log_path,
-            log_map: Arc::new(log_map),
-            log_len,
+            log: None,
+            log_path: self.dir.join(&segment::segment_name(active)),
+            log_map: Arc::new(ReadMap::empty()),
+            log_len: 0,
             scanned: 0,
             seen_committed: 0,
-            tail: Tail::with_capacity((state.committed.min(log_len) / 96).min(1 << 24) as usize),
+            tail: Tail::default(),
             tail_records: 0,
             delta: OnceLock::new(),
         };
+        self.ensure_log(&mut view, false)?;
+        if view.log.is_none() && state.committed > 0 {
+            let missing = io::Error::from(io::ErrorKind::NotFound);
+            return Err(Error::io("open segment", &view.log_path, missing));
+        }
+        let expected = state.committed.min(view.log_len) / 96;
+        view.tail = Tail::with_capacity(expected.min(1 << 24) as usize);
         view.scan_log(state.committed, |_| {})?;
         Ok(view)
     }
@@ -321,6 +309,7 @@ impl Store {
 
     /// Opens the active segment if the view has none (it did not exist yet when the view was
     /// loaded): without it the view could neither see others' records nor append after them.
+    /// `create`: make it if it is missing (writers); otherwise a missing one stays `None`.
     fn ensure_log(&self, v: &mut View, create: bool) -> Result<()> {
         if v.log.is_some() {
             return Ok(());
@@ -353,9 +342,6 @@ impl Store {
             let mut v = self.view.write();
             if v.generation == state.generation {
                 self.ensure_log(&mut v, true)?;
-                if state.committed > v.scanned {
-                    self.ensure_log(&mut v, false)?;
-                }
                 v.scan_log(state.committed, |h| on_change(Some(h)))?;
                 return Ok(v);
             }
@@ -381,6 +367,9 @@ impl Store {
         if v.generation != state.generation {
             drop(v);
             return self.reload(on_change, false);
+        }
+        if state.committed > v.scanned {
+            self.ensure_log(&mut v, false)?;
         }
         v.scan_log(state.committed, |h| on_change(Some(h)))
     }
