@@ -1,9 +1,10 @@
-//! The control page `tokcache.ctl`: magic, format version, hash seed, and the atomics every
-//! process follows (index generation and committed length of the active log).
+//! The control page `tokcache.ctl`: magic, format version, hash seed, the atomics every
+//! process follows (index generation and committed length of the active log), and the write
+//! lock's word (see `lock.rs`).
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::map::SharedPage;
@@ -12,13 +13,15 @@ use crate::segment::Dir;
 pub(crate) const FILE_NAME: &str = "tokcache.ctl";
 pub(crate) const PAGE_LEN: usize = 4096;
 const MAGIC: &[u8; 8] = b"TOKCCTL1";
-const VERSION: u32 = 1;
+/// Version 2 added the write lock word.
+const VERSION: u32 = 2;
 
 const OFF_VERSION: usize = 8;
 const OFF_PAGE_LEN: usize = 12;
 const OFF_SEED: usize = 16;
 const OFF_GENERATION: usize = 24;
 const OFF_COMMITTED: usize = 32;
+const OFF_LOCK: usize = 40;
 
 /// A consistent reading of the moving fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +123,13 @@ impl Control {
         self.page
             .atomic(OFF_GENERATION)
             .store(generation, Ordering::Release);
+    }
+
+    /// The write lock's word, for writable pages only (`None` on a read-only mapping).
+    pub(crate) fn lock_word(&self) -> Option<&AtomicU32> {
+        self.page
+            .is_writable()
+            .then(|| self.page.atomic_u32(OFF_LOCK))
     }
 
     pub(crate) fn flush(&self, path: &Path) -> Result<()> {

@@ -13,7 +13,8 @@ use crate::map::{ReadMap, access_validated};
 
 pub(crate) const HEADER_LEN: usize = 64;
 const MAGIC: &[u8; 8] = b"TOKCIDX1";
-const VERSION: u32 = 1;
+/// Version 2: the table is ordered by hash (version 1 wrapped around and was unordered).
+const VERSION: u32 = 2;
 /// `seg` of an empty slot.
 pub(crate) const EMPTY: u32 = u32::MAX;
 
@@ -66,45 +67,53 @@ pub(crate) struct IndexBody {
     /// The segment appended to after this index was written.
     pub active_segment: u32,
     pub segments: Vec<SegmentInfo>,
-    /// Linear probing from `(hash * len) >> 64`; at most 3/4 full.
+    /// Home slots: a hash's first probe is `(hash * buckets) >> 64`. At most 3/4 of them are
+    /// used, counting entries.
+    pub buckets: u64,
+    /// Ordered linear probing: entries in ascending hash order, each at its home slot or the
+    /// first free slot after the previous entry. The table does not wrap around; overflow of
+    /// the last buckets goes past `buckets`. So a probe stops at the first empty slot or the
+    /// first larger hash: misses cost about as little as hits.
     pub slots: Vec<Slot>,
     pub entries: u64,
 }
 
-/// The slot a hash probes first: `(hash * len) >> 64`, so any table length works.
+/// The slot a hash probes first: `(hash * buckets) >> 64`, so any table length works, and
+/// the home slot grows with the hash (which keeps the table ordered).
 #[inline]
-fn home(hash: u64, len: usize) -> usize {
-    ((u128::from(hash) * len as u128) >> 64) as usize
-}
-
-#[inline]
-fn next(i: usize, len: usize) -> usize {
-    if i + 1 == len { 0 } else { i + 1 }
+fn home(hash: u64, buckets: u64) -> usize {
+    ((u128::from(hash) * u128::from(buckets)) >> 64) as usize
 }
 
 impl IndexBody {
-    /// Lays `entries` out in a table at most 3/4 full.
+    /// Lays `entries` out in an ordered table at most 3/4 full.
     pub(crate) fn build(
         generation: u64,
         seed: u64,
         active_segment: u32,
         segments: Vec<SegmentInfo>,
-        entries: &[Slot],
+        mut entries: Vec<Slot>,
     ) -> Self {
-        let cap = (entries.len() * 4 / 3 + 1).max(16);
-        let mut slots = vec![Slot::VACANT; cap];
-        for e in entries {
-            let mut i = home(e.hash, cap);
-            while slots[i].seg != EMPTY {
-                i = next(i, cap);
+        // Stable sort: compaction passes the old (ordered) table plus a short tail, runs that
+        // the sort merges in about linear time.
+        entries.sort_by_key(|e| e.hash);
+        let buckets = (entries.len() as u64 * 4 / 3 + 1).max(16);
+        let mut slots = vec![Slot::VACANT; buckets as usize];
+        let mut free = 0;
+        for e in &entries {
+            let i = home(e.hash, buckets).max(free);
+            match slots.get_mut(i) {
+                Some(s) => *s = *e,
+                None => slots.push(*e),
             }
-            slots[i] = *e;
+            free = i + 1;
         }
         Self {
             generation,
             seed,
             active_segment,
             segments,
+            buckets,
             slots,
             entries: entries.len() as u64,
         }
@@ -214,16 +223,16 @@ impl Index {
 
     /// The occupied slots whose hash is `hash`, with their positions, in probe order.
     fn candidates(&self, hash: u64) -> impl Iterator<Item = (usize, &ArchivedSlot)> {
-        let slots = &self.body().slots;
-        let len = slots.len();
-        let mut i = home(hash, len);
-        (0..len)
-            .map(move |_| {
-                let at = i;
-                i = next(i, len);
-                (at, &slots[at])
-            })
-            .take_while(|(_, s)| s.seg != EMPTY)
+        let body = self.body();
+        let slots = &body.slots[..];
+        let start = home(hash, body.buckets.to_native());
+        slots
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(move |(i, s)| (start + i, s))
+            .take_while(move |(_, s)| s.seg != EMPTY && s.hash.to_native() <= hash)
             .filter(move |(_, s)| s.hash == hash)
     }
 
@@ -256,5 +265,75 @@ impl ArchivedSlot {
             len: self.len.to_native(),
             ts: self.ts.to_native(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(hash: u64, off: u32) -> Slot {
+        Slot {
+            hash,
+            seg: 1,
+            off,
+            len: 8,
+            ts: 0,
+        }
+    }
+
+    fn open_body(body: &IndexBody) -> (tempfile::TempDir, Index) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.tki");
+        std::fs::write(&path, body.to_file_bytes().unwrap()).unwrap();
+        let index = Index::open(&path, body.generation, body.seed).unwrap();
+        (dir, index)
+    }
+
+    #[test]
+    fn ordered_table_finds_every_entry_and_no_other() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut hashes: Vec<u64> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            })
+            .collect();
+        // Crowd the top of the range (overflow past the last bucket), and collide.
+        hashes.extend((0..40).map(|i| u64::MAX - i));
+        hashes.extend([hashes[10], hashes[10], 0, 0]);
+        let entries: Vec<Slot> = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| slot(h, i as u32))
+            .collect();
+        let body = IndexBody::build(3, 5, 9, Vec::new(), entries);
+        assert!(body.slots.len() >= body.buckets as usize);
+        let occupied: Vec<u64> = body
+            .slots
+            .iter()
+            .filter(|s| s.seg != EMPTY)
+            .map(|s| s.hash)
+            .collect();
+        assert_eq!(occupied.len(), hashes.len());
+        assert!(occupied.is_sorted(), "table is not ordered by hash");
+        let (_dir, index) = open_body(&body);
+        for (i, &h) in hashes.iter().enumerate() {
+            let found = index.probe(h, |s| (s.off.to_native() == i as u32).then_some(()));
+            assert!(found.is_some(), "entry {i} (hash {h:x}) not found");
+        }
+        for h in [1u64, 2, u64::MAX - 100, hashes[10] ^ 1] {
+            if !hashes.contains(&h) {
+                assert!(index.probe(h, |_| Some(())).is_none(), "{h:x} found");
+            }
+        }
+        let mut seen = 0;
+        index.probe(hashes[10], |_| {
+            seen += 1;
+            None::<()>
+        });
+        assert_eq!(seen, 3);
     }
 }

@@ -1,23 +1,55 @@
-//! The write lock `tokcache.lock`: an fs2 (flock) exclusive lock held for every append, for
-//! compaction and for clearing. Readers never lock. fs2 is called by full path because std's own
-//! `File::lock*` methods of the same names would otherwise take precedence.
+//! The write lock. Appends, compaction and clearing are serialised across processes by a lock
+//! word in the shared control page: taking and releasing it is one atomic instruction each when
+//! nobody waits (an `flock` pair costs two system calls, more than the rest of an append).
+//!
+//! - The word holds the owner's *token* (1..2^31), or 0 when free; bit 31 says that someone may
+//!   sleep on it, so the releasing owner must wake one (a futex on the shared page).
+//! - Each process that may write holds, for as long as it has the cache open, an
+//!   open-file-description lock on byte `token` of `tokcache.lock`. The kernel drops it when the
+//!   process dies, however it dies. A waiter that sees one owner hold the word for long checks
+//!   that byte: unlocked means the owner is dead, and the waiter takes the word over. A killed
+//!   writer costs the next one a few milliseconds, never a lost or stuck cache.
+//! - `tokcache.lock` is also `flock`ed (through fs2) while the control page itself is created or
+//!   rebuilt, before any word exists; and where the kernel lacks open-file-description locks,
+//!   every write takes that `flock` instead of the word.
+//!
+//! fs2 is called by full path because std's own `File::lock*` methods of the same names would
+//! otherwise take precedence.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
+use crate::map;
 
 pub(crate) const FILE_NAME: &str = "tokcache.lock";
+
+/// Bit of the word set by a process about to sleep on it.
+const WAITING: u32 = 1 << 31;
+/// Failed attempts spent spinning before sleeping (an append holds the word about a microsecond).
+const SPINS: u32 = 64;
+/// Longest sleep between looks at the word (a wake-up normally comes first).
+const NAP: Duration = Duration::from_millis(5);
+/// How long one owner must hold the word before a waiter checks whether it is still alive.
+const SUSPECT_AFTER: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 pub(crate) struct LockFile {
     file: File,
     path: PathBuf,
+    /// The byte this process holds in the lock file; `None` where the kernel cannot lock bytes
+    /// per open file description (every write then `flock`s).
+    token: Option<u32>,
 }
 
-/// Holds the exclusive lock until dropped.
-pub(crate) struct Locked<'a>(&'a LockFile);
+/// Holds the write lock until dropped.
+pub(crate) enum Locked<'a> {
+    File(&'a LockFile),
+    Word(&'a AtomicU32),
+}
 
 impl LockFile {
     pub(crate) fn open(dir: &Path, mode: u32) -> Result<Self> {
@@ -30,20 +62,116 @@ impl LockFile {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .ctx("open lock file", &path)?;
-        Ok(Self { file, path })
+        let token = claim_token(&file, &path)?;
+        Ok(Self { file, path, token })
     }
 
-    /// Blocks until this process holds the exclusive lock.
+    /// Whether appends in this directory may go through a writable mapping.
+    pub(crate) fn allows_mapped_writes(&self) -> bool {
+        map::mapped_writes_are_safe(&self.file)
+    }
+
+    /// Blocks until this process holds the lock file's `flock` (creating the control page).
     pub(crate) fn exclusive(&self) -> Result<Locked<'_>> {
         fs2::FileExt::lock_exclusive(&self.file).ctx("lock", &self.path)?;
-        Ok(Locked(self))
+        Ok(Locked::File(self))
     }
+
+    /// Blocks until this process holds the write lock whose word is `word`.
+    pub(crate) fn writer<'a>(&'a self, word: &'a AtomicU32) -> Result<Locked<'a>> {
+        let Some(token) = self.token else {
+            return self.exclusive();
+        };
+        let mut mine = token;
+        let mut spins = 0;
+        let mut watched: Option<(u32, Instant)> = None;
+        loop {
+            let seen = match word.compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Ok(Locked::Word(word)),
+                Err(seen) => seen,
+            };
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let owner = seen & !WAITING;
+            if seen & WAITING == 0
+                && word
+                    .compare_exchange(seen, seen | WAITING, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            match watched {
+                Some((o, since)) if o == owner && since.elapsed() >= SUSPECT_AFTER => {
+                    if owner != token && !self.alive(owner)? {
+                        let taken = word.compare_exchange(
+                            seen | WAITING,
+                            token | WAITING,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        );
+                        if taken.is_ok() {
+                            log::warn!(
+                                "{}: took the write lock over from a process that died holding it",
+                                self.path.display()
+                            );
+                            return Ok(Locked::Word(word));
+                        }
+                    }
+                    watched = Some((owner, Instant::now()));
+                }
+                Some((o, _)) if o == owner => {}
+                _ => watched = Some((owner, Instant::now())),
+            }
+            map::futex_wait(word, seen | WAITING, NAP);
+            // Others may still sleep: whoever takes the word after sleeping wakes the next.
+            mine = token | WAITING;
+        }
+    }
+
+    /// Whether the process with `token` still has the cache open: it holds that byte.
+    fn alive(&self, token: u32) -> Result<bool> {
+        map::byte_is_locked(&self.file, u64::from(token)).ctx("check lock owner", &self.path)
+    }
+}
+
+/// Picks a free token and locks its byte. `None` if the kernel has no open-file-description
+/// locks (before Linux 3.15, or a file system without them).
+fn claim_token(file: &File, path: &Path) -> Result<Option<u32>> {
+    let mut seed = crate::keys::random_seed();
+    for _ in 0..64 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let token = ((seed >> 33) as u32).max(1);
+        match map::lock_byte(file, u64::from(token)) {
+            Ok(true) => return Ok(Some(token)),
+            Ok(false) => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => {
+                log::debug!("{}: no byte locks ({e}); writes use flock", path.display());
+                return Ok(None);
+            }
+            Err(e) => return Err(crate::Error::io("lock owner byte", path, e)),
+        }
+    }
+    Ok(None)
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        if let Err(e) = fs2::FileExt::unlock(&self.0.file) {
-            log::warn!("cannot unlock {}: {e}", self.0.path.display());
+        match self {
+            Locked::File(lock) => {
+                if let Err(e) = fs2::FileExt::unlock(&lock.file) {
+                    log::warn!("cannot unlock {}: {e}", lock.path.display());
+                }
+            }
+            Locked::Word(word) => {
+                if word.swap(0, Ordering::Release) & WAITING != 0 {
+                    map::futex_wake(word);
+                }
+            }
         }
     }
 }

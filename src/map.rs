@@ -1,5 +1,6 @@
-//! Every `unsafe` block of the crate lives here: file mappings, the atomics of the shared control
-//! page, the unchecked rkyv access after validation, and the `&[u8]` to `&[u32]` view.
+//! Every `unsafe` block of the crate lives here: file mappings (read-only ones for lookups, a
+//! writable one for the writer's appends), the atomics of the shared control page, the unchecked
+//! rkyv access after validation, the `&[u8]` to `&[u32]` view, and the few libc calls std lacks.
 //!
 //! The contract these blocks rely on is the one the whole crate keeps: a file of ours is never
 //! truncated or rewritten in place below a length any process has been told about. Segments only
@@ -8,7 +9,8 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
@@ -39,6 +41,155 @@ impl ReadMap {
     pub(crate) fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
+}
+
+/// A writable shared mapping of the active segment, through which the writer (holding the
+/// write lock) copies records past the committed length. It is a separate mapping from the
+/// read-only ones: no `&[u8]` of this process ever covers the bytes written through it, just
+/// as with `pwrite`. Only space that [`allocate`] reserved is mapped, so a full disk is an
+/// error from `allocate`, never a `SIGBUS` on a write.
+#[derive(Debug)]
+pub(crate) struct WriteMap {
+    map: MmapRaw,
+}
+
+impl WriteMap {
+    pub(crate) fn new(file: &File, len: usize) -> io::Result<Self> {
+        let map = MmapOptions::new().len(len).map_raw(file)?;
+        Ok(Self { map })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Copies `bytes` to `offset`; `false` (and nothing written) if they do not fit.
+    pub(crate) fn write(&self, offset: usize, bytes: &[u8]) -> bool {
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.map.len())
+        {
+            return false;
+        }
+        // SAFETY: the range is inside the mapping (checked above), which lives as long as
+        // `self`; `bytes` cannot overlap it (no slice of this mapping is ever handed out). The
+        // caller holds the write lock and writes past the committed length, which no reader
+        // reads until it is published.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(offset),
+                bytes.len(),
+            );
+        }
+        true
+    }
+}
+
+/// Allocates disk blocks for `offset..offset + len` of `file` (growing it if needed), so that
+/// writes there through a mapping cannot fail for lack of space.
+pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is open for `file`'s
+    // lifetime.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether the file system of `file` is one where writes through a mapping into space that
+/// [`allocate`] reserved cannot fail with `SIGBUS` on a full disk: ext4, XFS and tmpfs. On
+/// copy-on-write file systems (btrfs, ZFS) and network ones a mapped write may need new space,
+/// so appends there use `pwrite`, which reports a full disk as an error.
+pub(crate) fn mapped_writes_are_safe(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const TMPFS: i64 = 0x0102_1994;
+    // SAFETY: `statfs` is plain old data, zeroed is a valid value; fstatfs only writes it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open and `st` is a valid, writable statfs owned by this frame.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as i64;
+    rc == 0 && matches!(kind, EXT4 | XFS | TMPFS)
+}
+
+/// Sleeps while `word` holds `expected`, for at most `timeout`, or until [`futex_wake`]. The
+/// futex is not private: `word` lives in a shared file mapping and other processes wake it.
+/// Returns early (spuriously, or because the value changed) without telling why; callers
+/// re-check the word.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word` (alive for the call) and `ts`, a
+    // valid timespec owned by this frame; the remaining arguments are unused.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wakes one process sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address of `word` as a key; it reads no other memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1u32);
+    }
+}
+
+fn byte_lock(kind: libc::c_short, byte: u64) -> io::Result<libc::flock> {
+    // SAFETY: `flock` is plain old data; zeroed is a valid value (l_pid must be 0 for OFD locks).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = libc::off_t::try_from(byte).map_err(|_| io::ErrorKind::InvalidInput)?;
+    fl.l_len = 1;
+    Ok(fl)
+}
+
+/// Takes an open-file-description write lock on byte `byte` of `file`, held until the file is
+/// closed (by the kernel, when the process dies). `Ok(false)`: another holds it.
+pub(crate) fn lock_byte(file: &File, byte: u64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let fl = byte_lock(libc::F_WRLCK as libc::c_short, byte)?;
+    // SAFETY: F_OFD_SETLK reads the valid `flock` owned by this frame.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether another open file description holds a lock on byte `byte` of `file`.
+pub(crate) fn byte_is_locked(file: &File, byte: u64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut fl = byte_lock(libc::F_WRLCK as libc::c_short, byte)?;
+    // SAFETY: F_OFD_GETLK reads and writes the valid `flock` owned by this frame.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// The shared control page: a few `AtomicU64`s at fixed 8-aligned offsets of a mapped file.
@@ -86,6 +237,16 @@ impl SharedPage {
         // bytes through atomics. A read-only mapping is only ever loaded from, never stored to
         // (callers check `is_writable`), which is allowed for 8-byte atomics.
         unsafe { &*(self.map.as_mut_ptr().add(offset) as *const AtomicU64) }
+    }
+
+    /// The 32-bit atomic at byte `offset` (a futex word).
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.map.len(),
+            "control field out of page"
+        );
+        // SAFETY: as for `atomic`, with 4-byte alignment and size.
+        unsafe { &*(self.map.as_mut_ptr().add(offset) as *const AtomicU32) }
     }
 
     pub(crate) fn flush(&self) -> io::Result<()> {

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::map::ReadMap;
+use crate::map::{self, ReadMap};
 use crate::record::{self, RecordRef};
 
 pub(crate) fn segment_name(id: u32) -> String {
@@ -96,16 +96,29 @@ pub(crate) fn append_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> 
         .ctx("append to segment", path)
 }
 
-/// Grows the log file so that `need` bytes fit, in steps that double up to 64 MiB, so that
-/// readers map it rarely. The new bytes are sparse zeros past the committed length.
+/// Grows the log so that `need` bytes fit, in steps of 1/8 of its length (256 KiB to 8 MiB)
+/// so that readers remap rarely, and returns the new length. The new space is allocated where
+/// the file system can (so a full disk shows here, as an error, and writes through a mapping
+/// into it cannot fail); elsewhere it is sparse. `current` may be stale: another process may have
+/// grown the file, and it is never shrunk.
 pub(crate) fn reserve(file: &File, path: &Path, current: u64, need: u64) -> Result<u64> {
     if need <= current {
         return Ok(current);
     }
-    const MIB: u64 = 1 << 20;
-    let step = current.clamp(MIB, 64 * MIB);
-    let len = need.max(current + step).next_multiple_of(MIB);
-    file.set_len(len).ctx("grow segment", path)?;
+    let current = current.max(file.metadata().ctx("stat segment", path)?.len());
+    if need <= current {
+        return Ok(current);
+    }
+    const KIB: u64 = 1024;
+    let step = (current / 8).clamp(256 * KIB, 8192 * KIB);
+    let len = need.max(current + step).next_multiple_of(64 * KIB);
+    match map::allocate(file, current, len - current) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
+            file.set_len(len).ctx("grow segment", path)?;
+        }
+        Err(e) => return Err(crate::Error::io("grow segment", path, e)),
+    }
     Ok(len)
 }
 

@@ -16,7 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Index, SegmentInfo};
 use crate::keys::random_seed;
 use crate::lock::LockFile;
-use crate::map::ReadMap;
+use crate::map::{ReadMap, WriteMap};
 use crate::record::{Kind, RecordRef};
 use crate::segment::{self, Dir};
 
@@ -62,6 +62,9 @@ pub(crate) struct Store {
     control: Control,
     ctl_path: PathBuf,
     lock: Option<LockFile>,
+    /// Appends are copied in through a writable mapping (not `pwrite`): see
+    /// [`crate::map::mapped_writes_are_safe`].
+    mapped_writes: bool,
     writer: Mutex<()>,
     view: RwLock<View>,
 }
@@ -120,12 +123,14 @@ impl Store {
             }
         };
         let placeholder = Self::empty_view(&dir);
+        let mapped_writes = lock.as_ref().is_some_and(LockFile::allows_mapped_writes);
         let store = Self {
             dir,
             opts,
             control,
             ctl_path,
             lock,
+            mapped_writes,
             writer: Mutex::new(()),
             view: RwLock::new(placeholder),
         };
@@ -147,7 +152,10 @@ impl Store {
 
     fn lock(&self) -> Result<crate::lock::Locked<'_>> {
         match &self.lock {
-            Some(l) => l.exclusive(),
+            Some(l) => match self.control.lock_word() {
+                Some(word) => l.writer(word),
+                None => l.exclusive(),
+            },
             None => Err(Error::Degraded {
                 reason: format!("{} is read-only", self.dir.path.display()),
             }),
@@ -193,6 +201,7 @@ impl Store {
             log_path: dir.join("none"),
             log_map: Arc::new(ReadMap::empty()),
             log_len: 0,
+            log_write: None,
             scanned: 0,
             seen_committed: 0,
             tail: Tail::default(),
@@ -235,6 +244,7 @@ impl Store {
             log_path: self.dir.join(&segment::segment_name(active)),
             log_map: Arc::new(ReadMap::empty()),
             log_len: 0,
+            log_write: None,
             scanned: 0,
             seen_committed: 0,
             tail: Tail::default(),
@@ -414,13 +424,16 @@ impl Store {
             );
         }
         let off = v.scanned;
+        let committed = off + bytes.len() as u64;
         let view = &mut *v;
         if let Some(file) = &view.log {
-            view.log_len =
-                segment::reserve(file, &view.log_path, view.log_len, off + bytes.len() as u64)?;
+            view.log_len = segment::reserve(file, &view.log_path, view.log_len, committed)?;
+        }
+        if !self.write_mapped(view, off, bytes)?
+            && let Some(file) = &view.log
+        {
             segment::append_at(file, &view.log_path, off, bytes)?;
         }
-        let committed = off + bytes.len() as u64;
         self.control.publish_committed(committed);
         v.scan_log(committed, |_| {})?;
         published();
@@ -433,6 +446,32 @@ impl Store {
             on_change(None);
         }
         Ok(())
+    }
+
+    /// Copies records into the log through the writable mapping, (re)mapping it after growth.
+    /// `false`: not done, the caller writes them with `pwrite` (file system without safe mapped
+    /// writes, or space that cannot be allocated: the write then reports a full disk itself).
+    fn write_mapped(&self, v: &mut View, off: u64, bytes: &[u8]) -> Result<bool> {
+        if !self.mapped_writes {
+            return Ok(false);
+        }
+        let end = off + bytes.len() as u64;
+        if v.log_write.as_ref().is_none_or(|m| (m.len() as u64) < end) {
+            v.log_write = None;
+            let Some(file) = &v.log else {
+                return Ok(false);
+            };
+            // Space another process reserved may be sparse (its file system call failed, say):
+            // everything mapped for writing must be allocated.
+            if crate::map::allocate(file, 0, v.log_len).is_err() {
+                return Ok(false);
+            }
+            let len = usize::try_from(v.log_len).unwrap_or(usize::MAX);
+            let map = WriteMap::new(file, len).ctx("map segment for writing", &v.log_path)?;
+            v.log_write = Some(map);
+        }
+        let off = usize::try_from(off).unwrap_or(usize::MAX);
+        Ok(v.log_write.as_ref().is_some_and(|m| m.write(off, bytes)))
     }
 
     /// Whether the tail should be merged into a new index. The record threshold grows with the

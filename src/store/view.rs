@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::{IoContext, Result};
 use crate::index::{Index, SegmentInfo};
-use crate::map::ReadMap;
+use crate::map::{ReadMap, WriteMap};
 use crate::record::{self, Kind, RecordRef};
 use crate::segment;
 
@@ -27,6 +27,8 @@ pub(super) struct View {
     pub(super) log_map: Arc<ReadMap>,
     /// Length of the log file (preallocated past the committed length).
     pub(super) log_len: u64,
+    /// The writer's writable mapping of the log (see `Store::write_mapped`).
+    pub(super) log_write: Option<WriteMap>,
     pub(super) scanned: u64,
     pub(super) seen_committed: u64,
     pub(super) tail: Tail,
