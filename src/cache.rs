@@ -330,6 +330,16 @@ impl Cache {
         }
     }
 
+    /// The disk tier's view, caught up with other processes' writes (a failure to catch up
+    /// leaves the last good view in use). Hold it only for lookups: a write would wait for it.
+    fn reader(&self) -> Option<store::Reader<'_>> {
+        let store = self.store.as_ref()?;
+        Some(store.reader(&|c| self.invalidate(c)).unwrap_or_else(|e| {
+            log::warn!("cannot follow the cache's changes: {e}");
+            store.last_view()
+        }))
+    }
+
     /// Follows other processes' writes; a failure leaves the last good view in use.
     fn refresh(&self) {
         if let Some(store) = &self.store
@@ -356,7 +366,9 @@ impl Cache {
         validate_prefix(prefix)?;
         let hash = self.hash(prefix, key);
         let now = self.clock.now_coarse();
-        self.refresh();
+        // One read guard for catching up, the RAM tier (whose entries catching up invalidates)
+        // and the disk tier.
+        let reader = self.reader();
         if let Some((value, ts)) = self.ram.get(hash, prefix, key) {
             if !self.expired(ts, now) {
                 tally(&self.ram_hits);
@@ -364,8 +376,8 @@ impl Cache {
             }
             self.ram.remove(hash);
         }
-        let found = self.store.as_ref().and_then(|s| {
-            s.get(hash, prefix, key, |map, rec| {
+        let found = reader.as_ref().and_then(|r| {
+            r.get(hash, prefix, key, |map, rec| {
                 (!self.expired(rec.timestamp, now)).then(|| extract(hash, Hit::Disk(map, rec)))
             })
         });
@@ -493,13 +505,10 @@ impl Cache {
     /// Removes `key`; `true` if it was there.
     pub fn remove(&self, prefix: &str, key: &str) -> Result<bool> {
         validate_prefix(prefix)?;
-        self.refresh();
         let hash = self.hash(prefix, key);
         let on_disk = self
-            .store
-            .as_ref()
-            .and_then(|s| s.get(hash, prefix, key, |_, _| ()))
-            .is_some();
+            .reader()
+            .is_some_and(|r| r.get(hash, prefix, key, |_, _| ()).is_some());
         let in_ram = self.ram.get(hash, prefix, key).is_some();
         if on_disk {
             self.write(

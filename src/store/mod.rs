@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::control::{self, Control, State};
 use crate::error::{Error, IoContext, Result};
@@ -29,6 +29,23 @@ pub use compact::CompactReport;
 use tail::Tail;
 pub use verify::VerifyReport;
 use view::{View, key_eq};
+
+/// A read guard of the view: what lookups go through.
+pub(crate) struct Reader<'a>(RwLockReadGuard<'a, View>);
+
+impl Reader<'_> {
+    /// Runs `f` on the newest live record of the key, if any (tombstones are misses).
+    pub(crate) fn get<R>(
+        &self,
+        hash: u64,
+        prefix: &str,
+        key: &str,
+        f: impl FnOnce(&Arc<ReadMap>, &RecordRef<'_>) -> R,
+    ) -> Option<R> {
+        let (map, rec) = self.0.find(hash, prefix.as_bytes(), key.as_bytes())?;
+        (rec.kind != Kind::Tombstone).then(|| f(map, &rec))
+    }
+}
 
 /// Tunables of the disk tier (the builder documents them).
 #[derive(Clone, Debug)]
@@ -362,14 +379,26 @@ impl Store {
 
     /// Catches up with other processes: new records, or a new generation.
     pub(crate) fn refresh(&self, on_change: OnChange<'_>) -> Result<()> {
+        self.reader(on_change).map(drop)
+    }
+
+    /// The view, caught up with the control page, held for reading: one lock for the check and
+    /// the lookups that follow. On error (the new state cannot be loaded) nothing is returned;
+    /// [`Store::last_view`] still serves the last good one.
+    pub(crate) fn reader(&self, on_change: OnChange<'_>) -> Result<Reader<'_>> {
         let state = self.control.state();
-        {
-            let v = self.view.read();
-            if v.generation == state.generation && v.seen_committed == state.committed {
-                return Ok(());
-            }
+        let v = self.view.read();
+        if v.generation == state.generation && v.seen_committed == state.committed {
+            return Ok(Reader(v));
         }
-        self.catch_up(state, on_change)
+        drop(v);
+        self.catch_up(state, on_change)?;
+        Ok(Reader(self.view.read()))
+    }
+
+    /// The view as it is, without catching up.
+    pub(crate) fn last_view(&self) -> Reader<'_> {
+        Reader(self.view.read())
     }
 
     fn catch_up(&self, state: State, on_change: OnChange<'_>) -> Result<()> {
@@ -382,19 +411,6 @@ impl Store {
             self.ensure_log(&mut v, false)?;
         }
         v.scan_log(state.committed, |h| on_change(Some(h)))
-    }
-
-    /// Runs `f` on the newest live record of the key, if any (tombstones are misses).
-    pub(crate) fn get<R>(
-        &self,
-        hash: u64,
-        prefix: &str,
-        key: &str,
-        f: impl FnOnce(&Arc<ReadMap>, &RecordRef<'_>) -> R,
-    ) -> Option<R> {
-        let v = self.view.read();
-        let (map, rec) = v.find(hash, prefix.as_bytes(), key.as_bytes())?;
-        (rec.kind != Kind::Tombstone).then(|| f(map, &rec))
     }
 
     /// Appends encoded records (under the lock), publishes them, and compacts if the log is
