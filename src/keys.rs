@@ -51,6 +51,18 @@ pub(crate) fn md5_hex(bytes: &[u8]) -> String {
     hex
 }
 
+/// The bytes a prefix may hold: `[A-Za-z0-9_.-]` (a table: this check runs on every lookup).
+const PREFIX_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+        b += 1;
+    }
+    t
+};
+
 /// Checks a prefix: 1-64 of ASCII letters, digits, `_`, `-`, `.`, not starting with `.`.
 pub fn validate_prefix(prefix: &str) -> Result<()> {
     let reason = if prefix.is_empty() {
@@ -59,10 +71,7 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
         "longer than 64 bytes"
     } else if prefix.starts_with('.') {
         "starts with '.'"
-    } else if !prefix
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
+    } else if !prefix.bytes().all(|b| PREFIX_BYTE[usize::from(b)]) {
         "only ASCII letters, digits, '_', '-' and '.' are allowed"
     } else {
         return Ok(());

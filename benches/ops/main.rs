@@ -215,6 +215,49 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The machine's floor for a lookup in a cache of `bytes`: one dependent random read (a
+/// pointer chase over 64-byte lines) in a read-only shared mapping of a file that large, in the
+/// page cache. A disk-tier hit needs at least two such reads (index slot, then record), one more
+/// for a tail-table entry.
+fn dependent_read_floor(root: &Path, bytes: u64) -> Timings {
+    let path = root.join("floor.bin");
+    let lines = (bytes / 64).max(2) as usize;
+    // Sattolo's shuffle: one cycle through every line.
+    let mut next: Vec<u32> = (0..lines as u32).collect();
+    let mut rng = Rng(0x5eed);
+    for i in (1..lines).rev() {
+        let j = (rng.next() % i as u64) as usize;
+        next.swap(i, j);
+    }
+    let mut buf = vec![0u8; lines * 64];
+    for (i, &n) in next.iter().enumerate() {
+        buf[i * 64..i * 64 + 4].copy_from_slice(&n.to_le_bytes());
+    }
+    std::fs::write(&path, &buf).unwrap();
+    drop(buf);
+    let file = std::fs::File::open(&path).unwrap();
+    // SAFETY (bench only): the file is ours, not changed while mapped.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+    let read = |i: usize| u32::from_le_bytes(map[i * 64..i * 64 + 4].try_into().unwrap()) as usize;
+    let mut at = 0;
+    for _ in 0..lines.min(4_000_000) {
+        at = read(at); // fault every page in first
+    }
+    let mut t = Timings::default();
+    for _ in 0..300 {
+        let start = Instant::now();
+        for _ in 0..1000 {
+            at = read(at);
+        }
+        t.0.push(start.elapsed().as_nanos() as u64 / 1000);
+    }
+    std::hint::black_box(at);
+    drop(map);
+    let _ = std::fs::remove_file(&path);
+    t
+}
+
 fn build<E: Engine>(dir: &Path, n: u64) {
     let _ = std::fs::remove_dir_all(dir);
     let e = E::open(dir, false);
@@ -242,6 +285,17 @@ fn measure<E: Engine>(
             bytes as f64 / n as f64,
             bytes as f64 / n as f64 - 69.0
         );
+    }
+    if engine == "tokcache" {
+        let (median, p99, mean) = dependent_read_floor(root, dir_bytes(&dir)).summary();
+        rows.push(Row {
+            op: "one dependent read in a mapping of the cache's size",
+            entries: n,
+            engine: "machine floor",
+            median,
+            p99,
+            mean,
+        });
     }
     let mut push = |op, mut t: Timings| {
         let (median, p99, mean) = t.summary();

@@ -1,0 +1,58 @@
+//! A directory written by format version 1 (`tests/fixtures/format1`, made by the previous
+//! release: five entries, a compaction, then a removal, an overwrite and a new entry in the
+//! log) opens in version 2 with every entry as it was (docs/format.md: rebuilt from the
+//! segments on first open).
+
+use std::path::Path;
+
+use tokcache::Cache;
+
+fn copy_fixture(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1");
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_format_1_directory_opens_with_every_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_fixture(dir);
+
+    let cache = Cache::open(dir).unwrap();
+    assert_eq!(cache.storage(), tokcache::Storage::Disk);
+    let hello = "tokenizer:cl100k_base:hello world";
+    assert_eq!(cache.get::<u64>("token_count", hello), Some(2));
+    assert_eq!(
+        cache.get::<u64>("token_count", "tokenizer:cl100k_base:after compaction"),
+        Some(3)
+    );
+    assert_eq!(cache.get::<f64>("scores", "pi"), Some(3.5), "the overwrite");
+    assert_eq!(cache.get::<u64>("test", "removed"), None, "the removal");
+    assert_eq!(
+        cache.get_tokens("tokens", hello).unwrap().as_tokens(),
+        Some(&[15339u32, 1917][..])
+    );
+    assert_eq!(
+        cache.get::<serde_json::Value>("test", "json"),
+        Some(serde_json::json!({"a": [1, "two", null]}))
+    );
+    assert_eq!(cache.get_stats().disk_files, 5);
+
+    let ctl = std::fs::read(dir.join("tokcache.ctl")).unwrap();
+    assert_eq!(
+        &ctl[8..12],
+        &2u32.to_le_bytes(),
+        "control page not upgraded"
+    );
+    let report = cache.verify(|_| ());
+    assert!(report.problems.is_empty(), "{report:?}");
+
+    cache.set("test", "new", &9u64).unwrap();
+    drop(cache);
+    let again = Cache::open(dir).unwrap();
+    assert_eq!(again.get::<u64>("test", "new"), Some(9));
+    assert_eq!(again.get::<f64>("scores", "pi"), Some(3.5));
+}
