@@ -64,6 +64,10 @@ impl Slot {
 pub(crate) struct IndexBody {
     pub generation: u64,
     pub seed: u64,
+    /// Changes only when entries may have vanished or come back without records saying so (a
+    /// clear, a rebuild): it is then the generation that did it; compaction copies it. A
+    /// process moving to the next generation of the same epoch keeps its RAM tier.
+    pub epoch: u64,
     /// The segment appended to after this index was written.
     pub active_segment: u32,
     pub segments: Vec<SegmentInfo>,
@@ -90,6 +94,7 @@ impl IndexBody {
     pub(crate) fn build(
         generation: u64,
         seed: u64,
+        epoch: u64,
         active_segment: u32,
         segments: Vec<SegmentInfo>,
         mut entries: Vec<Slot>,
@@ -111,6 +116,7 @@ impl IndexBody {
         Self {
             generation,
             seed,
+            epoch,
             active_segment,
             segments,
             buckets,
@@ -309,7 +315,7 @@ mod tests {
             .enumerate()
             .map(|(i, &h)| slot(h, i as u32))
             .collect();
-        let body = IndexBody::build(3, 5, 9, Vec::new(), entries);
+        let body = IndexBody::build(3, 5, 3, 9, Vec::new(), entries);
         assert!(body.slots.len() >= body.buckets as usize);
         let occupied: Vec<u64> = body
             .slots

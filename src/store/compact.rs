@@ -173,7 +173,14 @@ impl Store {
         }
         let generation = v.generation + 1;
         let new_active = next_id;
-        let body = IndexBody::build(generation, self.seed(), new_active, kept, entries);
+        let body = IndexBody::build(
+            generation,
+            self.seed(),
+            body.epoch.to_native(),
+            new_active,
+            kept,
+            entries,
+        );
         self.install(v, body)?;
         Ok(CompactReport {
             expired,
@@ -226,7 +233,7 @@ impl Store {
 
     /// The first generation of a new cache: an empty index and its empty active segment.
     pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<()> {
-        let body = IndexBody::build(generation, seed, 0, Vec::new(), Vec::new());
+        let body = IndexBody::build(generation, seed, generation, 0, Vec::new(), Vec::new());
         dir.open_log(0)?;
         dir.write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         dir.sync()
@@ -248,7 +255,14 @@ impl Store {
         }
         // Unmap them too: a deleted file's space comes back when the last map goes.
         *v = Self::empty_view(&self.dir);
-        let body = IndexBody::build(generation, self.seed(), active, Vec::new(), Vec::new());
+        let body = IndexBody::build(
+            generation,
+            self.seed(),
+            generation,
+            active,
+            Vec::new(),
+            Vec::new(),
+        );
         self.install(&mut v, body)?;
         on_change(None);
         Ok(())
@@ -337,7 +351,14 @@ impl Store {
         };
         self.install(
             v,
-            IndexBody::build(generation, self.seed(), id + 1, segments, entries),
+            IndexBody::build(
+                generation,
+                self.seed(),
+                generation,
+                id + 1,
+                segments,
+                entries,
+            ),
         )?;
         Ok(generation)
     }

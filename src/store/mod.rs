@@ -288,8 +288,7 @@ impl Store {
             let state = self.control.state();
             match self.load_view(state) {
                 Ok(v) => {
-                    self.install_view(v);
-                    on_change(None);
+                    self.install_view(v, on_change);
                     return Ok(());
                 }
                 Err(e)
@@ -312,26 +311,51 @@ impl Store {
         };
         let state = self.control.state();
         match self.load_view(state) {
-            Ok(v) => self.install_view(v),
+            Ok(v) => self.install_view(v, on_change),
             Err(_) => {
                 self.rebuild_locked(&mut self.view.write(), "index unreadable")?;
+                on_change(None);
             }
         }
         drop(held);
-        on_change(None);
         Ok(())
     }
 
     /// Replaces the view unless it would go back: a thread that loaded an older state while
-    /// another moved on must not undo that.
-    fn install_view(&self, new: View) {
+    /// another moved on must not undo that. Tells `on_change` (while no other thread can look
+    /// anything up) which keys may have changed since the old view: those of the records it had
+    /// not seen, or everything when that cannot be known.
+    fn install_view(&self, new: View, on_change: OnChange<'_>) {
         let mut cur = self.view.write();
         let newer = cur.index.is_none()
             || new.generation > cur.generation
             || (new.generation == cur.generation && new.scanned >= cur.scanned);
-        if newer {
-            *cur = new;
+        if !newer {
+            return;
         }
+        if cur.index.is_some() && new.generation == cur.generation {
+            for (hash, _) in new
+                .tail
+                .iter()
+                .filter(|(_, l)| u64::from(l.off) >= cur.scanned)
+            {
+                on_change(Some(hash));
+            }
+        } else if cur.index.is_some()
+            && new.generation == cur.generation + 1
+            && new.epoch() == cur.epoch()
+            && cur.scan_rest(|hash| on_change(Some(hash)))
+        {
+            // The next generation of the same epoch: compaction moved records around, and
+            // changed only what records of the old log (the rest of it, just scanned) and of
+            // the new one say.
+            for (hash, _) in new.tail.iter() {
+                on_change(Some(hash));
+            }
+        } else {
+            on_change(None);
+        }
+        *cur = new;
     }
 
     /// Opens the active segment if the view has none (it did not exist yet when the view was
@@ -428,8 +452,7 @@ impl Store {
         let _l = self.lock()?;
         let mut v = self.locked_view(on_change)?;
         if v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
-            self.compact_locked(&mut v, now, false)?;
-            on_change(None);
+            self.compact_notify(&mut v, now, false, on_change)?;
         }
         if v.scanned < v.seen_committed {
             // A damaged tail (after a machine crash): new records go after the intact part.
@@ -456,10 +479,9 @@ impl Store {
         if self.tail_is_full(&v) {
             // The record is published; a failed compaction (disk full, say) leaves the old
             // generation in place and is retried on the next append.
-            if let Err(e) = self.compact_locked(&mut v, now, false) {
+            if let Err(e) = self.compact_notify(&mut v, now, false, on_change) {
                 log::warn!("compaction failed, will retry: {e}");
             }
-            on_change(None);
         }
         Ok(())
     }
@@ -510,10 +532,25 @@ impl Store {
         let _w = self.writer.lock();
         let _l = self.lock()?;
         let mut v = self.locked_view(on_change)?;
-        let report =
-            self.compact_locked(&mut v, if expire { now } else { f64::NEG_INFINITY }, expire)?;
-        on_change(None);
-        Ok(report)
+        let now = if expire { now } else { f64::NEG_INFINITY };
+        self.compact_notify(&mut v, now, expire, on_change)
+    }
+
+    /// Compacts a caught-up view. Its records are all seen, so values stay as they were,
+    /// unless the index had to be rebuilt (a new epoch): then `on_change` hears of everything.
+    fn compact_notify(
+        &self,
+        v: &mut View,
+        now: f64,
+        expire: bool,
+        on_change: OnChange<'_>,
+    ) -> Result<CompactReport> {
+        let epoch = v.epoch();
+        let report = self.compact_locked(v, now, expire);
+        if v.epoch() != epoch {
+            on_change(None);
+        }
+        report
     }
     /// Makes everything appended so far durable.
     pub(crate) fn flush(&self) -> Result<()> {

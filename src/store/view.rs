@@ -88,6 +88,31 @@ impl View {
             .is_some()
     }
 
+    /// The index's epoch (see `IndexBody::epoch`).
+    pub(super) fn epoch(&self) -> Option<u64> {
+        self.index.as_ref().map(|i| i.body().epoch.to_native())
+    }
+
+    /// Calls `changed` with the key hash of every record of the log past what was scanned, to
+    /// its end as it is now (records others appended before compaction sealed it). `false` if
+    /// the log cannot be read.
+    pub(super) fn scan_rest(&self, mut changed: impl FnMut(u64)) -> bool {
+        let Some(file) = &self.log else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        let Ok(map) = segment::map_segment(file, &self.log_path, meta.len()) else {
+            return false;
+        };
+        let start = usize::try_from(self.scanned).unwrap_or(usize::MAX);
+        if start < map.bytes().len() {
+            segment::scan(map.bytes(), start, |_, rec| changed(rec.key_hash));
+        }
+        true
+    }
+
     /// Maps the log up to `committed` and adds its new records to the tail table. Calls
     /// `changed` with the hash of each key that changed.
     pub(super) fn scan_log(&mut self, committed: u64, mut changed: impl FnMut(u64)) -> Result<()> {
