@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{expect_success, spawn_child, value_of};
+use common::{expect_success, spawn_child, spawn_child_with, value_of};
 use tokcache::Cache;
 
 const WORKERS: usize = 4;
@@ -59,10 +59,27 @@ fn worker() {
 
 #[test]
 fn four_processes_write_and_read_overlapping_keys() {
+    four_processes(&["mapped"; WORKERS]);
+}
+
+#[test]
+fn processes_appending_with_pwrite_and_through_the_map_agree() {
+    // `TOKCACHE_APPEND=pwrite` forces the append path used on file systems where mapped writes
+    // are not safe; both paths on one directory at once.
+    four_processes(&["pwrite", "mapped", "pwrite", "mapped"]);
+}
+
+fn four_processes(append: &[&str; WORKERS]) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap().to_string();
     let children: Vec<_> = (0..WORKERS)
-        .map(|me| spawn_child("worker", "TOKCACHE_WORKER", &format!("{dir}|{me}")))
+        .map(|me| {
+            let spec = format!("{dir}|{me}");
+            spawn_child_with(
+                "worker",
+                &[("TOKCACHE_WORKER", &spec), ("TOKCACHE_APPEND", append[me])],
+            )
+        })
         .collect();
     for c in children {
         expect_success(c);

@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -80,8 +81,9 @@ pub(crate) struct Store {
     ctl_path: PathBuf,
     lock: Option<LockFile>,
     /// Appends are copied in through a writable mapping (not `pwrite`): see
-    /// [`crate::map::mapped_writes_are_safe`].
-    mapped_writes: bool,
+    /// [`crate::map::mapped_writes_are_safe`]. Turned off for good if space cannot be
+    /// allocated for the mapping.
+    mapped_writes: AtomicBool,
     writer: Mutex<()>,
     view: RwLock<View>,
 }
@@ -140,7 +142,11 @@ impl Store {
             }
         };
         let placeholder = Self::empty_view(&dir);
-        let mapped_writes = lock.as_ref().is_some_and(LockFile::allows_mapped_writes);
+        // `TOKCACHE_APPEND=pwrite` forces `pwrite` (README: for a file system misjudged here).
+        let forced_pwrite = std::env::var_os("TOKCACHE_APPEND").is_some_and(|v| v == "pwrite");
+        let mapped_writes = AtomicBool::new(
+            !forced_pwrite && lock.as_ref().is_some_and(LockFile::allows_mapped_writes),
+        );
         let store = Self {
             dir,
             opts,
@@ -490,7 +496,7 @@ impl Store {
     /// `false`: not done, the caller writes them with `pwrite` (file system without safe mapped
     /// writes, or space that cannot be allocated: the write then reports a full disk itself).
     fn write_mapped(&self, v: &mut View, off: u64, bytes: &[u8]) -> Result<bool> {
-        if !self.mapped_writes {
+        if !self.mapped_writes.load(Ordering::Relaxed) {
             return Ok(false);
         }
         let end = off + bytes.len() as u64;
@@ -501,7 +507,9 @@ impl Store {
             };
             // Space another process reserved may be sparse (its file system call failed, say):
             // everything mapped for writing must be allocated.
-            if crate::map::allocate(file, 0, v.log_len).is_err() {
+            if let Err(e) = crate::map::allocate(file, 0, v.log_len) {
+                log::debug!("{}: appends use pwrite ({e})", v.log_path.display());
+                self.mapped_writes.store(false, Ordering::Relaxed);
                 return Ok(false);
             }
             let len = usize::try_from(v.log_len).unwrap_or(usize::MAX);

@@ -13,6 +13,11 @@ pub fn value_of(key: &str) -> u64 {
 
 /// Starts this test binary running only the ignored test `entry`, with `var=spec`.
 pub fn spawn_child(entry: &str, var: &str, spec: &str) -> Child {
+    spawn_child_with(entry, &[(var, spec)])
+}
+
+/// Starts this test binary running only the ignored test `entry`, with these variables set.
+pub fn spawn_child_with(entry: &str, vars: &[(&str, &str)]) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             entry,
@@ -22,7 +27,7 @@ pub fn spawn_child(entry: &str, var: &str, spec: &str) -> Child {
             "--test-threads=1",
             "-q",
         ])
-        .env(var, spec)
+        .envs(vars.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
