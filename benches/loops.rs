@@ -1,0 +1,207 @@
+//! Profiling loops: `cargo bench --bench loops -- OP [ENTRIES]` runs one operation over and over
+//! on a cache of ENTRIES (default 10000) 61-byte keys with integer values, so that
+//! `perf record` can sample it, and prints its speed. The cache is built once in
+//! `target/loops-ENTRIES` and reused. The side-by-side numbers are `benches/ops`; these loops are
+//! for finding where the time goes (docs/performance.md quotes them).
+//!
+//! OP:
+//! - `get`, `miss`: back-to-back lookups of existing / absent keys (RAM tier off), ns per get;
+//! - `latency`: the same gets timed one by one (key formatted just before each), median and p99;
+//! - `ram`: 1000 hot keys from the RAM tier, ns per get;
+//! - `set`: 300,000 sets of new keys on a copy of the cache, each timed, median / p99 / mean
+//!   (the mean carries the compactions);
+//! - `open`: open + drop, ms each, with the tail size;
+//! - `compact`: five compactions, ms each;
+//! - `big`: gets of 2000 keys of 8.2 KB, each timed; `big-hot` gets each key twice and times the
+//!   second (everything in cache: the CPU part).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokcache::Cache;
+
+const PREFIX: &str = "token_count";
+
+fn key(i: u64) -> String {
+    format!("tokenizer:cl100k_base:{i:039}")
+}
+
+fn big_key(i: u64) -> String {
+    format!(
+        "tokenizer:cl100k_base:{i:08}:{}",
+        "lorem ipsum dolor sit amet ".repeat(303)
+    )
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn open(dir: &Path, ram: usize) -> Cache {
+    Cache::builder(dir).max_ram_entries(ram).open().unwrap()
+}
+
+/// The cache of `n` entries, built on first use.
+fn cache_dir(name: String, n: u64, key: fn(u64) -> String) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name);
+    if !dir.join("tokcache.ctl").exists() {
+        let c = open(&dir, 0);
+        for i in 0..n {
+            c.set(PREFIX, &key(i), &i).unwrap();
+        }
+    }
+    dir
+}
+
+/// Runs `round` (which does `per_round` operations) for about `secs` seconds; ns per operation.
+fn throughput(secs: u64, per_round: u64, mut round: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut ops = 0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        round();
+        ops += per_round;
+    }
+    start.elapsed().as_nanos() as f64 / ops as f64
+}
+
+/// Median, p99 and mean of per-operation nanoseconds.
+fn summary(mut ns: Vec<u64>) -> String {
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)];
+    let mean = ns.iter().sum::<u64>() / ns.len() as u64;
+    format!(
+        "median {} ns, p99 {} ns, mean {mean} ns ({} ops)",
+        at(0.5),
+        at(0.99),
+        ns.len()
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let Some(op) = args.first() else {
+        eprintln!(
+            "usage: cargo bench --bench loops -- get|miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
+        );
+        return;
+    };
+    let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let dir = cache_dir(format!("loops-{n}"), n, key);
+    let mut rng = Rng(0x5eed);
+    match op.as_str() {
+        "get" | "miss" => {
+            let c = open(&dir, 0);
+            let base = if op == "get" { 0 } else { n + 1 };
+            let keys: Vec<String> = (0..100_000).map(|_| key(base + rng.below(n))).collect();
+            let want_hit = op == "get";
+            let ns = throughput(5, keys.len() as u64, || {
+                for k in &keys {
+                    assert_eq!(c.get::<u64>(PREFIX, k).is_some(), want_hit);
+                }
+            });
+            println!("{op} at {n} entries: {ns:.1} ns per get");
+        }
+        "latency" => {
+            let c = open(&dir, 0);
+            let ns = (0..200_000)
+                .map(|_| {
+                    let i = rng.below(n);
+                    let k = key(i);
+                    let t = Instant::now();
+                    let got = std::hint::black_box(c.get::<u64>(PREFIX, &k));
+                    let ns = t.elapsed().as_nanos() as u64;
+                    assert_eq!(got, Some(i));
+                    ns
+                })
+                .collect();
+            println!("get at {n} entries, one by one: {}", summary(ns));
+        }
+        "ram" => {
+            let c = open(&dir, 100_000);
+            let hot: Vec<String> = (0..1000).map(|_| key(rng.below(n))).collect();
+            let ns = throughput(3, hot.len() as u64, || {
+                for k in &hot {
+                    assert!(c.get::<u64>(PREFIX, k).is_some());
+                }
+            });
+            println!("RAM-tier hit at {n} entries: {ns:.1} ns per get");
+        }
+        "set" => {
+            // On a copy, so that the other loops keep a cache of `n` entries.
+            let copy = dir.with_file_name(format!("loops-{n}-set"));
+            let _ = std::fs::remove_dir_all(&copy);
+            std::fs::create_dir_all(&copy).unwrap();
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+            }
+            let c = open(&copy, 0);
+            let run = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+            let fresh: Vec<String> = (0..300_000u64)
+                .map(|j| format!("tokenizer:cl100k_base:set-{run:x}-{j}"))
+                .collect();
+            let ns = fresh
+                .iter()
+                .zip(0u64..)
+                .map(|(k, j)| {
+                    let t = Instant::now();
+                    c.set(PREFIX, k, &j).unwrap();
+                    t.elapsed().as_nanos() as u64
+                })
+                .collect();
+            println!("set on a cache of {n} entries: {}", summary(ns));
+            drop(c);
+            let _ = std::fs::remove_dir_all(&copy);
+        }
+        "open" => {
+            let tail = open(&dir, 0).get_stats().tail_records;
+            let ns = throughput(4, 1, || drop(open(&dir, 0)));
+            println!(
+                "open at {n} entries ({tail} tail records): {:.3} ms",
+                ns / 1e6
+            );
+        }
+        "compact" => {
+            let c = open(&dir, 0);
+            for _ in 0..5 {
+                let t = Instant::now();
+                c.compact().unwrap();
+                println!(
+                    "compact at {n} entries: {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+        "big" | "big-hot" => {
+            let dir = cache_dir("loops-8k".into(), 2000, big_key);
+            let c = open(&dir, 0);
+            let keys: Vec<String> = (0..2000).map(big_key).collect();
+            let ns = (0..100_000)
+                .map(|_| {
+                    let i = rng.below(2000);
+                    let k = keys[i as usize].clone();
+                    if op == "big-hot" {
+                        c.get::<u64>(PREFIX, &k);
+                    }
+                    let t = Instant::now();
+                    let got = std::hint::black_box(c.get::<u64>(PREFIX, &k));
+                    let ns = t.elapsed().as_nanos() as u64;
+                    assert_eq!(got, Some(i));
+                    ns
+                })
+                .collect();
+            println!("{op}: get with an 8.2 KB key: {}", summary(ns));
+        }
+        other => eprintln!("unknown op {other}"),
+    }
+}
