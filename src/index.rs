@@ -30,13 +30,15 @@ pub(crate) fn parse_index_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// One segment the index refers to: its id, the bytes of it that are valid, and how many of
-/// those belong to live entries (the rest is dead and reclaimable).
+/// One segment the index refers to: its id, the bytes of it that are valid, how many of those
+/// belong to live entries, and how many are removals kept so that a rebuild from the segments
+/// cannot bring the removed entries back (the rest is dead and reclaimable).
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SegmentInfo {
     pub id: u32,
     pub len: u64,
     pub live: u64,
+    pub tombstones: u64,
 }
 
 /// A table slot: the key hash and where its record is. `ts` is the record's timestamp in whole

@@ -85,11 +85,19 @@ impl Store {
         }
         let expired = (before - entries.len()) as u64;
 
+        // The log's own removals are the newest records of their keys: all are kept.
+        let log_tombstones = v
+            .tail
+            .iter()
+            .filter(|(_, l)| l.tombstone)
+            .map(|(_, l)| u64::from(l.len))
+            .sum();
         let mut infos = v.infos.clone();
         infos.push(SegmentInfo {
             id: v.active,
             len: v.scanned,
             live: 0,
+            tombstones: log_tombstones,
         });
         for i in &mut infos {
             i.live = 0;
@@ -98,64 +106,64 @@ impl Store {
         for e in &entries {
             infos[pos[&e.seg]].live += u64::from(e.len);
         }
-        let mut next_id = infos.iter().map(|s| s.id).max().unwrap_or(0).max(v.active) + 1;
+        let next_id = infos.iter().map(|s| s.id).max().unwrap_or(0).max(v.active) + 1;
         let rewrite: HashSet<u32> = infos
             .iter()
             .filter(|s| {
-                let dead = s.len - s.live.min(s.len);
-                // clear_expired promises the space back: any segment a quarter dead. Routine
-                // compaction rewrites only big, mostly dead segments.
+                let dead = s.len.saturating_sub(s.live + s.tombstones);
                 let worth = if expire {
-                    dead * 4 >= s.len
+                    // clear_expired promises the space back: any segment a quarter dead, and
+                    // those holding only removals (the ones still needed move, the rest go).
+                    (dead > 0 && dead * 4 >= s.len) || s.live == 0
                 } else {
-                    dead >= self.opts.gc_min_dead && dead >= s.live
+                    // Routine compaction rewrites only big, mostly dead segments.
+                    dead > 0 && dead >= self.opts.gc_min_dead && dead >= s.live
                 };
-                s.live > 0 && dead > 0 && worth
+                s.live + s.tombstones > 0 && worth
             })
             .map(|s| s.id)
             .collect();
-        let mut new_infos: Vec<SegmentInfo> = Vec::new();
+        let mut out = Rewriter::new(self, next_id);
         if !rewrite.is_empty() {
             entries.sort_unstable_by_key(|e| (e.seg, e.off));
-            let mut out: Option<(File, PathBuf, u64)> = None;
-            let mut buf = Vec::new();
             for e in entries.iter_mut().filter(|e| rewrite.contains(&e.seg)) {
                 let Some(src) = v.map_of(e.seg) else { continue };
                 let Some(bytes) = src.bytes().get(e.off as usize..(e.off + e.len) as usize) else {
                     continue;
                 };
-                if out
-                    .as_ref()
-                    .is_none_or(|o| o.2 + bytes.len() as u64 > GC_SEGMENT_MAX)
-                {
-                    if let Some(o) = out.take() {
-                        finish_segment(o, &mut buf, &mut new_infos)?;
-                    }
-                    let (file, path) = self.dir.open_log(next_id)?;
-                    new_infos.push(SegmentInfo {
-                        id: next_id,
-                        len: 0,
-                        live: 0,
-                    });
-                    next_id += 1;
-                    out = Some((file, path, 0));
-                }
-                let Some(o) = out.as_mut() else { continue };
-                e.seg = new_infos.last().map_or(0, |s| s.id);
-                e.off = o.2 as u32;
-                buf.extend_from_slice(bytes);
-                o.2 += bytes.len() as u64;
-                if buf.len() >= 8 << 20 {
-                    flush_buf(o, &mut buf)?;
-                }
+                (e.seg, e.off) = out.copy(bytes, true)?;
             }
-            if let Some(o) = out.take() {
-                finish_segment(o, &mut buf, &mut new_infos)?;
+            // A removal must outlive the records it hides: a rebuild from the segments (after
+            // damage) replays what is left, and would bring a removed entry back if the removal
+            // went while an older record of the key stayed. The removals of keys that are still
+            // absent move with the segment.
+            let mut moved = HashSet::new();
+            for s in infos
+                .iter()
+                .filter(|s| rewrite.contains(&s.id) && s.tombstones > 0)
+            {
+                let Some(src) = v.map_of(s.id) else { continue };
+                let valid = &src.bytes()[..(s.len as usize).min(src.bytes().len())];
+                let mut found = Vec::new();
+                segment::scan(valid, 0, |off, rec| {
+                    if rec.kind == Kind::Tombstone {
+                        found.push((off, rec.len, rec.key_hash, rec.prefix, rec.key));
+                    }
+                });
+                for (off, len, hash, prefix, key) in found {
+                    let absent = v
+                        .find(hash, prefix, key)
+                        .is_none_or(|(_, r)| r.kind == Kind::Tombstone);
+                    if absent && moved.insert((hash, prefix, key)) {
+                        out.copy(&valid[off..off + len], false)?;
+                    }
+                }
             }
         }
+        let (new_infos, next_id) = out.finish()?;
         let kept: Vec<SegmentInfo> = infos
             .iter()
-            .filter(|s| s.live > 0 && !rewrite.contains(&s.id))
+            .filter(|s| s.live + s.tombstones > 0 && !rewrite.contains(&s.id))
             .copied()
             .chain(new_infos)
             .collect();
@@ -342,6 +350,7 @@ impl Store {
             id,
             len: buf.len() as u64,
             live: buf.len() as u64,
+            tombstones: 0,
         };
         let generation = self.control.state().generation + 1;
         let segments = if buf.is_empty() {
@@ -364,23 +373,79 @@ impl Store {
     }
 }
 
-fn flush_buf(o: &mut (File, PathBuf, u64), buf: &mut Vec<u8>) -> Result<()> {
-    let start = o.2 - buf.len() as u64;
-    segment::append_at(&o.0, &o.1, start, buf)?;
-    buf.clear();
-    Ok(())
+/// Where compaction copies the records of the segments it rewrites: new segments of at most
+/// `GC_SEGMENT_MAX` bytes, written in 8 MiB pieces and fsynced when full.
+struct Rewriter<'a> {
+    store: &'a Store,
+    /// The segment being written: file, path, bytes so far.
+    out: Option<(File, PathBuf, u64)>,
+    buf: Vec<u8>,
+    infos: Vec<SegmentInfo>,
+    next_id: u32,
 }
 
-fn finish_segment(
-    mut o: (File, PathBuf, u64),
-    buf: &mut Vec<u8>,
-    infos: &mut [SegmentInfo],
-) -> Result<()> {
-    flush_buf(&mut o, buf)?;
-    o.0.sync_all().ctx("sync segment", &o.1)?;
-    if let Some(last) = infos.last_mut() {
-        last.len = o.2;
-        last.live = o.2;
+impl<'a> Rewriter<'a> {
+    fn new(store: &'a Store, next_id: u32) -> Self {
+        Self {
+            store,
+            out: None,
+            buf: Vec::new(),
+            infos: Vec::new(),
+            next_id,
+        }
     }
-    Ok(())
+
+    /// Copies one record: a live entry's (an index slot will point at it) or a removal kept.
+    /// Returns where it went.
+    fn copy(&mut self, bytes: &[u8], live: bool) -> Result<(u32, u32)> {
+        let full = |o: &(File, PathBuf, u64)| o.2 + bytes.len() as u64 > GC_SEGMENT_MAX;
+        if self.out.as_ref().is_none_or(full) {
+            self.finish_segment()?;
+            let (file, path) = self.store.dir.open_log(self.next_id)?;
+            self.infos.push(SegmentInfo {
+                id: self.next_id,
+                len: 0,
+                live: 0,
+                tombstones: 0,
+            });
+            self.next_id += 1;
+            self.out = Some((file, path, 0));
+        }
+        let (Some(o), Some(info)) = (self.out.as_mut(), self.infos.last_mut()) else {
+            return Err(Error::Degraded {
+                reason: "no segment to rewrite into".into(),
+            });
+        };
+        let at = (info.id, o.2 as u32);
+        self.buf.extend_from_slice(bytes);
+        o.2 += bytes.len() as u64;
+        info.len = o.2;
+        if live {
+            info.live += bytes.len() as u64;
+        } else {
+            info.tombstones += bytes.len() as u64;
+        }
+        if self.buf.len() >= 8 << 20 {
+            let start = o.2 - self.buf.len() as u64;
+            segment::append_at(&o.0, &o.1, start, &self.buf)?;
+            self.buf.clear();
+        }
+        Ok(at)
+    }
+
+    fn finish_segment(&mut self) -> Result<()> {
+        if let Some(o) = self.out.take() {
+            let start = o.2 - self.buf.len() as u64;
+            segment::append_at(&o.0, &o.1, start, &self.buf)?;
+            self.buf.clear();
+            o.0.sync_all().ctx("sync segment", &o.1)?;
+        }
+        Ok(())
+    }
+
+    /// The segments written, and the next free segment id.
+    fn finish(mut self) -> Result<(Vec<SegmentInfo>, u32)> {
+        self.finish_segment()?;
+        Ok((self.infos, self.next_id))
+    }
 }

@@ -245,6 +245,7 @@ impl Store {
                 id: s.id.to_native(),
                 len: s.len.to_native(),
                 live: s.live.to_native(),
+                tombstones: s.tombstones.to_native(),
             })
             .collect();
         let active = body.active_segment.to_native();
