@@ -41,15 +41,14 @@ pub(crate) struct SegmentInfo {
     pub tombstones: u64,
 }
 
-/// A table slot: the key hash and where its record is. `ts` is the record's timestamp in whole
-/// seconds, so compaction can drop expired entries without reading records.
+/// A table slot (16 bytes): the top 32 bits of the key hash ([`slot_hash`]) and where the
+/// record is. The record holds the whole hash; a lookup checks it, then the key itself.
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
-    pub hash: u64,
+    pub hash: u32,
     pub seg: u32,
     pub off: u32,
     pub len: u32,
-    pub ts: u32,
 }
 
 impl Slot {
@@ -58,8 +57,13 @@ impl Slot {
         seg: EMPTY,
         off: 0,
         len: 0,
-        ts: 0,
     };
+}
+
+/// The part of a key hash that a slot keeps: its top 32 bits.
+#[inline]
+pub(crate) fn slot_hash(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 #[derive(Archive, Serialize, Debug)]
@@ -73,8 +77,8 @@ pub(crate) struct IndexBody {
     /// The segment appended to after this index was written.
     pub active_segment: u32,
     pub segments: Vec<SegmentInfo>,
-    /// Home slots: a hash's first probe is `(hash * buckets) >> 64`. At most 3/4 of them are
-    /// used, counting entries.
+    /// Home slots: a slot hash `h`'s first probe is `(h * buckets) >> 32`. At most 3/4 of
+    /// them are used, counting entries.
     pub buckets: u64,
     /// Ordered linear probing: entries in ascending hash order, each at its home slot or the
     /// first free slot after the previous entry. The table does not wrap around; overflow of
@@ -84,11 +88,11 @@ pub(crate) struct IndexBody {
     pub entries: u64,
 }
 
-/// The slot a hash probes first: `(hash * buckets) >> 64`, so any table length works, and
-/// the home slot grows with the hash (which keeps the table ordered).
+/// The slot a slot hash probes first: `(hash * buckets) >> 32`, so any table length works,
+/// and the home slot grows with the hash (which keeps the table ordered).
 #[inline]
-fn home(hash: u64, buckets: u64) -> usize {
-    ((u128::from(hash) * u128::from(buckets)) >> 64) as usize
+fn home(hash: u32, buckets: u64) -> usize {
+    ((u128::from(hash) * u128::from(buckets)) >> 32) as usize
 }
 
 impl IndexBody {
@@ -229,10 +233,12 @@ impl Index {
         xxh3_64(&self.map.bytes()[HEADER_LEN..HEADER_LEN + self.archive_len]) == self.archive_sum
     }
 
-    /// The occupied slots whose hash is `hash`, with their positions, in probe order.
+    /// The occupied slots whose slot hash is that of `hash`, with their positions, in probe
+    /// order (callers check the record's whole hash and key).
     fn candidates(&self, hash: u64) -> impl Iterator<Item = (usize, &ArchivedSlot)> {
         let body = self.body();
         let slots = &body.slots[..];
+        let hash = slot_hash(hash);
         let start = home(hash, body.buckets.to_native());
         slots
             .get(start..)
@@ -271,7 +277,6 @@ impl ArchivedSlot {
             seg: self.seg.to_native(),
             off: self.off.to_native(),
             len: self.len.to_native(),
-            ts: self.ts.to_native(),
         }
     }
 }
@@ -282,11 +287,10 @@ mod tests {
 
     fn slot(hash: u64, off: u32) -> Slot {
         Slot {
-            hash,
+            hash: slot_hash(hash),
             seg: 1,
             off,
             len: 8,
-            ts: 0,
         }
     }
 
@@ -319,7 +323,7 @@ mod tests {
             .collect();
         let body = IndexBody::build(3, 5, 3, 9, Vec::new(), entries);
         assert!(body.slots.len() >= body.buckets as usize);
-        let occupied: Vec<u64> = body
+        let occupied: Vec<u32> = body
             .slots
             .iter()
             .filter(|s| s.seg != EMPTY)
@@ -332,8 +336,14 @@ mod tests {
             let found = index.probe(h, |s| (s.off.to_native() == i as u32).then_some(()));
             assert!(found.is_some(), "entry {i} (hash {h:x}) not found");
         }
-        for h in [1u64, 2, u64::MAX - 100, hashes[10] ^ 1] {
-            if !hashes.contains(&h) {
+        // Absent hashes: no slot shares their top 32 bits, so no candidate at all.
+        for h in [
+            1u64 << 32,
+            2 << 32,
+            u64::MAX - (200 << 32),
+            hashes[10] ^ (1 << 40),
+        ] {
+            if !hashes.iter().any(|&x| slot_hash(x) == slot_hash(h)) {
                 assert!(index.probe(h, |_| Some(())).is_none(), "{h:x} found");
             }
         }

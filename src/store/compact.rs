@@ -65,11 +65,10 @@ impl Store {
             }
             if !l.tombstone {
                 entries.push(Slot {
-                    hash,
+                    hash: index::slot_hash(hash),
                     seg: v.active,
                     off: l.off,
                     len: l.len,
-                    ts: l.ts.clamp(0.0, f64::from(u32::MAX)) as u32,
                 });
             }
         }
@@ -80,8 +79,13 @@ impl Store {
         }
         let before = entries.len();
         if expire {
+            // Slots hold no timestamps: records are read, here only (clear_expired). An
+            // unreadable record is left to `verify`; it is never served anyway.
             let ttl = self.opts.ttl_secs;
-            entries.retain(|s| now - (f64::from(s.ts) + 1.0) <= ttl);
+            entries.retain(|s| {
+                v.record(s.seg, s.off)
+                    .is_none_or(|(_, r)| now - r.timestamp <= ttl)
+            });
         }
         let expired = (before - entries.len()) as u64;
 
@@ -336,11 +340,10 @@ impl Store {
                     rec.key,
                 );
                 entries.push(Slot {
-                    hash,
+                    hash: index::slot_hash(hash),
                     seg: id,
                     off: at as u32,
                     len: (buf.len() - at) as u32,
-                    ts: rec.timestamp.clamp(0.0, f64::from(u32::MAX)) as u32,
                 });
             }
         }

@@ -604,7 +604,7 @@ impl Store {
             let Some((_, rec)) = v.record(s.seg.to_native(), s.off.to_native()) else {
                 continue;
             };
-            let newer = v.tail.candidates(s.hash.to_native()).any(|l| {
+            let newer = v.tail.candidates(rec.key_hash).any(|l| {
                 v.record(v.active, l.off)
                     .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
             });

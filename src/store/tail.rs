@@ -11,7 +11,6 @@ use crate::keys::HashKeyed;
 pub(super) struct TailLoc {
     pub(super) off: u32,
     pub(super) len: u32,
-    pub(super) ts: f64,
     pub(super) tombstone: bool,
 }
 

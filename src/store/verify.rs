@@ -45,8 +45,8 @@ impl Store {
                 Some((_, rec)) => {
                     let actual =
                         std::str::from_utf8(rec.prefix).map(|p| key_hash(self.seed(), p, rec.key));
-                    (rec.key_hash != hash
-                        || actual != Ok(hash)
+                    (index::slot_hash(rec.key_hash) != hash
+                        || actual != Ok(rec.key_hash)
                         || rec.len != s.len.to_native() as usize)
                         .then(|| "disagrees with its record (hash or length)".to_string())
                 }

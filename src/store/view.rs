@@ -139,7 +139,6 @@ impl View {
             let loc = TailLoc {
                 off: off as u32,
                 len: rec.len as u32,
-                ts: rec.timestamp,
                 tombstone: rec.kind == Kind::Tombstone,
             };
             tail.upsert(rec.key_hash, loc, |l| {
