@@ -97,7 +97,7 @@ pub(crate) fn append_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> 
         .ctx("append to segment", path)
 }
 
-/// Grows the log so that `need` bytes fit, in steps of 1/8 of its length (256 KiB to 8 MiB)
+/// Grows the log so that `need` bytes fit, in steps of 1/8 of its length (64 KiB to 8 MiB)
 /// so that readers remap rarely, and returns the new length. The new space is allocated where
 /// the file system can (so a full disk shows here, as an error, and writes through a mapping
 /// into it cannot fail); elsewhere it is sparse. `current` may be stale: another process may have
@@ -111,7 +111,7 @@ pub(crate) fn reserve(file: &File, path: &Path, current: u64, need: u64) -> Resu
         return Ok(current);
     }
     const KIB: u64 = 1024;
-    let step = (current / 8).clamp(256 * KIB, 8192 * KIB);
+    let step = (current / 8).clamp(64 * KIB, 8192 * KIB);
     let len = need.max(current + step).next_multiple_of(64 * KIB);
     match map::allocate(file, current, len - current) {
         Ok(()) => {}
