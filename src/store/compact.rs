@@ -137,31 +137,9 @@ impl Store {
                 };
                 (e.seg, e.off) = out.copy(bytes, true)?;
             }
-            // A removal must outlive the records it hides: a rebuild from the segments (after
-            // damage) replays what is left, and would bring a removed entry back if the removal
-            // went while an older record of the key stayed. The removals of keys that are still
-            // absent move with the segment.
             let mut moved = HashSet::new();
-            for s in infos
-                .iter()
-                .filter(|s| rewrite.contains(&s.id) && s.tombstones > 0)
-            {
-                let Some(src) = v.map_of(s.id) else { continue };
-                let valid = &src.bytes()[..(s.len as usize).min(src.bytes().len())];
-                let mut found = Vec::new();
-                segment::scan(valid, 0, |off, rec| {
-                    if rec.kind == Kind::Tombstone {
-                        found.push((off, rec.len, rec.key_hash, rec.prefix, rec.key));
-                    }
-                });
-                for (off, len, hash, prefix, key) in found {
-                    let absent = v
-                        .find(hash, prefix, key)
-                        .is_none_or(|(_, r)| r.kind == Kind::Tombstone);
-                    if absent && moved.insert((hash, prefix, key)) {
-                        out.copy(&valid[off..off + len], false)?;
-                    }
-                }
+            for s in infos.iter().filter(|s| rewrite.contains(&s.id)) {
+                out.copy_removals(v, s, &mut moved)?;
             }
         }
         let (new_infos, next_id) = out.finish()?;
@@ -434,6 +412,40 @@ impl<'a> Rewriter<'a> {
             self.buf.clear();
         }
         Ok(at)
+    }
+
+    /// Copies the removals of `seg` whose keys are still absent (each key once: `moved`).
+    /// A removal must outlive the records it hides: a rebuild from the segments (after damage)
+    /// replays what is left, and would bring a removed entry back if the removal went while an
+    /// older record of the key stayed.
+    fn copy_removals<'v>(
+        &mut self,
+        v: &'v View,
+        seg: &SegmentInfo,
+        moved: &mut HashSet<(u64, &'v [u8], &'v [u8])>,
+    ) -> Result<()> {
+        if seg.tombstones == 0 {
+            return Ok(());
+        }
+        let Some(src) = v.map_of(seg.id) else {
+            return Ok(());
+        };
+        let valid = &src.bytes()[..(seg.len as usize).min(src.bytes().len())];
+        let mut found = Vec::new();
+        segment::scan(valid, 0, |off, rec| {
+            if rec.kind == Kind::Tombstone {
+                found.push((off, rec.len, rec.key_hash, rec.prefix, rec.key));
+            }
+        });
+        for (off, len, hash, prefix, key) in found {
+            let absent = v
+                .find(hash, prefix, key)
+                .is_none_or(|(_, r)| r.kind == Kind::Tombstone);
+            if absent && moved.insert((hash, prefix, key)) {
+                self.copy(&valid[off..off + len], false)?;
+            }
+        }
+        Ok(())
     }
 
     fn finish_segment(&mut self) -> Result<()> {
