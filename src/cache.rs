@@ -366,6 +366,14 @@ impl Cache {
         validate_prefix(prefix)?;
         let hash = self.hash(prefix, key);
         let now = self.clock.now_coarse();
+        // A RAM hit needs no view guard while nothing changed since one was last taken.
+        if self.store.as_ref().is_none_or(Store::unchanged)
+            && let Some((value, ts)) = self.ram.get(hash, prefix, key)
+            && !self.expired(ts, now)
+        {
+            tally(&self.ram_hits);
+            return Ok(Some(extract(hash, Hit::Ram(value, ts))));
+        }
         // One read guard for catching up, the RAM tier (whose entries catching up invalidates)
         // and the disk tier.
         let reader = self.reader();

@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -86,6 +86,18 @@ pub(crate) struct Store {
     mapped_writes: AtomicBool,
     writer: Mutex<()>,
     view: RwLock<View>,
+    /// The control page state (packed, see [`pack`]) that a read guard last found the view
+    /// caught up with. Every change of the view tells the RAM tier what changed before its write
+    /// guard goes, so while the control page still shows this state the RAM tier is current
+    /// and a RAM hit needs no guard ([`Store::unchanged`]).
+    seen: AtomicU64,
+}
+
+/// A control page state in one word, when it fits (generations and committed lengths below
+/// 2^32; appends keep the committed length below 2^32).
+fn pack(state: State) -> Option<u64> {
+    (state.generation <= u64::from(u32::MAX) && state.committed <= u64::from(u32::MAX))
+        .then_some(state.generation << 32 | state.committed)
 }
 
 fn is_not_found(e: &Error) -> bool {
@@ -156,6 +168,7 @@ impl Store {
             mapped_writes,
             writer: Mutex::new(()),
             view: RwLock::new(placeholder),
+            seen: AtomicU64::new(u64::MAX),
         };
         if rebuild {
             let _w = store.writer.lock();
@@ -320,7 +333,8 @@ impl Store {
         match self.load_view(state) {
             Ok(v) => self.install_view(v, on_change),
             Err(_) => {
-                self.rebuild_locked(&mut self.view.write(), "index unreadable")?;
+                let mut v = self.view.write();
+                self.rebuild_locked(&mut v, "index unreadable")?;
                 on_change(None);
             }
         }
@@ -420,11 +434,22 @@ impl Store {
         let state = self.control.state();
         let v = self.view.read();
         if v.generation == state.generation && v.seen_committed == state.committed {
+            if let Some(packed) = pack(state)
+                && self.seen.load(Ordering::Relaxed) != packed
+            {
+                self.seen.store(packed, Ordering::Release);
+            }
             return Ok(Reader(v));
         }
         drop(v);
         self.catch_up(state, on_change)?;
         Ok(Reader(self.view.read()))
+    }
+
+    /// Whether nothing changed since a read guard last found the view caught up: then the RAM
+    /// tier holds no value older than the control page says.
+    pub(crate) fn unchanged(&self) -> bool {
+        pack(self.control.state()).is_some_and(|p| self.seen.load(Ordering::Acquire) == p)
     }
 
     /// The view as it is, without catching up.
