@@ -63,12 +63,12 @@ impl Store {
             }) {
                 superseded[p] = true;
             }
-            if !l.tombstone {
+            if !l.tombstone() {
                 entries.push(Slot {
                     hash: index::slot_hash(hash),
                     seg: v.active,
                     off: l.off,
-                    len: l.len,
+                    len: l.len(),
                 });
             }
         }
@@ -93,8 +93,8 @@ impl Store {
         let log_tombstones = v
             .tail
             .iter()
-            .filter(|(_, l)| l.tombstone)
-            .map(|(_, l)| u64::from(l.len))
+            .filter(|(_, l)| l.tombstone())
+            .map(|(_, l)| u64::from(l.len()))
             .sum();
         let mut infos = v.infos.clone();
         infos.push(SegmentInfo {

@@ -601,8 +601,8 @@ impl Store {
         let tail_live: u64 = v
             .tail
             .iter()
-            .filter(|(_, l)| !l.tombstone)
-            .map(|(_, l)| u64::from(l.len))
+            .filter(|(_, l)| !l.tombstone())
+            .map(|(_, l)| u64::from(l.len()))
             .sum();
         let disk: u64 = v.infos.iter().map(|s| s.len).sum::<u64>() + v.scanned;
         DiskStats {
@@ -617,7 +617,7 @@ impl Store {
     /// Calls `f` with every live entry's newest record (expired ones included).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&RecordRef<'_>)) {
         let v = self.view.read();
-        for (_, l) in v.tail.iter().filter(|(_, l)| !l.tombstone) {
+        for (_, l) in v.tail.iter().filter(|(_, l)| !l.tombstone()) {
             if let Some((_, rec)) = v.record(v.active, l.off) {
                 f(&rec);
             }

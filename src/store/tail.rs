@@ -6,12 +6,34 @@ use std::collections::hash_map::Entry;
 
 use crate::keys::HashKeyed;
 
-/// A record of the active segment, as the tail table keeps it.
+/// A record of the active segment, as the tail table keeps it: 8 bytes, so that the table of
+/// a large tail (built on every open) stays small.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct TailLoc {
     pub(super) off: u32,
-    pub(super) len: u32,
-    pub(super) tombstone: bool,
+    /// The record's length; the top bit says it is a removal (records are under 2^31 bytes).
+    len_and_removal: u32,
+}
+
+const REMOVAL: u32 = 1 << 31;
+
+impl TailLoc {
+    pub(super) fn new(off: u32, len: u32, tombstone: bool) -> Self {
+        debug_assert!(len < REMOVAL);
+        let flag = if tombstone { REMOVAL } else { 0 };
+        Self {
+            off,
+            len_and_removal: len | flag,
+        }
+    }
+
+    pub(super) fn len(&self) -> u32 {
+        self.len_and_removal & !REMOVAL
+    }
+
+    pub(super) fn tombstone(&self) -> bool {
+        self.len_and_removal & REMOVAL != 0
+    }
 }
 
 #[derive(Default)]

@@ -136,11 +136,7 @@ impl View {
         let tail = &mut self.tail;
         let mut added = 0;
         let (stop, why) = segment::scan(&log[..end], self.scanned as usize, |off, rec| {
-            let loc = TailLoc {
-                off: off as u32,
-                len: rec.len as u32,
-                tombstone: rec.kind == Kind::Tombstone,
-            };
+            let loc = TailLoc::new(off as u32, rec.len as u32, rec.kind == Kind::Tombstone);
             tail.upsert(rec.key_hash, loc, |l| {
                 record::decode(log, l.off as usize).is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
             });
@@ -178,7 +174,7 @@ impl View {
                     continue;
                 };
                 let before = self.in_index(hash, rec.prefix, rec.key);
-                delta += i64::from(!l.tombstone) - i64::from(before);
+                delta += i64::from(!l.tombstone()) - i64::from(before);
             }
             delta
         });
