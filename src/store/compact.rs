@@ -79,9 +79,10 @@ impl Store {
         }
         let before = entries.len();
         if expire {
-            // Slots hold no timestamps: records are read, here only (clear_expired). An
-            // unreadable record is left to `verify`; it is never served anyway.
+            // Slots hold no timestamps: records are read, here only (clear_expired), in file
+            // order. An unreadable record is left to `verify`; it is never served anyway.
             let ttl = self.opts.ttl_secs;
+            entries.sort_unstable_by_key(|e| (e.seg, e.off));
             entries.retain(|s| {
                 v.record(s.seg, s.off)
                     .is_none_or(|(_, r)| now - r.timestamp <= ttl)
