@@ -105,6 +105,10 @@ impl LockFile {
             }
             match watched {
                 Some((o, since)) if o == owner && since.elapsed() >= SUSPECT_AFTER => {
+                    // Our own token in the word is a forked twin holding the lock (we hold no
+                    // lock here: the writer mutex serialises our threads), whose byte is ours
+                    // too, so it cannot be judged: wait. (A dead process that drew the same
+                    // token, a 2^-31 chance, would then be waited for as well.)
                     if owner != token && !self.alive(owner)? {
                         let taken = word.compare_exchange(
                             seen | WAITING,
