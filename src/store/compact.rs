@@ -107,9 +107,15 @@ impl Store {
         for i in &mut infos {
             i.live = 0;
         }
-        let pos: HashMap<u32, usize> = infos.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        // Few segments, and runs of entries in one: a linear search from the last one found.
+        let mut at = 0;
         for e in &entries {
-            infos[pos[&e.seg]].live += u64::from(e.len);
+            if infos[at].id != e.seg {
+                at = infos.iter().position(|s| s.id == e.seg).unwrap_or(at);
+            }
+            if infos[at].id == e.seg {
+                infos[at].live += u64::from(e.len);
+            }
         }
         let next_id = infos.iter().map(|s| s.id).max().unwrap_or(0).max(v.active) + 1;
         let rewrite: HashSet<u32> = infos
