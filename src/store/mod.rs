@@ -7,8 +7,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -227,23 +227,14 @@ impl Store {
 
     /// A view with nothing in it, used until the first real load.
     fn empty_view(dir: &Dir) -> View {
-        View {
-            generation: u64::MAX,
-            index: None,
-            segments: HashMap::new(),
-            infos: Vec::new(),
-            active: u32::MAX,
-            log: None,
-            log_path: dir.join("none"),
-            log_map: Arc::new(ReadMap::empty()),
-            log_len: 0,
-            log_write: None,
-            scanned: 0,
-            seen_committed: 0,
-            tail: Tail::default(),
-            tail_records: 0,
-            delta: OnceLock::new(),
-        }
+        View::new(
+            u64::MAX,
+            None,
+            HashMap::new(),
+            Vec::new(),
+            u32::MAX,
+            dir.join("none"),
+        )
     }
 
     /// Maps generation `state.generation` and scans its log up to `state.committed`.
@@ -271,23 +262,15 @@ impl Store {
                 Arc::new(segment::map_segment(&file, &p, info.len)?),
             );
         }
-        let mut view = View {
-            generation: state.generation,
-            index: Some(index),
+        let log_path = self.dir.join(&segment::segment_name(active));
+        let mut view = View::new(
+            state.generation,
+            Some(index),
             segments,
             infos,
             active,
-            log: None,
-            log_path: self.dir.join(&segment::segment_name(active)),
-            log_map: Arc::new(ReadMap::empty()),
-            log_len: 0,
-            log_write: None,
-            scanned: 0,
-            seen_committed: 0,
-            tail: Tail::default(),
-            tail_records: 0,
-            delta: OnceLock::new(),
-        };
+            log_path,
+        );
         self.ensure_log(&mut view, false)?;
         if view.log.is_none() && state.committed > 0 {
             let missing = io::Error::from(io::ErrorKind::NotFound);

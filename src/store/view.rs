@@ -42,6 +42,34 @@ pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
 }
 
 impl View {
+    /// A view of these maps whose log is not opened or scanned yet.
+    pub(super) fn new(
+        generation: u64,
+        index: Option<Index>,
+        segments: HashMap<u32, Arc<ReadMap>>,
+        infos: Vec<SegmentInfo>,
+        active: u32,
+        log_path: PathBuf,
+    ) -> Self {
+        Self {
+            generation,
+            index,
+            segments,
+            infos,
+            active,
+            log: None,
+            log_path,
+            log_map: Arc::new(ReadMap::empty()),
+            log_len: 0,
+            log_write: None,
+            scanned: 0,
+            seen_committed: 0,
+            tail: Tail::default(),
+            tail_records: 0,
+            delta: OnceLock::new(),
+        }
+    }
+
     pub(super) fn map_of(&self, seg: u32) -> Option<&Arc<ReadMap>> {
         if seg == self.active {
             Some(&self.log_map)
