@@ -366,23 +366,31 @@ impl Cache {
         validate_prefix(prefix)?;
         let hash = self.hash(prefix, key);
         let now = self.clock.now_coarse();
-        // A RAM hit needs no view guard while nothing changed since one was last taken.
-        if self.store.as_ref().is_none_or(Store::unchanged)
-            && let Some((value, ts)) = self.ram.get(hash, prefix, key)
-            && !self.expired(ts, now)
-        {
+        // While nothing changed since a view guard was last taken, the RAM tier is current and
+        // is asked before taking one; otherwise after catching up (which invalidates entries).
+        // Either way it is asked once. One read guard serves catching up and the disk tier.
+        let unchanged = self.store.as_ref().is_none_or(Store::unchanged);
+        let in_ram = |ram: &RamTier| match ram.get(hash, prefix, key) {
+            Some((value, ts)) if !self.expired(ts, now) => Some((value, ts)),
+            Some(_) => {
+                ram.remove(hash);
+                None
+            }
+            None => None,
+        };
+        let mut ram_hit = if unchanged { in_ram(&self.ram) } else { None };
+        let reader = if ram_hit.is_some() {
+            None
+        } else {
+            let reader = self.reader();
+            if !unchanged {
+                ram_hit = in_ram(&self.ram);
+            }
+            reader
+        };
+        if let Some((value, ts)) = ram_hit {
             tally(&self.ram_hits);
             return Ok(Some(extract(hash, Hit::Ram(value, ts))));
-        }
-        // One read guard for catching up, the RAM tier (whose entries catching up invalidates)
-        // and the disk tier.
-        let reader = self.reader();
-        if let Some((value, ts)) = self.ram.get(hash, prefix, key) {
-            if !self.expired(ts, now) {
-                tally(&self.ram_hits);
-                return Ok(Some(extract(hash, Hit::Ram(value, ts))));
-            }
-            self.ram.remove(hash);
         }
         let found = reader.as_ref().and_then(|r| {
             r.get(hash, prefix, key, |map, rec| {

@@ -414,9 +414,7 @@ impl<'a> Rewriter<'a> {
             info.tombstones += bytes.len() as u64;
         }
         if self.buf.len() >= 8 << 20 {
-            let start = o.2 - self.buf.len() as u64;
-            segment::append_at(&o.0, &o.1, start, &self.buf)?;
-            self.buf.clear();
+            write_out(o, &mut self.buf)?;
         }
         Ok(at)
     }
@@ -457,9 +455,7 @@ impl<'a> Rewriter<'a> {
 
     fn finish_segment(&mut self) -> Result<()> {
         if let Some(o) = self.out.take() {
-            let start = o.2 - self.buf.len() as u64;
-            segment::append_at(&o.0, &o.1, start, &self.buf)?;
-            self.buf.clear();
+            write_out(&o, &mut self.buf)?;
             o.0.sync_all().ctx("sync segment", &o.1)?;
         }
         Ok(())
@@ -470,4 +466,11 @@ impl<'a> Rewriter<'a> {
         self.finish_segment()?;
         Ok((self.infos, self.next_id))
     }
+}
+
+/// Writes the buffered end of the segment being rewritten (it ends at `o.2`).
+fn write_out(o: &(File, PathBuf, u64), buf: &mut Vec<u8>) -> Result<()> {
+    segment::append_at(&o.0, &o.1, o.2 - buf.len() as u64, buf)?;
+    buf.clear();
+    Ok(())
 }
