@@ -220,12 +220,12 @@ fn migrate_original_files(store: &Store, ttl_secs: f64, now: f64) -> Result<()> 
             Err(err) => log::warn!("not migrated: {err}"),
         }
         if buf.len() >= 4 << 20 {
-            store.append(&buf, now, &|_| {}, || {})?;
+            store.append(&buf, &|_| {}, || {})?;
             buf.clear();
         }
     }
     if !buf.is_empty() {
-        store.append(&buf, now, &|_| {}, || {})?;
+        store.append(&buf, &|_| {}, || {})?;
     }
     if taken > 0 {
         log::info!(
@@ -515,7 +515,7 @@ impl Cache {
             prefix,
             key.as_bytes(),
         );
-        store.append(&buf, self.clock.now(), &|c| self.invalidate(c), published)
+        store.append(&buf, &|c| self.invalidate(c), published)
     }
 
     /// Removes `key`; `true` if it was there.

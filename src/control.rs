@@ -114,12 +114,15 @@ impl Control {
         }
     }
 
-    /// Publishes a new generation whose active log is empty. Caller holds the write lock.
-    pub(crate) fn publish_generation(&self, generation: u64) {
+    /// Publishes a new generation whose active log holds `committed` bytes of records (those
+    /// appended while compaction built it, copied over). Caller holds the write lock.
+    pub(crate) fn publish_generation(&self, generation: u64, committed: u64) {
         if !self.page.is_writable() {
             return;
         }
-        self.page.atomic(OFF_COMMITTED).store(0, Ordering::Release);
+        self.page
+            .atomic(OFF_COMMITTED)
+            .store(committed, Ordering::Release);
         self.page
             .atomic(OFF_GENERATION)
             .store(generation, Ordering::Release);

@@ -13,6 +13,9 @@
 //!   rebuilt, before any word exists; and where the kernel lacks open-file-description locks,
 //!   every write takes that `flock` instead of the word.
 //!
+//! - One compaction at a time: whoever builds the next index holds an `flock` of
+//!   `compact.lock` (through fs2) for the whole of it, most of which runs without the write lock.
+//!
 //! fs2 is called by full path because std's own `File::lock*` methods of the same names would
 //! otherwise take precedence.
 
@@ -26,6 +29,7 @@ use crate::error::{IoContext, Result};
 use crate::map;
 
 pub(crate) const FILE_NAME: &str = "tokcache.lock";
+pub(crate) const COMPACT_FILE_NAME: &str = "compact.lock";
 
 /// Bit of the word set by a process about to sleep on it.
 const WAITING: u32 = 1 << 31;
@@ -138,6 +142,49 @@ impl LockFile {
     /// Whether the process with `token` still has the cache open: it holds that byte.
     fn alive(&self, token: u32) -> Result<bool> {
         map::byte_is_locked(&self.file, u64::from(token)).ctx("check lock owner", &self.path)
+    }
+}
+
+/// Held by the one process (and thread: each attempt opens its own file description) that
+/// compacts; released when dropped, or by the kernel when the process dies.
+#[derive(Debug)]
+pub(crate) struct CompactionLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl CompactionLock {
+    /// Takes the compaction lock of `dir`: `None` if another compaction holds it and `wait` is
+    /// false.
+    pub(crate) fn take(dir: &Path, mode: u32, wait: bool) -> Result<Option<Self>> {
+        let path = dir.join(COMPACT_FILE_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ctx("open lock file", &path)?;
+        if wait {
+            fs2::FileExt::lock_exclusive(&file).ctx("lock", &path)?;
+        } else if let Err(e) = fs2::FileExt::try_lock_exclusive(&file) {
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
+            {
+                return Ok(None);
+            }
+            return Err(crate::Error::io("lock", &path, e));
+        }
+        Ok(Some(Self { file, path }))
+    }
+}
+
+impl Drop for CompactionLock {
+    fn drop(&mut self) {
+        if let Err(e) = fs2::FileExt::unlock(&self.file) {
+            log::warn!("cannot unlock {}: {e}", self.path.display());
+        }
     }
 }
 

@@ -50,6 +50,37 @@ impl Dir {
         Ok((file, path))
     }
 
+    /// Creates the log of a new generation, empty: a file left under its name by a compaction
+    /// that died before publishing it is named by no generation, and is replaced.
+    pub(crate) fn create_log(&self, id: u32) -> Result<(File, PathBuf)> {
+        let path = self.join(&segment_name(id));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::Error::io("remove stale segment", &path, e)),
+        }
+        self.open_log(id)
+    }
+
+    /// Creates a file that compaction writes before it may publish it: `NAME.NONCE.part`
+    /// (the nonce keeps two compactors' files apart), renamed to `NAME` on commit.
+    pub(crate) fn create_staged(&self, name: &str, nonce: u64) -> Result<Staged> {
+        let path = self.join(&format!("{name}.{nonce:016x}{STAGED_SUFFIX}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(self.mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ctx("create", &path)?;
+        Ok(Staged {
+            file,
+            path,
+            target: self.join(name),
+        })
+    }
+
     /// Writes a whole new file atomically: `NAME.new`, fsync, rename over `NAME`, fsync the dir.
     pub(crate) fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
         write_new_file(&self.join(name), bytes, self.mode)
@@ -58,6 +89,22 @@ impl Dir {
     pub(crate) fn sync(&self) -> Result<()> {
         sync_dir(&self.path)
     }
+}
+
+const STAGED_SUFFIX: &str = ".part";
+
+/// A file written by compaction under a temporary name (see [`Dir::create_staged`]).
+#[derive(Debug)]
+pub(crate) struct Staged {
+    pub file: File,
+    pub path: PathBuf,
+    /// The name it gets when published.
+    pub target: PathBuf,
+}
+
+/// Whether `name` is a file compaction stages (a leftover, when no compaction runs).
+pub(crate) fn is_staged(name: &str) -> bool {
+    (name.starts_with("seg-") || name.starts_with("index-")) && name.ends_with(STAGED_SUFFIX)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {

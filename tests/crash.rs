@@ -140,6 +140,16 @@ fn kill_rounds(rounds: u64, seed: u64) {
         "{:?}",
         report.problems
     );
+    // The next compaction removes what the kills left.
+    cache.compact().unwrap();
+    let report = cache.verify(|_| {});
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".part") || n.ends_with(".new"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert!(
         flushed_per_round.iter().filter(|&&f| f >= 0).count() as u64 > rounds / 3,
         "{flushed_per_round:?}"

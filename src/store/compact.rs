@@ -3,14 +3,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::PathBuf;
 
 use super::{OnChange, Store, View, key_eq};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{self, IndexBody, SegmentInfo, Slot};
-use crate::keys::key_hash;
+use crate::keys::{key_hash, random_seed};
+use crate::lock::CompactionLock;
 use crate::record::{self, Kind};
-use crate::segment::{self, Dir};
+use crate::segment::{self, Dir, Staged};
 
 /// Largest segment written by compaction's rewrite; slot offsets are `u32`.
 const GC_SEGMENT_MAX: u64 = 1 << 30;
@@ -28,26 +30,170 @@ pub struct CompactReport {
     pub generation: u64,
 }
 
+/// The next generation, built from a snapshot of the current one and staged (written under
+/// temporary names and made durable) by [`Store::plan`], without the write lock when it can;
+/// [`Store::commit`] publishes it. Dropped uncommitted, it removes its files.
+pub(super) struct Plan {
+    /// The generation it was built from: it can only replace that one.
+    generation: u64,
+    /// How much of the log the new index covers. Records appended after it are copied to the
+    /// new log on commit.
+    sealed_at: u64,
+    /// The new index names the old log (it holds live records, or removals still needed).
+    keeps_log: bool,
+    new_active: u32,
+    /// Rewritten segments and the index, renamed into place on commit.
+    staged: Vec<Staged>,
+    /// Segments of the old generation that the new one no longer names.
+    dropped: Vec<u32>,
+    report: CompactReport,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        for s in &self.staged {
+            let _ = fs::remove_file(&s.path);
+        }
+    }
+}
+
 impl Store {
-    /// Caller holds the writer mutex and the file lock, and has caught up.
+    /// Merges the tail into a new index, drops expired entries if `expire`, rewrites segments
+    /// that are mostly dead. Waits for a compaction running elsewhere to finish first. Other
+    /// writers are held up only while the result is published (see [`Store::compact_once`]).
+    pub(crate) fn compact(
+        &self,
+        now: f64,
+        expire: bool,
+        on_change: OnChange<'_>,
+    ) -> Result<CompactReport> {
+        let now = if expire { now } else { f64::NEG_INFINITY };
+        let _c = self.compaction_lock(true)?;
+        // Another generation can only come from a clear, a rebuild, or a writer of an older
+        // release (which compacts under the write lock alone); then start again from it.
+        for _ in 0..3 {
+            if let Some(report) = self.compact_once(now, expire, false, on_change)? {
+                return Ok(report);
+            }
+        }
+        let _w = self.writer.lock();
+        let _l = self.lock()?;
+        let mut v = self.locked_view(on_change)?;
+        self.compact_locked(&mut v, now, expire, on_change)
+    }
+
+    /// The compaction an append starts when the tail is full, unless another one runs (then
+    /// this process tries again a little later, not on every append).
+    pub(super) fn compact_when_full(&self, on_change: OnChange<'_>) -> Result<()> {
+        let Some(_c) = self.compaction_lock(false)? else {
+            let v = self.view.read();
+            let again = v.tail_records + self.tail_records_max(&v) / 16;
+            *self.retry_compaction.lock() = (v.generation, again);
+            return Ok(());
+        };
+        self.compact_once(f64::NEG_INFINITY, false, true, on_change)
+            .map(drop)
+    }
+
+    /// Whether an append should start a compaction (see [`Store::compact_when_full`]).
+    pub(super) fn wants_compaction(&self, v: &View) -> bool {
+        if !self.tail_is_full(v) {
+            return false;
+        }
+        let (generation, again) = *self.retry_compaction.lock();
+        generation != v.generation || v.tail_records >= again
+    }
+
+    fn compaction_lock(&self, wait: bool) -> Result<Option<CompactionLock>> {
+        if self.lock.is_none() {
+            return Err(Error::Degraded {
+                reason: format!("{} is read-only", self.dir.path.display()),
+            });
+        }
+        CompactionLock::take(&self.dir.path, self.dir.mode, wait)
+    }
+
+    /// One compaction, by the holder of the compaction lock, in three steps: a snapshot of the
+    /// current generation under the write lock (an instant); the next index and the rewritten
+    /// segments built from it and written without the write lock (where the time goes); under
+    /// the write lock again, the records appended meanwhile copied to the new log and the new
+    /// generation published. `None`: nothing done, because the generation moved on in between
+    /// (or, with `only_if_full`, the tail no longer needs it).
+    fn compact_once(
+        &self,
+        now: f64,
+        expire: bool,
+        only_if_full: bool,
+        on_change: OnChange<'_>,
+    ) -> Result<Option<CompactReport>> {
+        let snapshot = {
+            let _w = self.writer.lock();
+            let _l = self.lock()?;
+            let v = self.locked_view(on_change)?;
+            if only_if_full && !self.tail_is_full(&v) {
+                return Ok(None);
+            }
+            self.remove_leftovers(&v);
+            v.snapshot()?
+        };
+        let built_from = snapshot.generation;
+        let plan = self.plan(&snapshot, now, expire)?;
+        drop(snapshot);
+        let w = self.writer.lock();
+        let l = self.lock()?;
+        let mut v = self.locked_view(on_change)?;
+        if v.generation != built_from {
+            return Ok(None);
+        }
+        let (report, garbage) = match plan {
+            Some(plan) => self.commit(&mut v, plan)?,
+            None => return self.rebuild_damaged(&mut v, on_change).map(Some),
+        };
+        drop((v, l, w));
+        self.remove_garbage(&garbage);
+        Ok(Some(report))
+    }
+    /// Compaction by a caller that holds the write lock throughout (the log is about to
+    /// outgrow its 32-bit offsets and must be sealed now).
     pub(super) fn compact_locked(
         &self,
         v: &mut View,
         now: f64,
         expire: bool,
+        on_change: OnChange<'_>,
     ) -> Result<CompactReport> {
+        let Some(plan) = self.plan(v, now, expire)? else {
+            return self.rebuild_damaged(v, on_change);
+        };
+        let (report, garbage) = self.commit(v, plan)?;
+        self.remove_garbage(&garbage);
+        Ok(report)
+    }
+
+    /// Rebuilds from the segments an index that fails its checksum. Caller holds the locks.
+    fn rebuild_damaged(&self, v: &mut View, on_change: OnChange<'_>) -> Result<CompactReport> {
+        let why = match &v.index {
+            Some(index) => format!("{}: archive checksum mismatch", index.path.display()),
+            None => "no index loaded".to_string(),
+        };
+        let generation = self.rebuild_locked(v, &why)?;
+        on_change(None);
+        Ok(CompactReport {
+            generation,
+            ..CompactReport::default()
+        })
+    }
+
+    /// Builds the next generation from `v` (a snapshot, or the caught-up view of a caller
+    /// holding the write lock): the new index, and the rewritten segments, written under
+    /// temporary names and made durable, as is the old log up to where the index covers it.
+    /// `None`: the index fails its checksum, and must be rebuilt instead.
+    fn plan(&self, v: &View, now: f64, expire: bool) -> Result<Option<Plan>> {
         let Some(index) = v.index.as_ref() else {
-            return Err(Error::Degraded {
-                reason: "no index loaded".into(),
-            });
+            return Ok(None);
         };
         if !index.verify_checksum() {
-            let why = format!("{}: archive checksum mismatch", index.path.display());
-            let generation = self.rebuild_locked(v, &why)?;
-            return Ok(CompactReport {
-                generation,
-                ..CompactReport::default()
-            });
+            return Ok(None);
         }
         let body = index.body();
         let mut superseded = vec![false; body.slots.len()];
@@ -134,7 +280,8 @@ impl Store {
             })
             .map(|s| s.id)
             .collect();
-        let mut out = Rewriter::new(self, next_id);
+        let nonce = random_seed();
+        let mut out = Rewriter::new(self, next_id, nonce);
         if !rewrite.is_empty() {
             entries.sort_unstable_by_key(|e| (e.seg, e.off));
             for e in entries.iter_mut().filter(|e| rewrite.contains(&e.seg)) {
@@ -149,7 +296,7 @@ impl Store {
                 out.copy_removals(v, s, &mut moved)?;
             }
         }
-        let (new_infos, next_id) = out.finish()?;
+        let (new_infos, staged, next_id) = out.finish()?;
         let kept: Vec<SegmentInfo> = infos
             .iter()
             .filter(|s| s.live + s.tombstones > 0 && !rewrite.contains(&s.id))
@@ -157,34 +304,124 @@ impl Store {
             .chain(new_infos)
             .collect();
         let referenced: HashSet<u32> = kept.iter().map(|s| s.id).collect();
+        let dropped: Vec<u32> = infos
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !referenced.contains(id))
+            .collect();
         let freed: u64 = infos
             .iter()
             .filter(|s| !referenced.contains(&s.id))
             .map(|s| s.len)
             .sum();
-        if let (Some(log), true) = (&v.log, referenced.contains(&v.active)) {
-            // Seal: trim the preallocated, never-published tail (no process reads past the
-            // published length), then make the segment durable.
-            log.set_len(v.scanned).ctx("seal segment", &v.log_path)?;
+        let keeps_log = referenced.contains(&v.active);
+        if let (Some(log), true) = (&v.log, keeps_log) {
             log.sync_data().ctx("sync segment", &v.log_path)?;
         }
         let generation = v.generation + 1;
-        let new_active = next_id;
         let body = IndexBody::build(
             generation,
             self.seed(),
             body.epoch.to_native(),
-            new_active,
+            next_id,
             kept,
             entries,
         );
-        self.install(v, body)?;
-        Ok(CompactReport {
-            expired,
-            bytes_freed: freed,
-            segments_rewritten: rewrite.len() as u64,
-            generation,
-        })
+        let mut plan = Plan {
+            generation: v.generation,
+            sealed_at: v.scanned,
+            keeps_log,
+            new_active: next_id,
+            staged,
+            dropped,
+            report: CompactReport {
+                expired,
+                bytes_freed: freed,
+                segments_rewritten: rewrite.len() as u64,
+                generation,
+            },
+        };
+        let staged = self
+            .dir
+            .create_staged(&index::index_name(generation), nonce)?;
+        let mut file = &staged.file;
+        let written = file
+            .write_all(&body.to_file_bytes()?)
+            .and_then(|()| file.sync_all());
+        let path = staged.path.clone();
+        plan.staged.push(staged);
+        written.ctx("write index", &path)?;
+        Ok(Some(plan))
+    }
+
+    /// Publishes a plan built from `v`'s generation. Caller holds the locks; `v` is caught up.
+    /// Returns the files to delete, once the write lock is released, that the new generation
+    /// no longer names.
+    fn commit(&self, v: &mut View, mut plan: Plan) -> Result<(CompactReport, Vec<PathBuf>)> {
+        debug_assert_eq!(plan.generation, v.generation);
+        // Records appended since the snapshot go, as they are, to the start of the new log.
+        let (log, log_path) = self.dir.create_log(plan.new_active)?;
+        let start = usize::try_from(plan.sealed_at).unwrap_or(usize::MAX);
+        let end = usize::try_from(v.scanned).unwrap_or(usize::MAX);
+        let appended = v.log_map.bytes().get(start..end).unwrap_or_default();
+        if !appended.is_empty() {
+            segment::append_at(&log, &log_path, 0, appended)?;
+        }
+        let committed = appended.len() as u64;
+        if let (Some(old), true) = (&v.log, plan.keeps_log) {
+            // Seal: trim the space reserved past the published length (no process reads it).
+            old.set_len(v.scanned).ctx("seal segment", &v.log_path)?;
+        }
+        for s in std::mem::take(&mut plan.staged) {
+            fs::rename(&s.path, &s.target).ctx("rename into place", &s.target)?;
+        }
+        self.dir.sync()?;
+        self.control
+            .publish_generation(plan.report.generation, committed);
+        self.control.flush(&self.ctl_path)?;
+        let mut garbage: Vec<PathBuf> = plan
+            .dropped
+            .iter()
+            .map(|&id| self.dir.join(&segment::segment_name(id)))
+            .collect();
+        garbage.extend(v.index.as_ref().map(|i| i.path.clone()));
+        *v = self.load_view(self.control.state())?;
+        Ok((plan.report.clone(), garbage))
+    }
+
+    /// Removes what writers that died left behind: staged files, segments and indexes the
+    /// current generation does not name (among them segments newer than its log, written by a
+    /// commit that never published them: a rebuild would replay those over newer records).
+    /// Caller holds the compaction lock and the write lock, so no compaction is under way.
+    fn remove_leftovers(&self, v: &View) {
+        let Ok(entries) = fs::read_dir(&self.dir.path) else {
+            return;
+        };
+        let named: HashSet<u32> = v.infos.iter().map(|s| s.id).chain([v.active]).collect();
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let stale = segment::is_staged(name)
+                || segment::parse_segment_name(name).is_some_and(|id| !named.contains(&id))
+                || index::parse_index_name(name).is_some_and(|g| g != v.generation);
+            if stale {
+                log::debug!("removing {name}, left by an interrupted writer");
+                self.remove_garbage(&[e.path()]);
+            }
+        }
+    }
+
+    fn remove_garbage(&self, paths: &[PathBuf]) {
+        for p in paths {
+            match fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    log::warn!("cannot remove {}: {e}", p.display());
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Writes the index of a new generation, publishes it, deletes what it no longer refers to
@@ -202,7 +439,7 @@ impl Store {
         self.dir
             .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         self.dir.sync()?;
-        self.control.publish_generation(generation);
+        self.control.publish_generation(generation, 0);
         self.control.flush(&self.ctl_path)?;
         for id in self.list_segments()? {
             if !referenced.contains(&id) {
@@ -365,31 +602,37 @@ impl Store {
 /// `GC_SEGMENT_MAX` bytes, written in 8 MiB pieces and fsynced when full.
 struct Rewriter<'a> {
     store: &'a Store,
-    /// The segment being written: file, path, bytes so far.
-    out: Option<(File, PathBuf, u64)>,
+    /// Bytes so far of the segment being written (the last staged one), if one is open.
+    written: Option<u64>,
     buf: Vec<u8>,
     infos: Vec<SegmentInfo>,
+    staged: Vec<Staged>,
     next_id: u32,
+    nonce: u64,
 }
 
 impl<'a> Rewriter<'a> {
-    fn new(store: &'a Store, next_id: u32) -> Self {
+    fn new(store: &'a Store, next_id: u32, nonce: u64) -> Self {
         Self {
             store,
-            out: None,
+            written: None,
             buf: Vec::new(),
             infos: Vec::new(),
+            staged: Vec::new(),
             next_id,
+            nonce,
         }
     }
 
     /// Copies one record: a live entry's (an index slot will point at it) or a removal kept.
     /// Returns where it went.
     fn copy(&mut self, bytes: &[u8], live: bool) -> Result<(u32, u32)> {
-        let full = |o: &(File, PathBuf, u64)| o.2 + bytes.len() as u64 > GC_SEGMENT_MAX;
-        if self.out.as_ref().is_none_or(full) {
+        let len = bytes.len() as u64;
+        if self.written.is_none_or(|w| w + len > GC_SEGMENT_MAX) {
             self.finish_segment()?;
-            let (file, path) = self.store.dir.open_log(self.next_id)?;
+            let name = segment::segment_name(self.next_id);
+            self.staged
+                .push(self.store.dir.create_staged(&name, self.nonce)?);
             self.infos.push(SegmentInfo {
                 id: self.next_id,
                 len: 0,
@@ -397,24 +640,24 @@ impl<'a> Rewriter<'a> {
                 tombstones: 0,
             });
             self.next_id += 1;
-            self.out = Some((file, path, 0));
+            self.written = Some(0);
         }
-        let (Some(o), Some(info)) = (self.out.as_mut(), self.infos.last_mut()) else {
+        let (Some(written), Some(info)) = (self.written.as_mut(), self.infos.last_mut()) else {
             return Err(Error::Degraded {
                 reason: "no segment to rewrite into".into(),
             });
         };
-        let at = (info.id, o.2 as u32);
+        let at = (info.id, *written as u32);
         self.buf.extend_from_slice(bytes);
-        o.2 += bytes.len() as u64;
-        info.len = o.2;
+        *written += len;
+        info.len = *written;
         if live {
-            info.live += bytes.len() as u64;
+            info.live += len;
         } else {
-            info.tombstones += bytes.len() as u64;
+            info.tombstones += len;
         }
         if self.buf.len() >= 8 << 20 {
-            write_out(o, &mut self.buf)?;
+            self.write_out()?;
         }
         Ok(at)
     }
@@ -453,24 +696,40 @@ impl<'a> Rewriter<'a> {
         Ok(())
     }
 
+    /// Writes the buffered end of the segment being written.
+    fn write_out(&mut self) -> Result<()> {
+        if let (Some(written), Some(s)) = (self.written, self.staged.last()) {
+            let at = written - self.buf.len() as u64;
+            segment::append_at(&s.file, &s.path, at, &self.buf)?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
     fn finish_segment(&mut self) -> Result<()> {
-        if let Some(o) = self.out.take() {
-            write_out(&o, &mut self.buf)?;
-            o.0.sync_all().ctx("sync segment", &o.1)?;
+        if self.written.is_some() {
+            self.write_out()?;
+            if let Some(s) = self.staged.last() {
+                s.file.sync_all().ctx("sync segment", &s.path)?;
+            }
+            self.written = None;
         }
         Ok(())
     }
 
-    /// The segments written, and the next free segment id.
-    fn finish(mut self) -> Result<(Vec<SegmentInfo>, u32)> {
+    /// The segments written (durable, under their staged names), and the next free id.
+    fn finish(mut self) -> Result<(Vec<SegmentInfo>, Vec<Staged>, u32)> {
         self.finish_segment()?;
-        Ok((self.infos, self.next_id))
+        let infos = std::mem::take(&mut self.infos);
+        Ok((infos, std::mem::take(&mut self.staged), self.next_id))
     }
 }
 
-/// Writes the buffered end of the segment being rewritten (it ends at `o.2`).
-fn write_out(o: &(File, PathBuf, u64), buf: &mut Vec<u8>) -> Result<()> {
-    segment::append_at(&o.0, &o.1, o.2 - buf.len() as u64, buf)?;
-    buf.clear();
-    Ok(())
+impl Drop for Rewriter<'_> {
+    /// Removes the staged files of a rewrite that failed before it was handed over.
+    fn drop(&mut self) {
+        for s in &self.staged {
+            let _ = fs::remove_file(&s.path);
+        }
+    }
 }

@@ -91,6 +91,9 @@ pub(crate) struct Store {
     /// guard goes, so while the control page still shows this state the RAM tier is current
     /// and a RAM hit needs no guard ([`Store::unchanged`]).
     seen: AtomicU64,
+    /// After finding another compaction under way: (generation, tail records) before which
+    /// appends do not try to start one again.
+    retry_compaction: Mutex<(u64, u64)>,
 }
 
 /// A control page state in one word, when it fits (generations and committed lengths below
@@ -169,6 +172,7 @@ impl Store {
             writer: Mutex::new(()),
             view: RwLock::new(placeholder),
             seen: AtomicU64::new(u64::MAX),
+            retry_compaction: Mutex::new((u64::MAX, 0)),
         };
         if rebuild {
             let _w = store.writer.lock();
@@ -265,7 +269,7 @@ impl Store {
         let log_path = self.dir.join(&segment::segment_name(active));
         let mut view = View::new(
             state.generation,
-            Some(index),
+            Some(Arc::new(index)),
             segments,
             infos,
             active,
@@ -453,21 +457,20 @@ impl Store {
     }
 
     /// Appends encoded records (under the lock), publishes them, and compacts if the log is
-    /// past its thresholds. `now` is for compaction's expiry.
+    /// past its thresholds.
     /// `published` runs once the records are visible, before any other writer of this process
     /// can append: the place to update the RAM tier without racing another thread's write.
     pub(crate) fn append(
         &self,
         bytes: &[u8],
-        now: f64,
         on_change: OnChange<'_>,
         published: impl FnOnce(),
     ) -> Result<()> {
-        let _w = self.writer.lock();
-        let _l = self.lock()?;
+        let w = self.writer.lock();
+        let l = self.lock()?;
         let mut v = self.locked_view(on_change)?;
         if v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
-            self.compact_notify(&mut v, now, false, on_change)?;
+            self.compact_locked(&mut v, f64::NEG_INFINITY, false, on_change)?;
         }
         if v.scanned < v.seen_committed {
             // A damaged tail (after a machine crash): new records go after the intact part.
@@ -491,10 +494,12 @@ impl Store {
         self.control.publish_committed(committed);
         v.scan_log(committed, |_| {})?;
         published();
-        if self.tail_is_full(&v) {
+        let full = self.wants_compaction(&v);
+        drop((v, l, w));
+        if full {
             // The record is published; a failed compaction (disk full, say) leaves the old
-            // generation in place and is retried on the next append.
-            if let Err(e) = self.compact_notify(&mut v, now, false, on_change) {
+            // generation in place and is tried again later.
+            if let Err(e) = self.compact_when_full(on_change) {
                 log::warn!("compaction failed, will retry: {e}");
             }
         }
@@ -533,42 +538,14 @@ impl Store {
     /// index (1/32 of its entries), so that large caches do not rewrite their whole index every
     /// few thousand writes; opening scans at most that many records.
     fn tail_is_full(&self, v: &View) -> bool {
+        v.tail_records >= self.tail_records_max(v) || v.scanned >= self.opts.compact_bytes
+    }
+
+    fn tail_records_max(&self, v: &View) -> u64 {
         let indexed = v.index.as_ref().map_or(0, |i| i.body().entries.to_native());
-        v.tail_records >= self.opts.compact_records.max(indexed / 32)
-            || v.scanned >= self.opts.compact_bytes
+        self.opts.compact_records.max(indexed / 32)
     }
 
-    /// Merges the tail into a new index, drops expired entries if `expire`, rewrites segments
-    /// that are mostly dead.
-    pub(crate) fn compact(
-        &self,
-        now: f64,
-        expire: bool,
-        on_change: OnChange<'_>,
-    ) -> Result<CompactReport> {
-        let _w = self.writer.lock();
-        let _l = self.lock()?;
-        let mut v = self.locked_view(on_change)?;
-        let now = if expire { now } else { f64::NEG_INFINITY };
-        self.compact_notify(&mut v, now, expire, on_change)
-    }
-
-    /// Compacts a caught-up view. Its records are all seen, so values stay as they were,
-    /// unless the index had to be rebuilt (a new epoch): then `on_change` hears of everything.
-    fn compact_notify(
-        &self,
-        v: &mut View,
-        now: f64,
-        expire: bool,
-        on_change: OnChange<'_>,
-    ) -> Result<CompactReport> {
-        let epoch = v.epoch();
-        let report = self.compact_locked(v, now, expire);
-        if v.epoch() != epoch {
-            on_change(None);
-        }
-        report
-    }
     /// Makes everything appended so far durable.
     pub(crate) fn flush(&self) -> Result<()> {
         let v = self.view.read();

@@ -36,7 +36,7 @@ impl TailLoc {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct Tail {
     first: HashKeyed<TailLoc>,
     more: Vec<(u64, TailLoc)>,

@@ -18,7 +18,7 @@ use super::tail::{Tail, TailLoc};
 pub(super) struct View {
     pub(super) generation: u64,
     /// `None` only before the first load.
-    pub(super) index: Option<Index>,
+    pub(super) index: Option<Arc<Index>>,
     pub(super) segments: HashMap<u32, Arc<ReadMap>>,
     pub(super) infos: Vec<SegmentInfo>,
     pub(super) active: u32,
@@ -45,7 +45,7 @@ impl View {
     /// A view of these maps whose log is not opened or scanned yet.
     pub(super) fn new(
         generation: u64,
-        index: Option<Index>,
+        index: Option<Arc<Index>>,
         segments: HashMap<u32, Arc<ReadMap>>,
         infos: Vec<SegmentInfo>,
         active: u32,
@@ -68,6 +68,35 @@ impl View {
             tail_records: 0,
             delta: OnceLock::new(),
         }
+    }
+
+    /// What compaction reads while other writers go on: the same maps and tail table, and a
+    /// handle of the log (to make it durable), without the writable mapping.
+    pub(super) fn snapshot(&self) -> Result<Self> {
+        let log = match &self.log {
+            Some(f) => Some(
+                f.try_clone()
+                    .ctx("duplicate segment handle", &self.log_path)?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            generation: self.generation,
+            index: self.index.clone(),
+            segments: self.segments.clone(),
+            infos: self.infos.clone(),
+            active: self.active,
+            log,
+            log_path: self.log_path.clone(),
+            log_map: Arc::clone(&self.log_map),
+            log_len: self.log_len,
+            log_write: None,
+            scanned: self.scanned,
+            seen_committed: self.seen_committed,
+            tail: self.tail.clone(),
+            tail_records: self.tail_records,
+            delta: OnceLock::new(),
+        })
     }
 
     pub(super) fn map_of(&self, seg: u32) -> Option<&Arc<ReadMap>> {
