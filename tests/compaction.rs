@@ -118,3 +118,61 @@ fn writes_during_a_compaction_are_carried_over_and_survive_a_rebuild() {
     let cache = open(dir);
     check(&cache, &model, "rebuilt from the segments");
 }
+
+/// Holds `compact.lock` as a compaction elsewhere would, until dropped (closing the file
+/// releases the lock).
+struct CompactionHeld(#[allow(dead_code)] std::fs::File);
+
+impl CompactionHeld {
+    fn take(dir: &Path) -> Self {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("compact.lock"))
+            .unwrap();
+        // SAFETY: a valid descriptor; flock has no memory effects.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        Self(f)
+    }
+}
+
+#[test]
+fn appends_go_on_past_the_limit_during_a_compaction_and_wait_at_twice_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let cache = Arc::new(
+        Cache::builder(&dir)
+            .compact_after_records(100)
+            .open()
+            .unwrap(),
+    );
+    let held = CompactionHeld::take(&dir);
+    let sets = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (cache, sets) = (Arc::clone(&cache), Arc::clone(&sets));
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                cache.set("token_count", &key(i), &i).unwrap();
+                sets.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Past 100 records the appends find the compaction taken and go on; at 200 they wait.
+    let done = sets.load(Ordering::Relaxed);
+    assert_eq!(
+        done, 199,
+        "sets done while another process held the compaction"
+    );
+    assert_eq!(cache.get_stats().index_generation, 0);
+    drop(held);
+    writer.join().unwrap();
+    let s = cache.get_stats();
+    assert!(s.index_generation >= 1, "{s:?}");
+    assert!(s.tail_records < 200, "{s:?}");
+    for i in 0..300 {
+        assert_eq!(cache.get::<u64>("token_count", &key(i)), Some(i));
+    }
+}

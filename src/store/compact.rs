@@ -83,9 +83,12 @@ impl Store {
     }
 
     /// The compaction an append starts when the tail is full, unless another one runs (then
-    /// this process tries again a little later, not on every append).
-    pub(super) fn compact_when_full(&self, on_change: OnChange<'_>) -> Result<()> {
-        let Some(_c) = self.compaction_lock(false)? else {
+    /// this process tries again a little later, not on every append). With `wait`, the tail is
+    /// past twice its limit (appends outran compactions): wait for the running compaction, and
+    /// compact again if that was not enough. That bounds the records a compaction carries over
+    /// under the write lock, and the tail every process scans.
+    pub(super) fn compact_when_full(&self, wait: bool, on_change: OnChange<'_>) -> Result<()> {
+        let Some(_c) = self.compaction_lock(wait)? else {
             let v = self.view.read();
             let again = v.tail_records + self.tail_records_max(&v) / 16;
             *self.retry_compaction.lock() = (v.generation, again);
@@ -95,13 +98,19 @@ impl Store {
             .map(drop)
     }
 
-    /// Whether an append should start a compaction (see [`Store::compact_when_full`]).
-    pub(super) fn wants_compaction(&self, v: &View) -> bool {
+    /// Whether an append should start a compaction, and whether it must wait for one (see
+    /// [`Store::compact_when_full`]).
+    pub(super) fn wants_compaction(&self, v: &View) -> (bool, bool) {
         if !self.tail_is_full(v) {
-            return false;
+            return (false, false);
+        }
+        if v.tail_records >= self.tail_records_max(v).saturating_mul(2)
+            || v.scanned >= self.opts.compact_bytes.saturating_mul(2)
+        {
+            return (true, true);
         }
         let (generation, again) = *self.retry_compaction.lock();
-        generation != v.generation || v.tail_records >= again
+        (generation != v.generation || v.tail_records >= again, false)
     }
 
     fn compaction_lock(&self, wait: bool) -> Result<Option<CompactionLock>> {
@@ -150,7 +159,7 @@ impl Store {
             None => return self.rebuild_damaged(&mut v, on_change).map(Some),
         };
         drop((v, l, w));
-        self.remove_garbage(&garbage);
+        self.retire(&garbage)?;
         Ok(Some(report))
     }
     /// Compaction by a caller that holds the write lock throughout (the log is about to
@@ -166,7 +175,8 @@ impl Store {
             return self.rebuild_damaged(v, on_change);
         };
         let (report, garbage) = self.commit(v, plan)?;
-        self.remove_garbage(&garbage);
+        super::discard(std::mem::replace(v, self.load_view(self.control.state())?));
+        self.retire(&garbage)?;
         Ok(report)
     }
 
@@ -354,9 +364,10 @@ impl Store {
         Ok(Some(plan))
     }
 
-    /// Publishes a plan built from `v`'s generation. Caller holds the locks; `v` is caught up.
-    /// Returns the files to delete, once the write lock is released, that the new generation
-    /// no longer names.
+    /// Publishes a plan built from `v`'s generation. Caller holds the locks; `v` is caught up,
+    /// and stays a view of the old generation (the next lookup or append loads the new one,
+    /// outside the lock). Returns the files the new generation no longer names, for
+    /// [`Store::retire`].
     fn commit(&self, v: &mut View, mut plan: Plan) -> Result<(CompactReport, Vec<PathBuf>)> {
         debug_assert_eq!(plan.generation, v.generation);
         // Records appended since the snapshot go, as they are, to the start of the new log.
@@ -378,14 +389,12 @@ impl Store {
         self.dir.sync()?;
         self.control
             .publish_generation(plan.report.generation, committed);
-        self.control.flush(&self.ctl_path)?;
         let mut garbage: Vec<PathBuf> = plan
             .dropped
             .iter()
             .map(|&id| self.dir.join(&segment::segment_name(id)))
             .collect();
         garbage.extend(v.index.as_ref().map(|i| i.path.clone()));
-        *v = self.load_view(self.control.state())?;
         Ok((plan.report.clone(), garbage))
     }
 
@@ -411,6 +420,13 @@ impl Store {
                 self.remove_garbage(&[e.path()]);
             }
         }
+    }
+
+    /// Makes the published generation durable, then deletes the files of the old one.
+    fn retire(&self, garbage: &[PathBuf]) -> Result<()> {
+        self.control.flush(&self.ctl_path)?;
+        self.remove_garbage(garbage);
+        Ok(())
     }
 
     fn remove_garbage(&self, paths: &[PathBuf]) {

@@ -103,6 +103,21 @@ fn pack(state: State) -> Option<u64> {
         .then_some(state.generation << 32 | state.committed)
 }
 
+/// Drops a view that was replaced, on a thread of its own where one can be started: unmapping
+/// the last mapping of a file compaction deleted frees the file (its cached pages, its blocks),
+/// milliseconds for a large index, which no lookup or append should wait for.
+fn discard(old: View) {
+    if old.index.is_none() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("tokcache-unmap".into())
+        .spawn(move || drop(old));
+    if let Err(e) = spawned {
+        log::debug!("dropping an old view inline: {e}");
+    }
+}
+
 fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
 }
@@ -363,7 +378,9 @@ impl Store {
         } else {
             on_change(None);
         }
-        *cur = new;
+        let old = std::mem::replace(&mut *cur, new);
+        drop(cur);
+        discard(old);
     }
 
     /// Opens the active segment if the view has none (it did not exist yet when the view was
@@ -407,6 +424,16 @@ impl Store {
             drop(v);
             self.reload(on_change, true)?;
         }
+    }
+
+    /// Loads a new generation, if there is one, before the caller takes the write lock: loading
+    /// it under the lock (mapping the index and segments, scanning the new log) would hold up
+    /// every writer. (One published in between is loaded under the lock, as always.)
+    fn follow_generation(&self, on_change: OnChange<'_>) -> Result<()> {
+        if self.view.read().generation != self.control.state().generation {
+            self.refresh(on_change)?;
+        }
+        Ok(())
     }
 
     /// Catches up with other processes: new records, or a new generation.
@@ -466,6 +493,7 @@ impl Store {
         on_change: OnChange<'_>,
         published: impl FnOnce(),
     ) -> Result<()> {
+        self.follow_generation(on_change)?;
         let w = self.writer.lock();
         let l = self.lock()?;
         let mut v = self.locked_view(on_change)?;
@@ -494,12 +522,12 @@ impl Store {
         self.control.publish_committed(committed);
         v.scan_log(committed, |_| {})?;
         published();
-        let full = self.wants_compaction(&v);
+        let (full, wait) = self.wants_compaction(&v);
         drop((v, l, w));
         if full {
             // The record is published; a failed compaction (disk full, say) leaves the old
             // generation in place and is tried again later.
-            if let Err(e) = self.compact_when_full(on_change) {
+            if let Err(e) = self.compact_when_full(wait, on_change) {
                 log::warn!("compaction failed, will retry: {e}");
             }
         }
