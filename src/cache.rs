@@ -70,6 +70,7 @@ pub struct CacheBuilder {
     compact_records: u64,
     compact_bytes: u64,
     gc_min_dead: u64,
+    background: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -124,6 +125,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Run the compactions that writes start on a thread of their own (default `true`), so
+    /// that no `set` waits for one, unless writes outrun compaction by a whole threshold (then
+    /// the `set` that finds the log twice past it waits). `false`: the `set` that fills the
+    /// log compacts before it returns. Dropping the cache waits for a compaction under way.
+    pub fn compact_in_background(mut self, yes: bool) -> Self {
+        self.background = yes;
+        self
+    }
+
     /// The clock used for timestamps and expiry (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -158,7 +168,7 @@ impl CacheBuilder {
                     migrate_original_files(s, ttl_secs, clock.now())
                 })
             });
-        let (store, storage) = match store {
+        let (store, storage) = match store.map(Arc::new) {
             Ok(s) if s.is_writable() => (Some(s), Storage::Disk),
             Ok(s) => {
                 log::warn!(
@@ -176,7 +186,9 @@ impl CacheBuilder {
             dir: self.dir,
             store,
             storage,
-            ram: RamTier::new(self.max_ram_entries),
+            ram: Arc::new(RamTier::new(self.max_ram_entries)),
+            background: self.background,
+            compactor: Mutex::new(None),
             ttl_secs,
             clock: self.clock,
             local_seed: random_seed(),
@@ -192,6 +204,14 @@ impl CacheBuilder {
             }
         }
         cache
+    }
+}
+
+/// Drops from the RAM tier what another process changed (`None`: anything may have changed).
+fn invalidate(ram: &RamTier, changed: Option<u64>) {
+    match changed {
+        Some(h) => ram.remove(h),
+        None => ram.clear(),
     }
 }
 
@@ -240,9 +260,13 @@ fn migrate_original_files(store: &Store, ttl_secs: f64, now: f64) -> Result<()> 
 /// open the same directory. `Send + Sync`: share one per process.
 pub struct Cache {
     dir: PathBuf,
-    store: Option<Store>,
+    store: Option<Arc<Store>>,
     storage: Storage,
-    ram: RamTier,
+    /// Shared with the compaction thread, which tells it of keys other processes changed.
+    ram: Arc<RamTier>,
+    background: bool,
+    /// The compaction thread, while one runs or until it is joined.
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
     ttl_secs: f64,
     clock: Arc<dyn Clock>,
     local_seed: u64,
@@ -253,6 +277,16 @@ pub struct Cache {
     /// One mutex per key being computed by `get_or_insert_with` (per key, not striped, so that
     /// a computation may itself call `get_or_insert_with` for other keys).
     flights: Mutex<HashKeyed<Arc<Mutex<()>>>>,
+}
+
+impl Drop for Cache {
+    /// Waits for a compaction under way, so that a short-lived process finishes what it
+    /// started (a process killed meanwhile leaves files the next compaction removes).
+    fn drop(&mut self) {
+        if let Some(t) = self.compactor.get_mut().take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -286,6 +320,7 @@ impl Cache {
             compact_records: 32 * 1024,
             compact_bytes: 64 << 20,
             gc_min_dead: 16 << 20,
+            background: true,
             clock: Arc::new(SystemClock),
         }
     }
@@ -315,7 +350,7 @@ impl Cache {
     }
 
     fn hash(&self, prefix: &str, key: &str) -> u64 {
-        let seed = self.store.as_ref().map_or(self.local_seed, Store::seed);
+        let seed = self.store.as_ref().map_or(self.local_seed, |s| s.seed());
         key_hash(seed, prefix, key.as_bytes())
     }
 
@@ -324,9 +359,42 @@ impl Cache {
     }
 
     fn invalidate(&self, changed: Option<u64>) {
-        match changed {
-            Some(h) => self.ram.remove(h),
-            None => self.ram.clear(),
+        invalidate(&self.ram, changed);
+    }
+
+    /// Runs the compaction a write asked for: on the compaction thread (started unless one
+    /// runs), or here when the cache compacts inline or no thread can be started.
+    fn compact_when_full(&self, store: &Arc<Store>) {
+        let inline = || {
+            if let Err(e) = store.compact_when_full(false, &|c| self.invalidate(c)) {
+                log::warn!("compaction failed, will retry: {e}");
+            }
+        };
+        if !self.background {
+            return inline();
+        }
+        let mut slot = self.compactor.lock();
+        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        if let Some(done) = slot.take() {
+            let _ = done.join();
+        }
+        let (s, ram) = (Arc::clone(store), Arc::clone(&self.ram));
+        let spawned = std::thread::Builder::new()
+            .name("tokcache-compact".into())
+            .spawn(move || {
+                if let Err(e) = s.compact_when_full(false, &|c| invalidate(&ram, c)) {
+                    log::warn!("compaction failed, will retry: {e}");
+                }
+            });
+        match spawned {
+            Ok(t) => *slot = Some(t),
+            Err(e) => {
+                drop(slot);
+                log::debug!("compacting inline: {e}");
+                inline();
+            }
         }
     }
 
@@ -369,7 +437,7 @@ impl Cache {
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
         // Either way it is asked once. One read guard serves catching up and the disk tier.
-        let unchanged = self.store.as_ref().is_none_or(Store::unchanged);
+        let unchanged = self.store.as_ref().is_none_or(|s| s.unchanged());
         let in_ram = |ram: &RamTier| match ram.get(hash, prefix, key) {
             Some((value, ts)) if !self.expired(ts, now) => Some((value, ts)),
             Some(_) => {
@@ -515,7 +583,10 @@ impl Cache {
             prefix,
             key.as_bytes(),
         );
-        store.append(&buf, &|c| self.invalidate(c), published)
+        if store.append(&buf, &|c| self.invalidate(c), published)? {
+            self.compact_when_full(store);
+        }
+        Ok(())
     }
 
     /// Removes `key`; `true` if it was there.
@@ -574,7 +645,7 @@ impl Cache {
     /// Counters and sizes.
     pub fn get_stats(&self) -> Stats {
         self.refresh();
-        let disk = self.store.as_ref().map(Store::stats).unwrap_or_default();
+        let disk = self.store.as_ref().map(|s| s.stats()).unwrap_or_default();
         let (ram_hits, disk_hits, misses) = (
             self.ram_hits.load(Ordering::Relaxed),
             self.disk_hits.load(Ordering::Relaxed),
@@ -607,7 +678,7 @@ impl Cache {
 
     fn writable_store(&self) -> Result<&Store> {
         self.store
-            .as_ref()
+            .as_deref()
             .filter(|s| s.is_writable())
             .ok_or_else(|| Error::Degraded {
                 reason: format!(

@@ -176,3 +176,33 @@ fn appends_go_on_past_the_limit_during_a_compaction_and_wait_at_twice_it() {
         assert_eq!(cache.get::<u64>("token_count", &key(i)), Some(i));
     }
 }
+
+#[test]
+fn a_full_log_is_compacted_on_a_thread_or_inline_as_configured() {
+    for background in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = || {
+            Cache::builder(tmp.path())
+                .compact_after_records(100)
+                .compact_in_background(background)
+                .open()
+                .unwrap()
+        };
+        let cache = open();
+        for i in 0..100 {
+            cache.set("token_count", &key(i), &i).unwrap();
+        }
+        if !background {
+            // The set that filled the log compacted before it returned.
+            assert_eq!(cache.get_stats().index_generation, 1);
+        }
+        // Dropping the cache waits for a compaction under way.
+        drop(cache);
+        let cache = open();
+        let s = cache.get_stats();
+        assert_eq!((s.index_generation, s.tail_records), (1, 0), "{s:?}");
+        for i in 0..100 {
+            assert_eq!(cache.get::<u64>("token_count", &key(i)), Some(i));
+        }
+    }
+}

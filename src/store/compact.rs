@@ -87,7 +87,7 @@ impl Store {
     /// past twice its limit (appends outran compactions): wait for the running compaction, and
     /// compact again if that was not enough. That bounds the records a compaction carries over
     /// under the write lock, and the tail every process scans.
-    pub(super) fn compact_when_full(&self, wait: bool, on_change: OnChange<'_>) -> Result<()> {
+    pub(crate) fn compact_when_full(&self, wait: bool, on_change: OnChange<'_>) -> Result<()> {
         let Some(_c) = self.compaction_lock(wait)? else {
             let v = self.view.read();
             let again = v.tail_records + self.tail_records_max(&v) / 16;

@@ -483,8 +483,9 @@ impl Store {
         v.scan_log(state.committed, |h| on_change(Some(h)))
     }
 
-    /// Appends encoded records (under the lock), publishes them, and compacts if the log is
-    /// past its thresholds.
+    /// Appends encoded records (under the lock) and publishes them. `true`: the log is past its
+    /// thresholds, and the caller should start a compaction ([`Store::compact_when_full`]).
+    /// (Past twice the thresholds, this waits for one itself.)
     /// `published` runs once the records are visible, before any other writer of this process
     /// can append: the place to update the RAM tier without racing another thread's write.
     pub(crate) fn append(
@@ -492,7 +493,7 @@ impl Store {
         bytes: &[u8],
         on_change: OnChange<'_>,
         published: impl FnOnce(),
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.follow_generation(on_change)?;
         let w = self.writer.lock();
         let l = self.lock()?;
@@ -524,14 +525,15 @@ impl Store {
         published();
         let (full, wait) = self.wants_compaction(&v);
         drop((v, l, w));
-        if full {
+        if wait {
             // The record is published; a failed compaction (disk full, say) leaves the old
             // generation in place and is tried again later.
-            if let Err(e) = self.compact_when_full(wait, on_change) {
+            if let Err(e) = self.compact_when_full(true, on_change) {
                 log::warn!("compaction failed, will retry: {e}");
             }
+            return Ok(false);
         }
-        Ok(())
+        Ok(full)
     }
 
     /// Copies records into the log through the writable mapping, (re)mapping it after growth.
