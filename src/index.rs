@@ -14,7 +14,8 @@ use crate::map::{ReadMap, access_validated};
 pub(crate) const HEADER_LEN: usize = 64;
 const MAGIC: &[u8; 8] = b"TOKCIDX1";
 /// Version 2: the table is ordered by hash (version 1 wrapped around and was unordered).
-const VERSION: u32 = 2;
+/// Version 3: `log_start` (the log may continue from one generation to the next).
+const VERSION: u32 = 3;
 /// `seg` of an empty slot.
 pub(crate) const EMPTY: u32 = u32::MAX;
 
@@ -74,8 +75,12 @@ pub(crate) struct IndexBody {
     /// clear, a rebuild): it is then the generation that did it; compaction copies it. A
     /// process moving to the next generation of the same epoch keeps its RAM tier.
     pub epoch: u64,
-    /// The segment appended to after this index was written.
+    /// The segment appended to after this index was written: the log.
     pub active_segment: u32,
+    /// Where the log's records not in this index begin (the tail). Compaction usually keeps
+    /// the log: the index then covers it up to here, and lists it among `segments` with this
+    /// length too.
+    pub log_start: u64,
     pub segments: Vec<SegmentInfo>,
     /// Home slots: a slot hash `h`'s first probe is `(h * buckets) >> 32`. At most 3/4 of
     /// them are used, counting entries.
@@ -102,6 +107,7 @@ impl IndexBody {
         seed: u64,
         epoch: u64,
         active_segment: u32,
+        log_start: u64,
         segments: Vec<SegmentInfo>,
         mut entries: Vec<Slot>,
     ) -> Self {
@@ -124,6 +130,7 @@ impl IndexBody {
             seed,
             epoch,
             active_segment,
+            log_start,
             segments,
             buckets,
             slots,
@@ -330,7 +337,7 @@ mod tests {
             .enumerate()
             .map(|(i, &h)| slot(h, i as u32))
             .collect();
-        let body = IndexBody::build(3, 5, 3, 9, Vec::new(), entries);
+        let body = IndexBody::build(3, 5, 3, 9, 0, Vec::new(), entries);
         assert!(body.slots.len() >= body.buckets as usize);
         let occupied: Vec<u32> = body
             .slots

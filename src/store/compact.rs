@@ -17,6 +17,18 @@ use crate::segment::{self, Dir, Staged};
 /// Largest segment written by compaction's rewrite; slot offsets are `u32`.
 const GC_SEGMENT_MAX: u64 = 1 << 30;
 
+/// A log this long is sealed by the next compaction, and a new one started: only sealed
+/// segments are rewritten to reclaim dead records.
+const LOG_SEALED_AT: u64 = 256 << 20;
+
+/// A new log's id leaves this many ids free below it for the segments that the compactions of
+/// its lifetime rewrite (rewritten segments must sort after every other sealed one, and before
+/// the log, whose records are newer: a rebuild replays segments in id order).
+const LOG_ID_GAP: u32 = 1 << 12;
+
+/// Fewer free ids than this below the log, and the next compaction seals it.
+const MIN_FREE_IDS: u32 = 64;
+
 /// What compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompactReport {
@@ -105,7 +117,7 @@ impl Store {
             return (false, false);
         }
         if v.tail_records >= self.tail_records_max(v).saturating_mul(2)
-            || v.scanned >= self.opts.compact_bytes.saturating_mul(2)
+            || v.scanned - v.log_start >= self.opts.compact_bytes.saturating_mul(2)
         {
             return (true, true);
         }
@@ -146,7 +158,8 @@ impl Store {
             v.snapshot()?
         };
         let built_from = snapshot.generation;
-        let plan = self.plan(&snapshot, now, expire)?;
+        // clear_expired seals the log too: it promises the space of every expired entry back.
+        let plan = self.plan(&snapshot, now, expire, expire)?;
         drop(snapshot);
         let w = self.writer.lock();
         let l = self.lock()?;
@@ -171,7 +184,7 @@ impl Store {
         expire: bool,
         on_change: OnChange<'_>,
     ) -> Result<CompactReport> {
-        let Some(plan) = self.plan(v, now, expire)? else {
+        let Some(plan) = self.plan(v, now, expire, true)? else {
             return self.rebuild_damaged(v, on_change);
         };
         let (report, garbage) = self.commit(v, plan)?;
@@ -196,9 +209,11 @@ impl Store {
 
     /// Builds the next generation from `v` (a snapshot, or the caught-up view of a caller
     /// holding the write lock): the new index, and the rewritten segments, written under
-    /// temporary names and made durable, as is the old log up to where the index covers it.
+    /// temporary names and made durable, as is the log up to where the index covers it.
     /// `None`: the index fails its checksum, and must be rebuilt instead.
-    fn plan(&self, v: &View, now: f64, expire: bool) -> Result<Option<Plan>> {
+    /// The log goes on as the next generation's log unless `seal` (or it is long, or the ids
+    /// below it run out): then it is sealed, and a new one started.
+    fn plan(&self, v: &View, now: f64, expire: bool, seal: bool) -> Result<Option<Plan>> {
         let Some(index) = v.index.as_ref() else {
             return Ok(None);
         };
@@ -254,12 +269,18 @@ impl Store {
             .map(|(_, l)| u64::from(l.len()))
             .sum();
         let mut infos = v.infos.clone();
-        infos.push(SegmentInfo {
-            id: v.active,
-            len: v.scanned,
-            live: 0,
-            tombstones: log_tombstones,
-        });
+        match infos.iter_mut().find(|s| s.id == v.active) {
+            Some(log) => {
+                log.len = v.scanned;
+                log.tombstones += log_tombstones;
+            }
+            None => infos.push(SegmentInfo {
+                id: v.active,
+                len: v.scanned,
+                live: 0,
+                tombstones: log_tombstones,
+            }),
+        }
         for i in &mut infos {
             i.live = 0;
         }
@@ -273,15 +294,33 @@ impl Store {
                 infos[at].live += u64::from(e.len);
             }
         }
-        let next_id = infos.iter().map(|s| s.id).max().unwrap_or(0).max(v.active) + 1;
+        // Rewritten segments go below the log if it goes on, else above it (and the new log
+        // above them).
+        let below_log = infos
+            .iter()
+            .map(|s| s.id)
+            .filter(|&id| id < v.active)
+            .max()
+            .map_or(0, |id| id + 1);
+        let seal =
+            seal || v.scanned >= LOG_SEALED_AT || v.active.saturating_sub(below_log) < MIN_FREE_IDS;
+        let (first_id, id_limit) = if seal {
+            let top = infos.iter().map(|s| s.id).max().unwrap_or(0).max(v.active);
+            (top + 1, u32::MAX - LOG_ID_GAP)
+        } else {
+            (below_log, v.active)
+        };
         let rewrite: HashSet<u32> = infos
             .iter()
+            .filter(|s| seal || s.id != v.active)
             .filter(|s| {
                 let dead = s.len.saturating_sub(s.live + s.tombstones);
                 let worth = if expire {
-                    // clear_expired promises the space back: any segment a quarter dead, and
-                    // those holding only removals (the ones still needed move, the rest go).
-                    (dead > 0 && dead * 4 >= s.len) || s.live == 0
+                    // clear_expired promises the space back: any segment a quarter dead or
+                    // removals, and those holding only removals (the ones still needed move,
+                    // the rest go: a removal whose key came back is counted as kept until then).
+                    let reclaimable = dead + s.tombstones;
+                    (reclaimable > 0 && reclaimable * 4 >= s.len) || s.live == 0
                 } else {
                     // Routine compaction rewrites only big, mostly dead segments.
                     dead > 0 && dead >= self.opts.gc_min_dead && dead >= s.live
@@ -291,7 +330,7 @@ impl Store {
             .map(|s| s.id)
             .collect();
         let nonce = random_seed();
-        let mut out = Rewriter::new(self, next_id, nonce);
+        let mut out = Rewriter::new(self, first_id, id_limit, nonce);
         if !rewrite.is_empty() {
             entries.sort_unstable_by_key(|e| (e.seg, e.off));
             for e in entries.iter_mut().filter(|e| rewrite.contains(&e.seg)) {
@@ -313,7 +352,8 @@ impl Store {
             .copied()
             .chain(new_infos)
             .collect();
-        let referenced: HashSet<u32> = kept.iter().map(|s| s.id).collect();
+        let new_active = if seal { next_id + LOG_ID_GAP } else { v.active };
+        let referenced: HashSet<u32> = kept.iter().map(|s| s.id).chain([new_active]).collect();
         let dropped: Vec<u32> = infos
             .iter()
             .map(|s| s.id)
@@ -333,7 +373,8 @@ impl Store {
             generation,
             self.seed(),
             body.epoch.to_native(),
-            next_id,
+            new_active,
+            if seal { 0 } else { v.scanned },
             kept,
             entries,
         );
@@ -341,7 +382,7 @@ impl Store {
             generation: v.generation,
             sealed_at: v.scanned,
             keeps_log,
-            new_active: next_id,
+            new_active,
             staged,
             dropped,
             report: CompactReport {
@@ -370,19 +411,25 @@ impl Store {
     /// [`Store::retire`].
     fn commit(&self, v: &mut View, mut plan: Plan) -> Result<(CompactReport, Vec<PathBuf>)> {
         debug_assert_eq!(plan.generation, v.generation);
-        // Records appended since the snapshot go, as they are, to the start of the new log.
-        let (log, log_path) = self.dir.create_log(plan.new_active)?;
-        let start = usize::try_from(plan.sealed_at).unwrap_or(usize::MAX);
-        let end = usize::try_from(v.scanned).unwrap_or(usize::MAX);
-        let appended = v.log_map.bytes().get(start..end).unwrap_or_default();
-        if !appended.is_empty() {
-            segment::append_at(&log, &log_path, 0, appended)?;
-        }
-        let committed = appended.len() as u64;
-        if let (Some(old), true) = (&v.log, plan.keeps_log) {
-            // Seal: trim the space reserved past the published length (no process reads it).
-            old.set_len(v.scanned).ctx("seal segment", &v.log_path)?;
-        }
+        let committed = if plan.new_active == v.active {
+            // The log goes on: what was appended since the snapshot is the new tail.
+            v.scanned
+        } else {
+            // Records appended since the snapshot go, as they are, to the start of the new
+            // log, whose id sorts after every rewritten segment.
+            let (log, log_path) = self.dir.create_log(plan.new_active)?;
+            let start = usize::try_from(plan.sealed_at).unwrap_or(usize::MAX);
+            let end = usize::try_from(v.scanned).unwrap_or(usize::MAX);
+            let appended = v.log_map.bytes().get(start..end).unwrap_or_default();
+            if !appended.is_empty() {
+                segment::append_at(&log, &log_path, 0, appended)?;
+            }
+            if let (Some(old), true) = (&v.log, plan.keeps_log) {
+                // Seal: trim the space reserved past the published length (nobody reads it).
+                old.set_len(v.scanned).ctx("seal segment", &v.log_path)?;
+            }
+            appended.len() as u64
+        };
         for s in std::mem::take(&mut plan.staged) {
             fs::rename(&s.path, &s.target).ctx("rename into place", &s.target)?;
         }
@@ -483,7 +530,7 @@ impl Store {
 
     /// The first generation of a new cache: an empty index and its empty active segment.
     pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<()> {
-        let body = IndexBody::build(generation, seed, generation, 0, Vec::new(), Vec::new());
+        let body = IndexBody::build(generation, seed, generation, 0, 0, Vec::new(), Vec::new());
         dir.open_log(0)?;
         dir.write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         dir.sync()
@@ -510,6 +557,7 @@ impl Store {
             self.seed(),
             generation,
             active,
+            0,
             Vec::new(),
             Vec::new(),
         );
@@ -606,6 +654,7 @@ impl Store {
                 self.seed(),
                 generation,
                 id + 1,
+                0,
                 segments,
                 entries,
             ),
@@ -624,11 +673,13 @@ struct Rewriter<'a> {
     infos: Vec<SegmentInfo>,
     staged: Vec<Staged>,
     next_id: u32,
+    /// The first id it may not use.
+    id_limit: u32,
     nonce: u64,
 }
 
 impl<'a> Rewriter<'a> {
-    fn new(store: &'a Store, next_id: u32, nonce: u64) -> Self {
+    fn new(store: &'a Store, next_id: u32, id_limit: u32, nonce: u64) -> Self {
         Self {
             store,
             written: None,
@@ -636,6 +687,7 @@ impl<'a> Rewriter<'a> {
             infos: Vec::new(),
             staged: Vec::new(),
             next_id,
+            id_limit,
             nonce,
         }
     }
@@ -646,6 +698,11 @@ impl<'a> Rewriter<'a> {
         let len = bytes.len() as u64;
         if self.written.is_none_or(|w| w + len > GC_SEGMENT_MAX) {
             self.finish_segment()?;
+            if self.next_id >= self.id_limit {
+                return Err(Error::Degraded {
+                    reason: "no segment id left for rewritten segments".into(),
+                });
+            }
             let name = segment::segment_name(self.next_id);
             self.staged
                 .push(self.store.dir.create_staged(&name, self.nonce)?);

@@ -252,6 +252,7 @@ impl Store {
             HashMap::new(),
             Vec::new(),
             u32::MAX,
+            0,
             dir.join("none"),
         )
     }
@@ -272,8 +273,10 @@ impl Store {
             })
             .collect();
         let active = body.active_segment.to_native();
+        let log_start = body.log_start.to_native();
         let mut segments = HashMap::with_capacity(infos.len());
-        for info in &infos {
+        // The log, when the index lists it too, is read through the log's own map.
+        for info in infos.iter().filter(|i| i.id != active) {
             let p = self.dir.join(&segment::segment_name(info.id));
             let file = File::open(&p).ctx("open segment", &p)?;
             segments.insert(
@@ -288,6 +291,7 @@ impl Store {
             segments,
             infos,
             active,
+            log_start,
             log_path,
         );
         self.ensure_log(&mut view, false)?;
@@ -295,7 +299,7 @@ impl Store {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             return Err(Error::io("open segment", &view.log_path, missing));
         }
-        let expected = state.committed.min(view.log_len) / 96;
+        let expected = state.committed.min(view.log_len).saturating_sub(log_start) / 96;
         view.tail = Tail::with_capacity(expected.min(1 << 24) as usize);
         view.scan_log(state.committed, |_| {})?;
         Ok(view)
@@ -568,7 +572,8 @@ impl Store {
     /// index (1/32 of its entries), so that large caches do not rewrite their whole index every
     /// few thousand writes; opening scans at most that many records.
     fn tail_is_full(&self, v: &View) -> bool {
-        v.tail_records >= self.tail_records_max(v) || v.scanned >= self.opts.compact_bytes
+        v.tail_records >= self.tail_records_max(v)
+            || v.scanned - v.log_start >= self.opts.compact_bytes
     }
 
     fn tail_records_max(&self, v: &View) -> u64 {
@@ -594,7 +599,8 @@ impl Store {
             .filter(|(_, l)| !l.tombstone())
             .map(|(_, l)| u64::from(l.len()))
             .sum();
-        let disk: u64 = v.infos.iter().map(|s| s.len).sum::<u64>() + v.scanned;
+        let sealed = v.infos.iter().filter(|s| s.id != v.active);
+        let disk: u64 = sealed.map(|s| s.len).sum::<u64>() + v.scanned;
         DiskStats {
             entries: v.entries(),
             live_bytes: (index_live + tail_live).min(disk),

@@ -29,6 +29,9 @@ pub(super) struct View {
     pub(super) log_len: u64,
     /// The writer's writable mapping of the log (see `Store::write_mapped`).
     pub(super) log_write: Option<WriteMap>,
+    /// Where the tail begins in the log (the index covers the log up to here).
+    pub(super) log_start: u64,
+    /// Where the tail ends: records up to here are in the tail table.
     pub(super) scanned: u64,
     pub(super) seen_committed: u64,
     pub(super) tail: Tail,
@@ -49,6 +52,7 @@ impl View {
         segments: HashMap<u32, Arc<ReadMap>>,
         infos: Vec<SegmentInfo>,
         active: u32,
+        log_start: u64,
         log_path: PathBuf,
     ) -> Self {
         Self {
@@ -62,7 +66,8 @@ impl View {
             log_map: Arc::new(ReadMap::empty()),
             log_len: 0,
             log_write: None,
-            scanned: 0,
+            log_start,
+            scanned: log_start,
             seen_committed: 0,
             tail: Tail::default(),
             tail_records: 0,
@@ -91,6 +96,7 @@ impl View {
             log_map: Arc::clone(&self.log_map),
             log_len: self.log_len,
             log_write: None,
+            log_start: self.log_start,
             scanned: self.scanned,
             seen_committed: self.seen_committed,
             tail: self.tail.clone(),
