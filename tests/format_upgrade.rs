@@ -1,14 +1,17 @@
-//! A directory written by format version 1 (`tests/fixtures/format1`, made by the previous
-//! release: five entries, a compaction, then a removal, an overwrite and a new entry in the
-//! log) opens in version 2 with every entry as it was (docs/format.md: rebuilt from the
-//! segments on first open).
+//! Directories written by format versions 1 and 2 (`tests/fixtures/format1`, `format2`, made
+//! by those releases: five entries, a compaction, then a removal, an overwrite and a new entry
+//! in the log) open with every entry as it was (docs/format.md: rebuilt from the segments on
+//! first open). The version 2 fixture's log was cut to its committed length (the rest was
+//! preallocated zeros).
 
 use std::path::Path;
 
 use tokcache::Cache;
 
-fn copy_fixture(to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1");
+fn copy_fixture(name: &str, to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
@@ -17,9 +20,18 @@ fn copy_fixture(to: &Path) {
 
 #[test]
 fn a_format_1_directory_opens_with_every_entry() {
+    opens_with_every_entry("format1");
+}
+
+#[test]
+fn a_format_2_directory_opens_with_every_entry() {
+    opens_with_every_entry("format2");
+}
+
+fn opens_with_every_entry(fixture: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    copy_fixture(dir);
+    copy_fixture(fixture, dir);
 
     let cache = Cache::open(dir).unwrap();
     assert_eq!(cache.storage(), tokcache::Storage::Disk);
