@@ -16,6 +16,9 @@ const MAGIC: &[u8; 8] = b"TOKCIDX1";
 /// Version 2: the table is ordered by hash (version 1 wrapped around and was unordered).
 /// Version 3: `log_start` (the log may continue from one generation to the next).
 const VERSION: u32 = 3;
+/// `SegmentInfo::len` of a segment valid to its end (a log sealed by the compaction that
+/// wrote the index, which trims it before publishing it).
+pub(crate) const WHOLE_FILE: u64 = u64::MAX;
 /// `seg` of an empty slot.
 pub(crate) const EMPTY: u32 = u32::MAX;
 

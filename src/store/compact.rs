@@ -29,6 +29,16 @@ const LOG_ID_GAP: u32 = 1 << 12;
 /// Fewer free ids than this below the log, and the next compaction seals it.
 const MIN_FREE_IDS: u32 = 64;
 
+/// The id of a new log, `LOG_ID_GAP` above the highest id in use (`None`: none is).
+fn new_log_id(highest: Option<u32>) -> Result<u32> {
+    match highest {
+        None => Ok(LOG_ID_GAP),
+        Some(id) => id.checked_add(LOG_ID_GAP).ok_or_else(|| Error::Degraded {
+            reason: "segment ids exhausted (clear the cache)".into(),
+        }),
+    }
+}
+
 /// What compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompactReport {
@@ -346,13 +356,25 @@ impl Store {
             }
         }
         let (new_infos, staged, next_id) = out.finish()?;
-        let kept: Vec<SegmentInfo> = infos
+        let mut kept: Vec<SegmentInfo> = infos
             .iter()
             .filter(|s| s.live + s.tombstones > 0 && !rewrite.contains(&s.id))
             .copied()
             .chain(new_infos)
             .collect();
-        let new_active = if seal { next_id + LOG_ID_GAP } else { v.active };
+        let new_active = if seal {
+            new_log_id(Some(next_id))?
+        } else {
+            v.active
+        };
+        if seal {
+            // The sealed log is trimmed on commit to what was appended by then, past what
+            // this index covers (those records go to the new log too): the index says "the
+            // whole file", so that the dead copies are counted, and reclaimed.
+            for s in kept.iter_mut().filter(|s| s.id == v.active) {
+                s.len = index::WHOLE_FILE;
+            }
+        }
         let referenced: HashSet<u32> = kept.iter().map(|s| s.id).chain([new_active]).collect();
         let dropped: Vec<u32> = infos
             .iter()
@@ -530,8 +552,9 @@ impl Store {
 
     /// The first generation of a new cache: an empty index and its empty active segment.
     pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<()> {
-        let body = IndexBody::build(generation, seed, generation, 0, 0, Vec::new(), Vec::new());
-        dir.open_log(0)?;
+        let log = new_log_id(None)?;
+        let body = IndexBody::build(generation, seed, generation, log, 0, Vec::new(), Vec::new());
+        dir.open_log(log)?;
         dir.write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         dir.sync()
     }
@@ -543,7 +566,7 @@ impl Store {
         let mut v = self.locked_view(on_change)?;
         let generation = v.generation + 1;
         let segments = self.list_segments()?;
-        let active = segments.last().map_or(0, |id| id + 1);
+        let active = new_log_id(segments.last().copied())?;
         // Segments go first, so that clearing works on a full disk. A crash in between leaves
         // an index whose segments are gone, which open rebuilds (from nothing: cleared).
         for id in segments {
@@ -653,7 +676,7 @@ impl Store {
                 generation,
                 self.seed(),
                 generation,
-                id + 1,
+                new_log_id(Some(id))?,
                 0,
                 segments,
                 entries,

@@ -262,7 +262,7 @@ impl Store {
         let path = self.dir.join(&index::index_name(state.generation));
         let index = Index::open(&path, state.generation, self.seed())?;
         let body = index.body();
-        let infos: Vec<SegmentInfo> = body
+        let mut infos: Vec<SegmentInfo> = body
             .segments
             .iter()
             .map(|s| SegmentInfo {
@@ -276,13 +276,14 @@ impl Store {
         let log_start = body.log_start.to_native();
         let mut segments = HashMap::with_capacity(infos.len());
         // The log, when the index lists it too, is read through the log's own map.
-        for info in infos.iter().filter(|i| i.id != active) {
+        for info in infos.iter_mut().filter(|i| i.id != active) {
             let p = self.dir.join(&segment::segment_name(info.id));
             let file = File::open(&p).ctx("open segment", &p)?;
-            segments.insert(
-                info.id,
-                Arc::new(segment::map_segment(&file, &p, info.len)?),
-            );
+            let map = segment::map_segment(&file, &p, info.len)?;
+            if info.len == index::WHOLE_FILE {
+                info.len = map.bytes().len() as u64;
+            }
+            segments.insert(info.id, Arc::new(map));
         }
         let log_path = self.dir.join(&segment::segment_name(active));
         let mut view = View::new(
