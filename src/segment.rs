@@ -144,12 +144,20 @@ pub(crate) fn append_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> 
         .ctx("append to segment", path)
 }
 
-/// Grows the log so that `need` bytes fit, in steps of 1/8 of its length (64 KiB to 8 MiB)
-/// so that readers remap rarely, and returns the new length. The new space is allocated where
+/// Grows the log so that `need` bytes fit, in steps of 1/8 of its length past `start` (the
+/// tail: 64 KiB to 8 MiB) so that readers remap rarely, and returns the new length. (Steps
+/// follow the tail, not the file: a log that goes on for many generations would otherwise keep
+/// megabytes reserved that a small cache never fills.) The new space is allocated where
 /// the file system can (so a full disk shows here, as an error, and writes through a mapping
 /// into it cannot fail); elsewhere it is sparse. `current` may be stale: another process may have
 /// grown the file, and it is never shrunk.
-pub(crate) fn reserve(file: &File, path: &Path, current: u64, need: u64) -> Result<u64> {
+pub(crate) fn reserve(
+    file: &File,
+    path: &Path,
+    start: u64,
+    current: u64,
+    need: u64,
+) -> Result<u64> {
     if need <= current {
         return Ok(current);
     }
@@ -158,7 +166,7 @@ pub(crate) fn reserve(file: &File, path: &Path, current: u64, need: u64) -> Resu
         return Ok(current);
     }
     const KIB: u64 = 1024;
-    let step = (current / 8).clamp(64 * KIB, 8192 * KIB);
+    let step = (current.saturating_sub(start) / 8).clamp(64 * KIB, 8192 * KIB);
     let len = need.max(current + step).next_multiple_of(64 * KIB);
     match map::allocate(file, current, len - current) {
         Ok(()) => {}

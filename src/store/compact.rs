@@ -434,7 +434,12 @@ impl Store {
     fn commit(&self, v: &mut View, mut plan: Plan) -> Result<(CompactReport, Vec<PathBuf>)> {
         debug_assert_eq!(plan.generation, v.generation);
         let committed = if plan.new_active == v.active {
-            // The log goes on: what was appended since the snapshot is the new tail.
+            // The log goes on: what was appended since the snapshot is the new tail. The space
+            // reserved past it is given back (every writer maps the log afresh in the new
+            // generation, and reserves again as it appends).
+            if let Some(log) = &v.log {
+                log.set_len(v.scanned).ctx("trim segment", &v.log_path)?;
+            }
             v.scanned
         } else {
             // Records appended since the snapshot go, as they are, to the start of the new

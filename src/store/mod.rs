@@ -296,6 +296,9 @@ impl Store {
             log_path,
         );
         self.ensure_log(&mut view, false)?;
+        if let Some(file) = &view.log {
+            view.log_head = Arc::new(segment::map_segment(file, &view.log_path, log_start)?);
+        }
         if view.log.is_none() && state.committed > 0 {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             return Err(Error::io("open segment", &view.log_path, missing));
@@ -518,7 +521,13 @@ impl Store {
         let committed = off + bytes.len() as u64;
         let view = &mut *v;
         if let Some(file) = &view.log {
-            view.log_len = segment::reserve(file, &view.log_path, view.log_len, committed)?;
+            view.log_len = segment::reserve(
+                file,
+                &view.log_path,
+                view.log_start,
+                view.log_len,
+                committed,
+            )?;
         }
         if !self.write_mapped(view, off, bytes)?
             && let Some(file) = &view.log

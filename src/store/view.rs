@@ -25,6 +25,9 @@ pub(super) struct View {
     pub(super) log: Option<File>,
     pub(super) log_path: PathBuf,
     pub(super) log_map: Arc<ReadMap>,
+    /// The log up to `log_start`, which the index covers, mapped once: index hits in the log
+    /// do not go through `log_map`, which is remapped as the log grows.
+    pub(super) log_head: Arc<ReadMap>,
     /// Length of the log file (preallocated past the committed length).
     pub(super) log_len: u64,
     /// The writer's writable mapping of the log (see `Store::write_mapped`).
@@ -64,6 +67,7 @@ impl View {
             log: None,
             log_path,
             log_map: Arc::new(ReadMap::empty()),
+            log_head: Arc::new(ReadMap::empty()),
             log_len: 0,
             log_write: None,
             log_start,
@@ -94,6 +98,7 @@ impl View {
             log,
             log_path: self.log_path.clone(),
             log_map: Arc::clone(&self.log_map),
+            log_head: Arc::clone(&self.log_head),
             log_len: self.log_len,
             log_write: None,
             log_start: self.log_start,
@@ -114,7 +119,13 @@ impl View {
     }
 
     pub(super) fn record(&self, seg: u32, off: u32) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
-        let map = self.map_of(seg)?;
+        let map = if seg != self.active {
+            self.segments.get(&seg)?
+        } else if u64::from(off) < self.log_start {
+            &self.log_head
+        } else {
+            &self.log_map
+        };
         let rec = record::decode(map.bytes(), off as usize).ok()?;
         Some((map, rec))
     }
