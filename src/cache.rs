@@ -127,7 +127,7 @@ impl CacheBuilder {
 
     /// Run the compactions that writes start on a thread of their own (default `true`), so
     /// that no `set` waits for one, unless writes outrun compaction by a whole threshold (then
-    /// the `set` that finds the log twice past it waits). `false`: the `set` that fills the
+    /// the `set` that finds the log half again past it waits). `false`: the `set` that fills the
     /// log compacts before it returns. Dropping the cache waits for a compaction under way.
     pub fn compact_in_background(mut self, yes: bool) -> Self {
         self.background = yes;

@@ -157,7 +157,7 @@ impl CompactionHeld {
 }
 
 #[test]
-fn appends_go_on_past_the_limit_during_a_compaction_and_wait_at_twice_it() {
+fn appends_go_on_past_the_limit_during_a_compaction_and_wait_at_one_and_a_half_times_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let cache = Arc::new(
@@ -178,10 +178,10 @@ fn appends_go_on_past_the_limit_during_a_compaction_and_wait_at_twice_it() {
         })
     };
     std::thread::sleep(std::time::Duration::from_millis(500));
-    // Past 100 records the appends find the compaction taken and go on; at 200 they wait.
+    // Past 100 records the appends find the compaction taken and go on; at 150 they wait.
     let done = sets.load(Ordering::Relaxed);
     assert_eq!(
-        done, 199,
+        done, 149,
         "sets done while another process held the compaction"
     );
     assert_eq!(cache.get_stats().index_generation, 0);
@@ -189,7 +189,7 @@ fn appends_go_on_past_the_limit_during_a_compaction_and_wait_at_twice_it() {
     writer.join().unwrap();
     let s = cache.get_stats();
     assert!(s.index_generation >= 1, "{s:?}");
-    assert!(s.tail_records < 200, "{s:?}");
+    assert!(s.tail_records < 150, "{s:?}");
     for i in 0..300 {
         assert_eq!(cache.get::<u64>("token_count", &key(i)), Some(i));
     }

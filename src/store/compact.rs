@@ -18,8 +18,9 @@ use crate::segment::{self, Dir, Staged};
 const GC_SEGMENT_MAX: u64 = 1 << 30;
 
 /// A log this long is sealed by the next compaction, and a new one started: only sealed
-/// segments are rewritten to reclaim dead records.
-const LOG_SEALED_AT: u64 = 256 << 20;
+/// segments are rewritten to reclaim dead records. (Each seal leaves the records appended while
+/// it ran twice on disk until the sealed log is rewritten: seals should be rare.)
+const LOG_SEALED_AT: u64 = 1 << 30;
 
 /// A new log's id leaves this many ids free below it for the segments that the compactions of
 /// its lifetime rewrite (rewritten segments must sort after every other sealed one, and before
@@ -106,9 +107,9 @@ impl Store {
 
     /// The compaction an append starts when the tail is full, unless another one runs (then
     /// this process tries again a little later, not on every append). With `wait`, the tail is
-    /// past twice its limit (appends outran compactions): wait for the running compaction, and
-    /// compact again if that was not enough. That bounds the records a compaction carries over
-    /// under the write lock, and the tail every process scans.
+    /// half again past its limit (appends outran compactions): wait for the running compaction,
+    /// and compact again if that was not enough. That bounds the tail every process scans on
+    /// open and probes on lookups.
     pub(crate) fn compact_when_full(&self, wait: bool, on_change: OnChange<'_>) -> Result<()> {
         let Some(_c) = self.compaction_lock(wait)? else {
             let v = self.view.read();
@@ -126,8 +127,9 @@ impl Store {
         if !self.tail_is_full(v) {
             return (false, false);
         }
-        if v.tail_records >= self.tail_records_max(v).saturating_mul(2)
-            || v.scanned - v.log_start >= self.opts.compact_bytes.saturating_mul(2)
+        let over = |n: u64, max: u64| n >= max.saturating_add(max / 2);
+        if over(v.tail_records, self.tail_records_max(v))
+            || over(v.scanned - v.log_start, self.opts.compact_bytes)
         {
             return (true, true);
         }

@@ -493,7 +493,7 @@ impl Store {
 
     /// Appends encoded records (under the lock) and publishes them. `true`: the log is past its
     /// thresholds, and the caller should start a compaction ([`Store::compact_when_full`]).
-    /// (Past twice the thresholds, this waits for one itself.)
+    /// (Half again past the thresholds, this waits for one itself.)
     /// `published` runs once the records are visible, before any other writer of this process
     /// can append: the place to update the RAM tier without racing another thread's write.
     pub(crate) fn append(
