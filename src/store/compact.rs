@@ -112,13 +112,22 @@ impl Store {
     /// open and probes on lookups.
     pub(crate) fn compact_when_full(&self, wait: bool, on_change: OnChange<'_>) -> Result<()> {
         let Some(_c) = self.compaction_lock(wait)? else {
-            let v = self.view.read();
-            let again = v.tail_records + self.tail_records_max(&v) / 16;
-            *self.retry_compaction.lock() = (v.generation, again);
+            self.try_compaction_later();
             return Ok(());
         };
-        self.compact_once(f64::NEG_INFINITY, false, true, on_change)
-            .map(drop)
+        let done = self.compact_once(f64::NEG_INFINITY, false, true, on_change);
+        if done.is_err() {
+            // A full disk, say: not again on every append.
+            self.try_compaction_later();
+        }
+        done.map(drop)
+    }
+
+    /// Appends do not start a compaction until the tail has grown by 1/16 of its limit.
+    fn try_compaction_later(&self) {
+        let v = self.view.read();
+        let again = v.tail_records + self.tail_records_max(&v) / 16;
+        *self.retry_compaction.lock() = (v.generation, again);
     }
 
     /// Whether an append should start a compaction, and whether it must wait for one (see
