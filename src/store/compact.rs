@@ -59,8 +59,8 @@ pub struct CompactReport {
 pub(super) struct Plan {
     /// The generation it was built from: it can only replace that one.
     generation: u64,
-    /// How much of the log the new index covers. Records appended after it are copied to the
-    /// new log on commit.
+    /// How much of the log the new index covers. Records appended after it are the new tail:
+    /// in the same log, or copied to the start of the new one if the log is sealed.
     sealed_at: u64,
     /// The new index names the old log (it holds live records, or removals still needed).
     keeps_log: bool,
@@ -158,9 +158,10 @@ impl Store {
     /// One compaction, by the holder of the compaction lock, in three steps: a snapshot of the
     /// current generation under the write lock (an instant); the next index and the rewritten
     /// segments built from it and written without the write lock (where the time goes); under
-    /// the write lock again, the records appended meanwhile copied to the new log and the new
-    /// generation published. `None`: nothing done, because the generation moved on in between
-    /// (or, with `only_if_full`, the tail no longer needs it).
+    /// the write lock again, the new generation published (what was appended meanwhile is its
+    /// tail: the log goes on, or, sealed, has it copied to the new log). `None`: nothing done,
+    /// because the generation moved on in between (or, with `only_if_full`, the tail no longer
+    /// needs it).
     fn compact_once(
         &self,
         now: f64,
@@ -168,6 +169,7 @@ impl Store {
         only_if_full: bool,
         on_change: OnChange<'_>,
     ) -> Result<Option<CompactReport>> {
+        self.follow_generation(on_change)?;
         let snapshot = {
             let _w = self.writer.lock();
             let _l = self.lock()?;
@@ -196,8 +198,10 @@ impl Store {
         self.retire(&garbage)?;
         Ok(Some(report))
     }
+
     /// Compaction by a caller that holds the write lock throughout (the log is about to
-    /// outgrow its 32-bit offsets and must be sealed now).
+    /// outgrow its 32-bit offsets and must be sealed now, or other compactions kept coming
+    /// in between): it seals the log, and loads the new generation at once.
     pub(super) fn compact_locked(
         &self,
         v: &mut View,
@@ -232,6 +236,7 @@ impl Store {
     /// holding the write lock): the new index, and the rewritten segments, written under
     /// temporary names and made durable, as is the log up to where the index covers it.
     /// `None`: the index fails its checksum, and must be rebuilt instead.
+    ///
     /// The log goes on as the next generation's log unless `seal` (or it is long, or the ids
     /// below it run out): then it is sealed, and a new one started.
     fn plan(&self, v: &View, now: f64, expire: bool, seal: bool) -> Result<Option<Plan>> {
