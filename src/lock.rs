@@ -57,15 +57,7 @@ pub(crate) enum Locked<'a> {
 
 impl LockFile {
     pub(crate) fn open(dir: &Path, mode: u32) -> Result<Self> {
-        let path = dir.join(FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ctx("open lock file", &path)?;
+        let (file, path) = open_lock_file(dir, FILE_NAME, mode)?;
         let token = claim_token(&file, &path)?;
         Ok(Self { file, path, token })
     }
@@ -157,15 +149,7 @@ impl CompactionLock {
     /// Takes the compaction lock of `dir`: `None` if another compaction holds it and `wait` is
     /// false.
     pub(crate) fn take(dir: &Path, mode: u32, wait: bool) -> Result<Option<Self>> {
-        let path = dir.join(COMPACT_FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ctx("open lock file", &path)?;
+        let (file, path) = open_lock_file(dir, COMPACT_FILE_NAME, mode)?;
         if wait {
             fs2::FileExt::lock_exclusive(&file).ctx("lock", &path)?;
         } else if let Err(e) = fs2::FileExt::try_lock_exclusive(&file) {
@@ -186,6 +170,20 @@ impl Drop for CompactionLock {
             log::warn!("cannot unlock {}: {e}", self.path.display());
         }
     }
+}
+
+/// Opens (creating if needed, never through a symlink) a file that is only ever locked.
+fn open_lock_file(dir: &Path, name: &str, mode: u32) -> Result<(File, PathBuf)> {
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .ctx("open lock file", &path)?;
+    Ok((file, path))
 }
 
 /// Picks a free token and locks its byte. `None` if the kernel has no open-file-description

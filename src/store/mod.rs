@@ -91,8 +91,8 @@ pub(crate) struct Store {
     /// guard goes, so while the control page still shows this state the RAM tier is current
     /// and a RAM hit needs no guard ([`Store::unchanged`]).
     seen: AtomicU64,
-    /// After finding another compaction under way: (generation, tail records) before which
-    /// appends do not try to start one again.
+    /// After finding another compaction under way, or a failed one: (generation, tail records)
+    /// before which appends do not try to start one again.
     retry_compaction: Mutex<(u64, u64)>,
 }
 
@@ -275,7 +275,7 @@ impl Store {
         let active = body.active_segment.to_native();
         let log_start = body.log_start.to_native();
         let mut segments = HashMap::with_capacity(infos.len());
-        // The log, when the index lists it too, is read through the log's own map.
+        // The log, when the index lists it too, is mapped below (`log_head`, `log_map`).
         for info in infos.iter_mut().filter(|i| i.id != active) {
             let p = self.dir.join(&segment::segment_name(info.id));
             let file = File::open(&p).ctx("open segment", &p)?;
