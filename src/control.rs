@@ -22,6 +22,8 @@ const OFF_SEED: usize = 16;
 const OFF_GENERATION: usize = 24;
 const OFF_COMMITTED: usize = 32;
 const OFF_LOCK: usize = 40;
+/// The current log's segment id (0: not known, a page written before it was kept).
+const OFF_LOG: usize = 44;
 
 /// A consistent reading of the moving fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,14 +39,16 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// Writes a fresh page (generation 0, nothing committed) to `path` atomically.
-    pub(crate) fn create(dir: &Dir, seed: u64, generation: u64) -> Result<()> {
+    /// Writes a fresh page (nothing committed) to `path` atomically. `log`: the generation's
+    /// log, 0 if not known.
+    pub(crate) fn create(dir: &Dir, seed: u64, generation: u64, log: u32) -> Result<()> {
         let mut page = vec![0u8; PAGE_LEN];
         page[..8].copy_from_slice(MAGIC);
         page[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
         page[OFF_PAGE_LEN..OFF_PAGE_LEN + 4].copy_from_slice(&(PAGE_LEN as u32).to_le_bytes());
         page[OFF_SEED..OFF_SEED + 8].copy_from_slice(&seed.to_le_bytes());
         page[OFF_GENERATION..OFF_GENERATION + 8].copy_from_slice(&generation.to_le_bytes());
+        page[OFF_LOG..OFF_LOG + 4].copy_from_slice(&log.to_le_bytes());
         dir.write_file(FILE_NAME, &page)
     }
 
@@ -114,18 +118,25 @@ impl Control {
         }
     }
 
-    /// Publishes a new generation whose active log holds `committed` bytes of records (those
-    /// appended while compaction built it, copied over). Caller holds the write lock.
-    pub(crate) fn publish_generation(&self, generation: u64, committed: u64) {
+    /// Publishes a new generation whose log, segment `log`, holds `committed` bytes of
+    /// records. Caller holds the write lock.
+    pub(crate) fn publish_generation(&self, generation: u64, committed: u64, log: u32) {
         if !self.page.is_writable() {
             return;
         }
+        self.page.atomic_u32(OFF_LOG).store(log, Ordering::Release);
         self.page
             .atomic(OFF_COMMITTED)
             .store(committed, Ordering::Release);
         self.page
             .atomic(OFF_GENERATION)
             .store(generation, Ordering::Release);
+    }
+
+    /// The current log's segment id, if the page records it: no published segment has a
+    /// higher one (a rebuild leaves out those that do: files of a compaction that died).
+    pub(crate) fn log_id(&self) -> Option<u32> {
+        Some(self.page.atomic_u32(OFF_LOG).load(Ordering::Acquire)).filter(|&id| id != 0)
     }
 
     /// The write lock's word, for writable pages only (`None` on a read-only mapping).

@@ -224,3 +224,40 @@ fn a_full_log_is_compacted_on_a_thread_or_inline_as_configured() {
         }
     }
 }
+
+#[test]
+fn a_rebuild_leaves_out_segments_a_dead_compaction_never_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let segments = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tks"))
+            .collect();
+        v.sort();
+        v
+    };
+    let cache = open(dir);
+    cache.set("token_count", &key(1), &1u64).unwrap();
+    cache.flush().unwrap();
+    // What a compaction that died while sealing the log leaves: a copy of records (here, of
+    // the whole log as it is now) in a segment above the log, published by no generation.
+    let log = segments().pop().unwrap();
+    std::fs::copy(&log, dir.join("seg-4000000000.tks")).unwrap();
+    cache.set("token_count", &key(1), &2u64).unwrap();
+    drop(cache);
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "tki") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let cache = open(dir);
+    assert_eq!(cache.get::<u64>("token_count", &key(1)), Some(2));
+    assert!(
+        !dir.join("seg-4000000000.tks").exists(),
+        "the leftover is removed: {:?}",
+        segments()
+    );
+}

@@ -478,7 +478,7 @@ impl Store {
         }
         self.dir.sync()?;
         self.control
-            .publish_generation(plan.report.generation, committed);
+            .publish_generation(plan.report.generation, committed, plan.new_active);
         let mut garbage: Vec<PathBuf> = plan
             .dropped
             .iter()
@@ -545,7 +545,8 @@ impl Store {
         self.dir
             .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         self.dir.sync()?;
-        self.control.publish_generation(generation, 0);
+        self.control
+            .publish_generation(generation, 0, body.active_segment);
         self.control.flush(&self.ctl_path)?;
         for id in self.list_segments()? {
             if !referenced.contains(&id) {
@@ -571,13 +572,15 @@ impl Store {
         Ok(())
     }
 
-    /// The first generation of a new cache: an empty index and its empty active segment.
-    pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<()> {
+    /// The first generation of a new cache: an empty index and its empty log, whose id it
+    /// returns.
+    pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<u32> {
         let log = new_log_id(None)?;
         let body = IndexBody::build(generation, seed, generation, log, 0, Vec::new(), Vec::new());
         dir.open_log(log)?;
         dir.write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
-        dir.sync()
+        dir.sync()?;
+        Ok(log)
     }
 
     /// Removes every entry: a new, empty generation; all segments deleted.
@@ -617,7 +620,11 @@ impl Store {
             "{}: {why}; rebuilding from the segments",
             self.dir.path.display()
         );
-        let ids = self.list_segments()?;
+        let all = self.list_segments()?;
+        // Segments above the published log were written by a compaction that died before
+        // publishing them: copies, older than what the log got since (install removes them).
+        let limit = self.control.log_id().unwrap_or(u32::MAX);
+        let ids: Vec<u32> = all.iter().copied().filter(|&id| id <= limit).collect();
         let mut maps = Vec::new();
         for &id in &ids {
             let p = self.dir.join(&segment::segment_name(id));
@@ -644,7 +651,7 @@ impl Store {
                 }
             });
         }
-        let id = ids.last().map_or(0, |i| i + 1);
+        let id = all.last().map_or(0, |i| i + 1);
         let (file, path) = self.dir.open_log(id)?;
         let mut buf = Vec::new();
         let mut entries = Vec::new();

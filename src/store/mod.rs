@@ -161,10 +161,13 @@ impl Store {
                         let generation = Self::highest_index_generation(&dir)?.map_or(0, |g| g + 1);
                         let seed = random_seed();
                         let empty = segment::list_segments(&dir.path)?.is_empty();
-                        if empty {
-                            Self::write_empty_generation(&dir, seed, generation)?;
-                        }
-                        Control::create(&dir, seed, generation)?;
+                        // The log of a rebuild is not known yet (0): it publishes one.
+                        let log = if empty {
+                            Self::write_empty_generation(&dir, seed, generation)?
+                        } else {
+                            0
+                        };
+                        Control::create(&dir, seed, generation, log)?;
                         drop(held);
                         (Control::open(&ctl_path, true)?, empty, !empty)
                     }
