@@ -49,6 +49,9 @@ pub use store::{CompactReport, VerifyReport};
 
 /// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults. Never fails: a
 /// directory it cannot use gives a RAM-only cache and a warning (see [`Cache::storage`]).
+/// It is never dropped, so a compaction its thread runs when the process exits is cut short
+/// (harmless: the next one starts over); a short-lived program that writes much can call
+/// [`Cache::compact`] before it ends.
 pub fn get_persistent_cache() -> &'static Cache {
     static GLOBAL: OnceLock<Cache> = OnceLock::new();
     GLOBAL.get_or_init(|| {
