@@ -10,7 +10,7 @@ use crate::keys::key_hash;
 use crate::map::ReadMap;
 use crate::segment;
 
-/// What [`Store::verify`] found.
+/// What [`Cache::verify`](crate::Cache::verify) found.
 #[derive(Clone, Debug, Default)]
 pub struct VerifyReport {
     /// Records read and checked, in every segment.
