@@ -138,7 +138,10 @@ impl Store {
         }
         let over = |n: u64, max: u64| n >= max.saturating_add(max / 2);
         if over(v.tail_records, self.tail_records_max(v))
-            || over(v.scanned - v.log_start, self.opts.compact_bytes)
+            || over(
+                v.scanned.saturating_sub(v.log_start),
+                self.opts.compact_bytes,
+            )
         {
             return (true, true);
         }

@@ -586,7 +586,7 @@ impl Store {
     /// few thousand writes; opening scans at most that many records.
     fn tail_is_full(&self, v: &View) -> bool {
         v.tail_records >= self.tail_records_max(v)
-            || v.scanned - v.log_start >= self.opts.compact_bytes
+            || v.scanned.saturating_sub(v.log_start) >= self.opts.compact_bytes
     }
 
     fn tail_records_max(&self, v: &View) -> u64 {
