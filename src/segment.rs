@@ -1,6 +1,6 @@
 //! Segment files `seg-NNNNNNNNNN.tks`: append-only runs of records. The active one (the log) is
 //! appended to under the write lock; the others are immutable. None is ever truncated below its
-//! published length (sealing trims only the space reserved ahead).
+//! published length (compaction trims only the space reserved ahead of the log).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
