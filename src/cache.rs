@@ -215,6 +215,13 @@ fn invalidate(ram: &RamTier, changed: Option<u64>) {
     }
 }
 
+/// The compaction a write asked for; a failure leaves the old generation and is retried later.
+fn compact_full_log(store: &Store, ram: &RamTier) {
+    if let Err(e) = store.compact_when_full(false, &|c| invalidate(ram, c)) {
+        log::warn!("compaction failed, will retry: {e}");
+    }
+}
+
 /// Brings the original's `{prefix}_{md5}.json` files into a newly created store; expired and
 /// damaged ones are left alone.
 fn migrate_original_files(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
@@ -365,13 +372,8 @@ impl Cache {
     /// Runs the compaction a write asked for: on the compaction thread (started unless one
     /// runs), or here when the cache compacts inline or no thread can be started.
     fn compact_when_full(&self, store: &Arc<Store>) {
-        let inline = || {
-            if let Err(e) = store.compact_when_full(false, &|c| self.invalidate(c)) {
-                log::warn!("compaction failed, will retry: {e}");
-            }
-        };
         if !self.background {
-            return inline();
+            return compact_full_log(store, &self.ram);
         }
         let mut slot = self.compactor.lock();
         if slot.as_ref().is_some_and(|t| !t.is_finished()) {
@@ -383,17 +385,13 @@ impl Cache {
         let (s, ram) = (Arc::clone(store), Arc::clone(&self.ram));
         let spawned = std::thread::Builder::new()
             .name("tokcache-compact".into())
-            .spawn(move || {
-                if let Err(e) = s.compact_when_full(false, &|c| invalidate(&ram, c)) {
-                    log::warn!("compaction failed, will retry: {e}");
-                }
-            });
+            .spawn(move || compact_full_log(&s, &ram));
         match spawned {
             Ok(t) => *slot = Some(t),
             Err(e) => {
                 drop(slot);
                 log::debug!("compacting inline: {e}");
-                inline();
+                compact_full_log(store, &self.ram);
             }
         }
     }

@@ -78,7 +78,18 @@ impl Dir {
             file,
             path,
             target: self.join(name),
+            published: false,
         })
+    }
+
+    /// [`Dir::create_staged`] with the whole content, written and made durable.
+    pub(crate) fn write_staged(&self, name: &str, nonce: u64, bytes: &[u8]) -> Result<Staged> {
+        let staged = self.create_staged(name, nonce)?;
+        (&staged.file)
+            .write_all(bytes)
+            .and_then(|()| staged.file.sync_all())
+            .ctx("write", &staged.path)?;
+        Ok(staged)
     }
 
     /// Writes a whole new file atomically: `NAME.new`, fsync, rename over `NAME`, fsync the dir.
@@ -93,13 +104,32 @@ impl Dir {
 
 const STAGED_SUFFIX: &str = ".part";
 
-/// A file written by compaction under a temporary name (see [`Dir::create_staged`]).
+/// A file written by compaction under a temporary name (see [`Dir::create_staged`]), removed
+/// when dropped unless published.
 #[derive(Debug)]
 pub(crate) struct Staged {
     pub file: File,
     pub path: PathBuf,
     /// The name it gets when published.
-    pub target: PathBuf,
+    target: PathBuf,
+    published: bool,
+}
+
+impl Staged {
+    /// Renames it to its own name (the caller syncs the directory).
+    pub(crate) fn publish(mut self) -> Result<()> {
+        fs::rename(&self.path, &self.target).ctx("rename into place", &self.target)?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Whether `name` is a file compaction stages (a leftover, when no compaction runs).

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::PathBuf;
 
 use super::{OnChange, Store, View, key_eq};
@@ -55,7 +54,7 @@ pub struct CompactReport {
 
 /// The next generation, built from a snapshot of the current one and staged (written under
 /// temporary names and made durable) by [`Store::plan`], without the write lock when it can;
-/// [`Store::commit`] publishes it. Dropped uncommitted, it removes its files.
+/// [`Store::commit`] publishes it. Dropped uncommitted, its files go with it.
 pub(super) struct Plan {
     /// The generation it was built from: it can only replace that one.
     generation: u64,
@@ -70,14 +69,6 @@ pub(super) struct Plan {
     /// Segments of the old generation that the new one no longer names.
     dropped: Vec<u32>,
     report: CompactReport,
-}
-
-impl Drop for Plan {
-    fn drop(&mut self) {
-        for s in &self.staged {
-            let _ = fs::remove_file(&s.path);
-        }
-    }
 }
 
 impl Store {
@@ -433,16 +424,11 @@ impl Store {
                 generation,
             },
         };
-        let staged = self
-            .dir
-            .create_staged(&index::index_name(generation), nonce)?;
-        let mut file = &staged.file;
-        let written = file
-            .write_all(&body.to_file_bytes()?)
-            .and_then(|()| file.sync_all());
-        let path = staged.path.clone();
-        plan.staged.push(staged);
-        written.ctx("write index", &path)?;
+        let name = index::index_name(generation);
+        plan.staged.push(
+            self.dir
+                .write_staged(&name, nonce, &body.to_file_bytes()?)?,
+        );
         Ok(Some(plan))
     }
 
@@ -476,8 +462,8 @@ impl Store {
             }
             appended.len() as u64
         };
-        for s in std::mem::take(&mut plan.staged) {
-            fs::rename(&s.path, &s.target).ctx("rename into place", &s.target)?;
+        for s in plan.staged.drain(..) {
+            s.publish()?;
         }
         self.dir.sync()?;
         self.control
@@ -496,20 +482,27 @@ impl Store {
     /// commit that never published them: a rebuild would replay those over newer records).
     /// Caller holds the compaction lock and the write lock, so no compaction is under way.
     fn remove_leftovers(&self, v: &View) {
+        let named: HashSet<u32> = v.infos.iter().map(|s| s.id).chain([v.active]).collect();
+        self.remove_unnamed(&named, v.generation, true);
+    }
+
+    /// Deletes the segments not in `named`, the indexes of other generations than
+    /// `generation`, and, with `staged`, compaction's staged files (only when no compaction
+    /// can be under way).
+    fn remove_unnamed(&self, named: &HashSet<u32>, generation: u64, staged: bool) {
         let Ok(entries) = fs::read_dir(&self.dir.path) else {
             return;
         };
-        let named: HashSet<u32> = v.infos.iter().map(|s| s.id).chain([v.active]).collect();
         for e in entries.flatten() {
             let name = e.file_name();
             let Some(name) = name.to_str() else {
                 continue;
             };
-            let stale = segment::is_staged(name)
+            let stale = (staged && segment::is_staged(name))
                 || segment::parse_segment_name(name).is_some_and(|id| !named.contains(&id))
-                || index::parse_index_name(name).is_some_and(|g| g != v.generation);
+                || index::parse_index_name(name).is_some_and(|g| g != generation);
             if stale {
-                log::debug!("removing {name}, left by an interrupted writer");
+                log::debug!("removing {name}: no longer part of the cache");
                 self.remove_garbage(&[e.path()]);
             }
         }
@@ -551,26 +544,9 @@ impl Store {
         self.control
             .publish_generation(generation, 0, body.active_segment);
         self.control.flush(&self.ctl_path)?;
-        for id in self.list_segments()? {
-            if !referenced.contains(&id) {
-                let p = self.dir.join(&segment::segment_name(id));
-                if let Err(e) = fs::remove_file(&p) {
-                    log::warn!("cannot remove {}: {e}", p.display());
-                }
-            }
-        }
-        for e in fs::read_dir(&self.dir.path)
-            .ctx("list directory", &self.dir.path)?
-            .flatten()
-        {
-            let name = e.file_name();
-            let Some(g) = name.to_str().and_then(index::parse_index_name) else {
-                continue;
-            };
-            if g != generation {
-                let _ = fs::remove_file(e.path());
-            }
-        }
+        // A compaction may be under way (clear and rebuild do not take its lock): its staged
+        // files stay; it finds the generation changed and removes them itself.
+        self.remove_unnamed(&referenced, generation, false);
         *v = self.load_view(self.control.state())?;
         Ok(())
     }
@@ -849,14 +825,5 @@ impl<'a> Rewriter<'a> {
         self.finish_segment()?;
         let infos = std::mem::take(&mut self.infos);
         Ok((infos, std::mem::take(&mut self.staged), self.next_id))
-    }
-}
-
-impl Drop for Rewriter<'_> {
-    /// Removes the staged files of a rewrite that failed before it was handed over.
-    fn drop(&mut self) {
-        for s in &self.staged {
-            let _ = fs::remove_file(&s.path);
-        }
     }
 }
