@@ -143,15 +143,14 @@ struct CompactionHeld(#[allow(dead_code)] std::fs::File);
 
 impl CompactionHeld {
     fn take(dir: &Path) -> Self {
-        use std::os::fd::AsRawFd;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join("compact.lock"))
             .unwrap();
-        // SAFETY: a valid descriptor; flock has no memory effects.
-        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        // By full path: std's own `File::lock_exclusive` would take precedence.
+        fs2::FileExt::lock_exclusive(&f).unwrap();
         Self(f)
     }
 }
