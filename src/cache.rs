@@ -104,9 +104,10 @@ impl CacheBuilder {
         self
     }
 
-    /// Rebuild the index when this many records were appended since the last rebuild, or 1/32
-    /// of the indexed entries if that is more (default 32768). This bounds the records a process
-    /// scans when it opens the cache, and keeps large caches from rewriting their index often.
+    /// Index the records appended since the last compaction when there are this many (default
+    /// 32768): this bounds the records a process scans when it opens the cache. A large cache
+    /// writes them to a small recent index over its full index, and rewrites the full index
+    /// only when the recent one reaches 1/32 of its entries (docs/format.md, "Recent or full").
     pub fn compact_after_records(mut self, n: u64) -> Self {
         self.compact_records = n.max(1);
         self

@@ -15,7 +15,8 @@ pub(crate) const HEADER_LEN: usize = 64;
 const MAGIC: &[u8; 8] = b"TOKCIDX1";
 /// Version 2: the table is ordered by hash (version 1 wrapped around and was unordered).
 /// Version 3: `log_start` (the log may continue from one generation to the next).
-const VERSION: u32 = 3;
+/// Version 4: `base` (an index may be a recent index over a full one).
+const VERSION: u32 = 4;
 /// `SegmentInfo::len` of a segment valid to its end (a log sealed by the compaction that
 /// wrote the index, which trims it before publishing it).
 pub(crate) const WHOLE_FILE: u64 = u64::MAX;
@@ -84,6 +85,12 @@ pub(crate) struct IndexBody {
     /// the log: the index then covers it up to here, and lists it among `segments` with this
     /// length too.
     pub log_start: u64,
+    /// The generation of the full index under this one: `generation` itself for a full index.
+    /// Otherwise this is a *recent* index, over the full index `base`: its slots are the
+    /// newest records of the keys the log got from the base's `log_start` to this one's,
+    /// removals included (they hide the base's entries), and `entries` counts the live
+    /// entries of both together.
+    pub base: u64,
     pub segments: Vec<SegmentInfo>,
     /// Home slots: a slot hash `h`'s first probe is `(h * buckets) >> 32`. At most 3/4 of
     /// them are used, counting entries.
@@ -134,11 +141,20 @@ impl IndexBody {
             epoch,
             active_segment,
             log_start,
+            base: generation,
             segments,
             buckets,
             slots,
             entries: entries.len() as u64,
         }
+    }
+
+    /// Makes this a recent index over the full index of generation `base`, the two together
+    /// holding `entries` live entries.
+    pub(crate) fn over(mut self, base: u64, entries: u64) -> Self {
+        self.base = base;
+        self.entries = entries;
+        self
     }
 
     /// The whole file: header + archive. The archive is serialized in place after room for

@@ -260,3 +260,98 @@ fn a_rebuild_leaves_out_segments_a_dead_compaction_never_published() {
         segments()
     );
 }
+
+fn index_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "tki")
+        })
+        .count()
+}
+
+#[test]
+fn recent_indexes_bound_the_tail_of_a_large_cache_and_lose_nothing() {
+    // 200 records fill the tail, but a full index is rewritten only after 1/32 of its entries:
+    // in between, compactions write recent indexes over it.
+    const KEYS: u64 = 24_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let open = || {
+        Cache::builder(dir)
+            .compact_after_records(200)
+            .compact_in_background(false)
+            .max_ram_entries(0)
+            .open()
+            .unwrap()
+    };
+    let cache = open();
+    let mut model: HashMap<u64, Option<u64>> = HashMap::new();
+    let mut rng = Rng(11);
+    let (mut with_recent, mut generations) = (0, 0);
+    for round in 0..60_000u64 {
+        let i = if round < KEYS {
+            round
+        } else {
+            rng.below(KEYS + 2000)
+        };
+        if round >= KEYS && round % 7 == 0 {
+            cache.remove("token_count", &key(i)).unwrap();
+            model.insert(i, None);
+        } else {
+            cache.set("token_count", &key(i), &(i + round)).unwrap();
+            model.insert(i, Some(i + round));
+        }
+        let s = cache.get_stats();
+        assert!(s.tail_records <= 200, "round {round}: {s:?}");
+        if s.index_generation != generations {
+            generations = s.index_generation;
+            with_recent += usize::from(index_files(dir) == 2);
+        }
+        if round % 5000 == 4999 {
+            check(&cache, &model, &format!("round {round}"));
+            let live = model.values().filter(|v| v.is_some()).count() as u64;
+            assert_eq!(cache.get_stats().disk_files, live, "round {round}");
+        }
+    }
+    // 60,000 writes, 200 per compaction: ~300 generations, most of them recent indexes (a
+    // full one only every ~750 records past 24,000 entries).
+    assert!(generations >= 250, "{generations} generations");
+    assert!(
+        with_recent >= generations as usize / 2,
+        "{with_recent} recent of {generations}"
+    );
+    check(&cache, &model, "at the end");
+    let live = model.values().filter(|v| v.is_some()).count();
+    let mut exported = 0;
+    cache.for_each_entry(|_| exported += 1);
+    assert_eq!(exported, live, "every live entry once");
+    let problems = cache.verify(|_| {}).problems;
+    assert!(problems.is_empty(), "{problems:?}");
+    drop(cache);
+
+    // Another process opens it: the full and the recent index, and a tail of at most 200.
+    let cache = open();
+    assert!(cache.get_stats().tail_records <= 200);
+    check(&cache, &model, "reopened");
+    drop(cache);
+
+    // Lose every index and the control page: rebuilt from the segments, the same cache.
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap();
+        if name.starts_with("index-") || name == "tokcache.ctl" {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let cache = open();
+    check(&cache, &model, "rebuilt from the segments");
+    // An explicit compaction merges everything into one full index.
+    cache.compact().unwrap();
+    assert_eq!(index_files(dir), 1);
+    check(&cache, &model, "after a full compaction");
+}

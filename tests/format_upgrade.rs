@@ -1,8 +1,8 @@
-//! Directories written by format versions 1 and 2 (`tests/fixtures/format1`, `format2`, made
-//! by those releases: five entries, a compaction, then a removal, an overwrite and a new entry
-//! in the log) open with every entry as it was (docs/format.md: rebuilt from the segments on
-//! first open). The version 2 fixture's log was cut to its committed length (the rest was
-//! preallocated zeros).
+//! Directories written by format versions 1, 2 and 3 (`tests/fixtures/format1`, `format2`,
+//! `format3`, made by those releases: five entries, a compaction, then a removal, an overwrite
+//! and a new entry in the log) open with every entry as it was (docs/format.md: rebuilt from
+//! the segments on first open). The logs of the version 2 and 3 fixtures were cut to their
+//! committed length (the rest was preallocated zeros).
 
 use std::path::Path;
 
@@ -26,6 +26,11 @@ fn a_format_1_directory_opens_with_every_entry() {
 #[test]
 fn a_format_2_directory_opens_with_every_entry() {
     opens_with_every_entry("format2");
+}
+
+#[test]
+fn a_format_3_directory_opens_with_every_entry() {
+    opens_with_every_entry("format3");
 }
 
 fn opens_with_every_entry(fixture: &str) {

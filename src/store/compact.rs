@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::PathBuf;
 
+use super::tail::TailLoc;
 use super::{OnChange, Store, View, key_eq};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{self, IndexBody, SegmentInfo, Slot};
+use crate::index::{self, Index, IndexBody, SegmentInfo, Slot};
 use crate::keys::{key_hash, random_seed};
 use crate::lock::CompactionLock;
 use crate::record::{self, Kind};
@@ -58,6 +59,8 @@ pub struct CompactReport {
 pub(super) struct Plan {
     /// The generation it was built from: it can only replace that one.
     generation: u64,
+    /// A new full index (`false`: a recent index over the current full one, which stays).
+    full: bool,
     /// How much of the log the new index covers. Records appended after it are the new tail:
     /// in the same log, or copied to the start of the new one if the log is sealed.
     sealed_at: u64,
@@ -117,7 +120,7 @@ impl Store {
     /// Appends do not start a compaction until the tail has grown by 1/16 of its limit.
     fn try_compaction_later(&self) {
         let v = self.view.read();
-        let again = v.tail_records + self.tail_records_max(&v) / 16;
+        let again = v.tail_records + self.tail_records_max() / 16;
         *self.retry_compaction.lock() = (v.generation, again);
     }
 
@@ -128,7 +131,7 @@ impl Store {
             return (false, false);
         }
         let over = |n: u64, max: u64| n >= max.saturating_add(max / 2);
-        if over(v.tail_records, self.tail_records_max(v))
+        if over(v.tail_records, self.tail_records_max())
             || over(
                 v.scanned.saturating_sub(v.log_start),
                 self.opts.compact_bytes,
@@ -176,7 +179,9 @@ impl Store {
         };
         let built_from = snapshot.generation;
         // clear_expired seals the log too: it promises the space of every expired entry back.
-        let plan = self.plan(&snapshot, now, expire, expire)?;
+        // A compaction asked for merges everything into a full index; one started because
+        // the tail is full may write a recent index instead.
+        let plan = self.plan(&snapshot, now, expire, expire, !only_if_full)?;
         drop(snapshot);
         let w = self.writer.lock();
         let l = self.lock()?;
@@ -203,7 +208,7 @@ impl Store {
         expire: bool,
         on_change: OnChange<'_>,
     ) -> Result<CompactReport> {
-        let Some(plan) = self.plan(v, now, expire, true)? else {
+        let Some(plan) = self.plan(v, now, expire, true, true)? else {
             return self.rebuild_damaged(v, on_change);
         };
         let (report, garbage) = self.commit(v, plan)?;
@@ -229,26 +234,42 @@ impl Store {
     /// Builds the next generation from `v` (a snapshot, or the caught-up view of a caller
     /// holding the write lock): the new index, and the rewritten segments, written under
     /// temporary names and made durable, as is the log up to where the index covers it.
-    /// `None`: the index fails its checksum, and must be rebuilt instead.
+    /// `None`: an index fails its checksum, and must be rebuilt instead.
     ///
-    /// The log goes on as the next generation's log unless `seal` (or it is long, or the ids
-    /// below it run out): then it is sealed, and a new one started.
-    fn plan(&self, v: &View, now: f64, expire: bool, seal: bool) -> Result<Option<Plan>> {
+    /// The new index is a recent one (over the same full index) unless `full`, `expire`, or
+    /// the log holds [`Store::merge_at`] records since the full index. The log goes on as the
+    /// next generation's log unless `seal` (or it is long, or the ids below it run out): then
+    /// it is sealed, and a new one started.
+    fn plan(
+        &self,
+        v: &View,
+        now: f64,
+        expire: bool,
+        seal: bool,
+        full: bool,
+    ) -> Result<Option<Plan>> {
         let Some(index) = v.index.as_ref() else {
             return Ok(None);
         };
+        if v.recent.as_ref().is_some_and(|r| !r.verify_checksum()) {
+            return Ok(None);
+        }
+        let log = v.log_entries();
+        if !(full || expire || seal || log.len() as u64 >= self.merge_at(v)) {
+            return self.plan_recent(v, index, &log).map(Some);
+        }
         if !index.verify_checksum() {
             return Ok(None);
         }
         let body = index.body();
         let mut superseded = vec![false; body.slots.len()];
         let mut entries: Vec<Slot> =
-            Vec::with_capacity(body.entries.to_native() as usize + v.tail_records as usize);
-        for (hash, l) in v.tail.iter() {
+            Vec::with_capacity(body.entries.to_native() as usize + log.len());
+        for (hash, l) in &log {
             let Some((_, rec)) = v.record(v.active, l.off) else {
                 continue;
             };
-            if let Some(p) = index.position(hash, |s| {
+            if let Some(p) = index.position(*hash, |s| {
                 v.record(s.seg.to_native(), s.off.to_native())
                     .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
             }) {
@@ -256,7 +277,7 @@ impl Store {
             }
             if !l.tombstone() {
                 entries.push(Slot {
-                    hash: index::slot_hash(hash),
+                    hash: index::slot_hash(*hash),
                     seg: v.active,
                     off: l.off,
                     len: l.len(),
@@ -282,8 +303,7 @@ impl Store {
         let expired = (before - entries.len()) as u64;
 
         // The log's own removals are the newest records of their keys: all are kept.
-        let log_tombstones = v
-            .tail
+        let log_tombstones = log
             .iter()
             .filter(|(_, l)| l.tombstone())
             .map(|(_, l)| u64::from(l.len()))
@@ -412,6 +432,7 @@ impl Store {
         );
         let mut plan = Plan {
             generation: v.generation,
+            full: true,
             sealed_at: v.scanned,
             keeps_log,
             new_active,
@@ -430,6 +451,56 @@ impl Store {
                 .write_staged(&name, nonce, &body.to_file_bytes()?)?,
         );
         Ok(Some(plan))
+    }
+
+    /// The next generation's recent index: the newest record of each key the log got since
+    /// the full index (`log`), removals included, over that same full index. Nothing else
+    /// changes: the log goes on, and the segments are the same. It costs O(log records), not
+    /// O(entries).
+    fn plan_recent(&self, v: &View, index: &Index, log: &[(u64, TailLoc)]) -> Result<Plan> {
+        let slots = log
+            .iter()
+            .map(|(hash, l)| Slot {
+                hash: index::slot_hash(*hash),
+                seg: v.active,
+                off: l.off,
+                len: l.len(),
+            })
+            .collect();
+        // The records it points at must be as durable as it is.
+        if let Some(file) = &v.log {
+            file.sync_data().ctx("sync segment", &v.log_path)?;
+        }
+        let generation = v.generation + 1;
+        let base = index.body();
+        let body = IndexBody::build(
+            generation,
+            self.seed(),
+            base.epoch.to_native(),
+            v.active,
+            v.scanned,
+            v.infos.clone(),
+            slots,
+        )
+        .over(base.generation.to_native(), v.entries());
+        let nonce = random_seed();
+        let name = index::index_name(generation);
+        let staged = self
+            .dir
+            .write_staged(&name, nonce, &body.to_file_bytes()?)?;
+        Ok(Plan {
+            generation: v.generation,
+            full: false,
+            sealed_at: v.scanned,
+            keeps_log: true,
+            new_active: v.active,
+            staged: vec![staged],
+            dropped: Vec::new(),
+            report: CompactReport {
+                generation,
+                ..CompactReport::default()
+            },
+        })
     }
 
     /// Publishes a plan built from `v`'s generation. Caller holds the locks; `v` is caught up,
@@ -473,7 +544,10 @@ impl Store {
             .iter()
             .map(|&id| self.dir.join(&segment::segment_name(id)))
             .collect();
-        garbage.extend(v.index.as_ref().map(|i| i.path.clone()));
+        garbage.extend(v.recent.as_ref().map(|i| i.path.clone()));
+        if plan.full {
+            garbage.extend(v.index.as_ref().map(|i| i.path.clone()));
+        }
         Ok((plan.report.clone(), garbage))
     }
 
@@ -483,13 +557,13 @@ impl Store {
     /// Caller holds the compaction lock and the write lock, so no compaction is under way.
     fn remove_leftovers(&self, v: &View) {
         let named: HashSet<u32> = v.infos.iter().map(|s| s.id).chain([v.active]).collect();
-        self.remove_unnamed(&named, v.generation, true);
+        self.remove_unnamed(&named, &v.index_generations(), true);
     }
 
-    /// Deletes the segments not in `named`, the indexes of other generations than
-    /// `generation`, and, with `staged`, compaction's staged files (only when no compaction
-    /// can be under way).
-    fn remove_unnamed(&self, named: &HashSet<u32>, generation: u64, staged: bool) {
+    /// Deletes the segments not in `named`, the indexes of other generations than those of
+    /// `indexes`, and, with `staged`, compaction's staged files (only when no compaction can be
+    /// under way).
+    fn remove_unnamed(&self, named: &HashSet<u32>, indexes: &[u64], staged: bool) {
         let Ok(entries) = fs::read_dir(&self.dir.path) else {
             return;
         };
@@ -500,7 +574,7 @@ impl Store {
             };
             let stale = (staged && segment::is_staged(name))
                 || segment::parse_segment_name(name).is_some_and(|id| !named.contains(&id))
-                || index::parse_index_name(name).is_some_and(|g| g != generation);
+                || index::parse_index_name(name).is_some_and(|g| !indexes.contains(&g));
             if stale {
                 log::debug!("removing {name}: no longer part of the cache");
                 self.remove_garbage(&[e.path()]);
@@ -546,7 +620,7 @@ impl Store {
         self.control.flush(&self.ctl_path)?;
         // A compaction may be under way (clear and rebuild do not take its lock): its staged
         // files stay; it finds the generation changed and removes them itself.
-        self.remove_unnamed(&referenced, generation, false);
+        self.remove_unnamed(&referenced, &[generation], false);
         *v = self.load_view(self.control.state())?;
         Ok(())
     }

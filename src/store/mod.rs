@@ -263,8 +263,22 @@ impl Store {
     /// Maps generation `state.generation` and scans its log up to `state.committed`.
     fn load_view(&self, state: State) -> Result<View> {
         let path = self.dir.join(&index::index_name(state.generation));
-        let index = Index::open(&path, state.generation, self.seed())?;
-        let body = index.body();
+        let top = Arc::new(Index::open(&path, state.generation, self.seed())?);
+        let body = top.body();
+        let base = body.base.to_native();
+        let (index, recent) = if base == state.generation {
+            (Arc::clone(&top), None)
+        } else {
+            let path = self.dir.join(&index::index_name(base));
+            let full = Index::open(&path, base, self.seed())?;
+            if full.body().base != base || full.body().epoch != body.epoch {
+                return Err(Error::corrupt(
+                    &path,
+                    "not the full index its recent index names",
+                ));
+            }
+            (Arc::new(full), Some(Arc::clone(&top)))
+        };
         let mut infos: Vec<SegmentInfo> = body
             .segments
             .iter()
@@ -291,13 +305,14 @@ impl Store {
         let log_path = self.dir.join(&segment::segment_name(active));
         let mut view = View::new(
             state.generation,
-            Some(Arc::new(index)),
+            Some(index),
             segments,
             infos,
             active,
             log_start,
             log_path,
         );
+        view.recent = recent;
         self.ensure_log(&mut view, false)?;
         if let Some(file) = &view.log {
             view.log_head = Arc::new(segment::map_segment(file, &view.log_path, log_start)?);
@@ -581,15 +596,23 @@ impl Store {
         Ok(v.log_write.as_ref().is_some_and(|m| m.write(off, bytes)))
     }
 
-    /// Whether the tail should be merged into a new index. The record threshold grows with the
-    /// index (1/32 of its entries), so that large caches do not rewrite their whole index every
-    /// few thousand writes; opening scans at most that many records.
+    /// Whether the tail should go into a new index: it has `compact_records` records or
+    /// `compact_bytes` bytes. This bounds what opening the cache scans. (Into a recent index,
+    /// usually, when the cache is large: see [`Store::merge_at`].)
     fn tail_is_full(&self, v: &View) -> bool {
-        v.tail_records >= self.tail_records_max(v)
+        v.tail_records >= self.tail_records_max()
             || v.scanned.saturating_sub(v.log_start) >= self.opts.compact_bytes
     }
 
-    fn tail_records_max(&self, v: &View) -> u64 {
+    fn tail_records_max(&self) -> u64 {
+        self.opts.compact_records
+    }
+
+    /// The number of log records (the recent index's and the tail's) past which compaction
+    /// merges them into a new full index instead of a new recent index: `compact_records`, or
+    /// 1/32 of the full index's entries if that is more. Large caches then do not rewrite
+    /// their whole index every few thousand writes, only a recent index of at most 1/32 of it.
+    fn merge_at(&self, v: &View) -> u64 {
         let indexed = v.index.as_ref().map_or(0, |i| i.body().entries.to_native());
         self.opts.compact_records.max(indexed / 32)
     }
@@ -606,8 +629,8 @@ impl Store {
     pub(crate) fn stats(&self) -> DiskStats {
         let v = self.view.read();
         let index_live: u64 = v.infos.iter().map(|s| s.live).sum();
-        let tail_live: u64 = v
-            .tail
+        let log_live: u64 = v
+            .log_entries()
             .iter()
             .filter(|(_, l)| !l.tombstone())
             .map(|(_, l)| u64::from(l.len()))
@@ -616,7 +639,7 @@ impl Store {
         let disk: u64 = sealed.map(|s| s.len).sum::<u64>() + v.scanned;
         DiskStats {
             entries: v.entries(),
-            live_bytes: (index_live + tail_live).min(disk),
+            live_bytes: (index_live + log_live).min(disk),
             disk_bytes: disk,
             generation: v.generation,
             tail_records: v.tail_records,
@@ -626,7 +649,7 @@ impl Store {
     /// Calls `f` with every live entry's newest record (expired ones included).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&RecordRef<'_>)) {
         let v = self.view.read();
-        for (_, l) in v.tail.iter().filter(|(_, l)| !l.tombstone()) {
+        for (_, l) in v.log_entries().iter().filter(|(_, l)| !l.tombstone()) {
             if let Some((_, rec)) = v.record(v.active, l.off) {
                 f(&rec);
             }
@@ -638,11 +661,7 @@ impl Store {
             let Some((_, rec)) = v.record(s.seg.to_native(), s.off.to_native()) else {
                 continue;
             };
-            let newer = v.tail.candidates(rec.key_hash).any(|l| {
-                v.record(v.active, l.off)
-                    .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
-            });
-            if !newer {
+            if !v.in_log(rec.key_hash, rec.prefix, rec.key, false) {
                 f(&rec);
             }
         }

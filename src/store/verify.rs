@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::sync::Arc;
 
-use super::Store;
-use crate::index;
+use super::{Store, View};
+use crate::index::{self, Index};
 use crate::keys::key_hash;
 use crate::map::ReadMap;
 use crate::segment;
@@ -31,31 +31,8 @@ impl Store {
             report.problems.push("no index loaded".into());
             return report;
         };
-        if !index.verify_checksum() {
-            report.problems.push(format!(
-                "{}: archive checksum mismatch",
-                index.path.display()
-            ));
-        }
-        for s in index.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
-            report.slots_checked += 1;
-            let (seg, off, hash) = (s.seg.to_native(), s.off.to_native(), s.hash.to_native());
-            let problem = match v.record(seg, off) {
-                None => Some("points at no valid record".to_string()),
-                Some((_, rec)) => {
-                    let actual =
-                        std::str::from_utf8(rec.prefix).map(|p| key_hash(self.seed(), p, rec.key));
-                    (index::slot_hash(rec.key_hash) != hash
-                        || actual != Ok(rec.key_hash)
-                        || rec.len != s.len.to_native() as usize)
-                        .then(|| "disagrees with its record (hash or length)".to_string())
-                }
-            };
-            if let Some(p) = problem {
-                report
-                    .problems
-                    .push(format!("index slot -> segment {seg} offset {off}: {p}"));
-            }
+        for index in std::iter::once(index).chain(v.recent.as_ref()) {
+            self.verify_index(&v, index, &mut report);
         }
         let mut all: Vec<(u32, &Arc<ReadMap>, u64)> = v
             .infos
@@ -104,7 +81,7 @@ impl Store {
                     index::parse_index_name(&name),
                 ) {
                     (Some(id), _) => !referenced.contains(&id),
-                    (_, Some(g)) => g != v.generation,
+                    (_, Some(g)) => !v.index_generations().contains(&g),
                     _ => name.ends_with(".tki.new") || name.ends_with(".ctl.new"),
                 };
                 if orphan {
@@ -113,5 +90,35 @@ impl Store {
             }
         }
         report
+    }
+
+    /// The index's checksum, and each slot against its record.
+    fn verify_index(&self, v: &View, index: &Index, report: &mut VerifyReport) {
+        if !index.verify_checksum() {
+            report.problems.push(format!(
+                "{}: archive checksum mismatch",
+                index.path.display()
+            ));
+        }
+        for s in index.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
+            report.slots_checked += 1;
+            let (seg, off, hash) = (s.seg.to_native(), s.off.to_native(), s.hash.to_native());
+            let problem = match v.record(seg, off) {
+                None => Some("points at no valid record".to_string()),
+                Some((_, rec)) => {
+                    let actual =
+                        std::str::from_utf8(rec.prefix).map(|p| key_hash(self.seed(), p, rec.key));
+                    (index::slot_hash(rec.key_hash) != hash
+                        || actual != Ok(rec.key_hash)
+                        || rec.len != s.len.to_native() as usize)
+                        .then(|| "disagrees with its record (hash or length)".to_string())
+                }
+            };
+            if let Some(p) = problem {
+                report
+                    .problems
+                    .push(format!("index slot -> segment {seg} offset {off}: {p}"));
+            }
+        }
     }
 }

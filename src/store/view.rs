@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{IoContext, Result};
-use crate::index::{Index, SegmentInfo};
+use crate::index::{self, Index, SegmentInfo};
 use crate::map::{ReadMap, WriteMap};
 use crate::record::{self, Kind, RecordRef};
 use crate::segment;
@@ -17,8 +17,11 @@ use super::tail::{Tail, TailLoc};
 /// What a process has mapped of one generation, plus the tail it has scanned.
 pub(super) struct View {
     pub(super) generation: u64,
-    /// `None` only before the first load.
+    /// The full index. `None` only before the first load.
     pub(super) index: Option<Arc<Index>>,
+    /// The recent index over it, when the generation has one (see `IndexBody::base`): the
+    /// log's records from the full index's `log_start` to `log_start`.
+    pub(super) recent: Option<Arc<Index>>,
     pub(super) segments: HashMap<u32, Arc<ReadMap>>,
     pub(super) infos: Vec<SegmentInfo>,
     pub(super) active: u32,
@@ -32,7 +35,7 @@ pub(super) struct View {
     pub(super) log_len: u64,
     /// The writer's writable mapping of the log (see `Store::write_mapped`).
     pub(super) log_write: Option<WriteMap>,
-    /// Where the tail begins in the log (the index covers the log up to here).
+    /// Where the tail begins in the log (the indexes cover the log up to here).
     pub(super) log_start: u64,
     /// Where the tail ends: records up to here are in the tail table.
     pub(super) scanned: u64,
@@ -48,7 +51,7 @@ pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
 }
 
 impl View {
-    /// A view of these maps whose log is not opened or scanned yet.
+    /// A view of these maps (no recent index) whose log is not opened or scanned yet.
     pub(super) fn new(
         generation: u64,
         index: Option<Arc<Index>>,
@@ -61,6 +64,7 @@ impl View {
         Self {
             generation,
             index,
+            recent: None,
             segments,
             infos,
             active,
@@ -92,6 +96,7 @@ impl View {
         Ok(Self {
             generation: self.generation,
             index: self.index.clone(),
+            recent: self.recent.clone(),
             segments: self.segments.clone(),
             infos: self.infos.clone(),
             active: self.active,
@@ -130,7 +135,8 @@ impl View {
         Some((map, rec))
     }
 
-    /// The newest record of this key: from the tail, else from the index. Tombstones included.
+    /// The newest record of this key: from the tail, else the recent index, else the full
+    /// index. Removals included.
     pub(super) fn find(
         &self,
         hash: u64,
@@ -144,22 +150,88 @@ impl View {
                 return Some((map, rec));
             }
         }
-        self.index.as_ref()?.probe(hash, |s| {
-            let (map, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
-            (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some((map, rec))
-        })
+        self.find_indexed(hash, prefix, key)
     }
 
-    pub(super) fn in_index(&self, hash: u64, prefix: &[u8], key: &[u8]) -> bool {
-        self.index
-            .as_ref()
-            .and_then(|i| {
-                i.probe(hash, |s| {
-                    let (_, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
-                    key_eq(&rec, prefix, key).then_some(())
-                })
+    /// The newest record of this key that the indexes know (removals included).
+    fn find_indexed(
+        &self,
+        hash: u64,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
+        let probe = |index: &Index| {
+            index.probe(hash, |s| {
+                let (map, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
+                (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some((map, rec))
             })
-            .is_some()
+        };
+        if let Some(found) = self.recent.as_deref().and_then(probe) {
+            return Some(found);
+        }
+        self.index.as_deref().and_then(probe)
+    }
+
+    /// Whether the indexes hold a live entry of this key.
+    pub(super) fn in_index(&self, hash: u64, prefix: &[u8], key: &[u8]) -> bool {
+        self.find_indexed(hash, prefix, key)
+            .is_some_and(|(_, rec)| rec.kind != Kind::Tombstone)
+    }
+
+    /// Whether the log holds a record of this key newer than the full index's: in the tail,
+    /// or (unless `tail_only`) in the recent index.
+    pub(super) fn in_log(&self, hash: u64, prefix: &[u8], key: &[u8], tail_only: bool) -> bool {
+        let in_tail = self.tail.candidates(hash).any(|l| {
+            self.record(self.active, l.off)
+                .is_some_and(|(_, r)| key_eq(&r, prefix, key))
+        });
+        in_tail
+            || (!tail_only
+                && self.recent.as_ref().is_some_and(|r| {
+                    r.probe(hash, |s| {
+                        let (_, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
+                        key_eq(&rec, prefix, key).then_some(())
+                    })
+                    .is_some()
+                }))
+    }
+
+    /// The newest record of each key the log got since the full index was written: the
+    /// tail's, and the recent index's that the tail does not supersede. Removals included.
+    pub(super) fn log_entries(&self) -> Vec<(u64, TailLoc)> {
+        let mut all: Vec<(u64, TailLoc)> = self.tail.iter().map(|(h, l)| (h, *l)).collect();
+        let Some(recent) = &self.recent else {
+            return all;
+        };
+        for s in recent.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
+            let Some((_, rec)) = self.record(s.seg.to_native(), s.off.to_native()) else {
+                continue;
+            };
+            if !self.in_log(rec.key_hash, rec.prefix, rec.key, true) {
+                let loc = TailLoc::new(
+                    s.off.to_native(),
+                    s.len.to_native(),
+                    rec.kind == Kind::Tombstone,
+                );
+                all.push((rec.key_hash, loc));
+            }
+        }
+        all
+    }
+
+    /// The generations of the indexes mapped: the full one's, and the recent one's.
+    pub(super) fn index_generations(&self) -> Vec<u64> {
+        let mut all = vec![self.generation];
+        all.extend(self.index.as_ref().map(|i| i.body().generation.to_native()));
+        all
+    }
+
+    /// The full index's entry count, or the recent index's (which counts both).
+    pub(super) fn indexed_entries(&self) -> u64 {
+        self.recent
+            .as_ref()
+            .or(self.index.as_ref())
+            .map_or(0, |i| i.body().entries.to_native())
     }
 
     /// The index's epoch (see `IndexBody::epoch`).
@@ -237,10 +309,7 @@ impl View {
     /// tail's part costs an index probe per key, so it is computed when asked, not on scan
     /// (which runs on open), and kept until the tail changes.
     pub(super) fn entries(&self) -> u64 {
-        let indexed = self
-            .index
-            .as_ref()
-            .map_or(0, |i| i.body().entries.to_native());
+        let indexed = self.indexed_entries();
         let delta = *self.delta.get_or_init(|| {
             let mut delta = 0i64;
             for (hash, l) in self.tail.iter() {
