@@ -285,6 +285,20 @@ impl Index {
             .filter(move |(_, s)| s.hash == hash)
     }
 
+    /// Starts reading the slot a probe for `hash` reads first, so that it arrives while the
+    /// caller looks elsewhere (a plain load whose value is dropped: the CPU does not wait for
+    /// it before going on).
+    #[inline]
+    pub(crate) fn touch(&self, hash: u64) {
+        let body = self.body();
+        if let Some(s) = body
+            .slots
+            .get(home(slot_hash(hash), body.buckets.to_native()))
+        {
+            std::hint::black_box(s.hash.to_native());
+        }
+    }
+
     /// Calls `f` with each occupied slot whose hash is `hash`, until `f` returns `Some`.
     #[inline]
     pub(crate) fn probe<R>(

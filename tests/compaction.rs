@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::Rng;
+use common::{Rng, expect_success, spawn_child, value_of};
 use tokcache::Cache;
 
 const ENTRIES: u64 = 200_000;
@@ -354,4 +354,83 @@ fn recent_indexes_bound_the_tail_of_a_large_cache_and_lose_nothing() {
     cache.compact().unwrap();
     assert_eq!(index_files(dir), 1);
     check(&cache, &model, "after a full compaction");
+}
+
+const FOLLOWED_KEYS: u64 = 30_000;
+
+fn open_small_tail(dir: &Path) -> Cache {
+    Cache::builder(dir)
+        .compact_after_records(200)
+        .open()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "entry point of the writer process of recent_indexes_are_followed_by_another_process"]
+fn recent_index_writer() {
+    let Ok(dir) = std::env::var("TOKCACHE_RECENT_WRITER") else {
+        return;
+    };
+    let cache = open_small_tail(Path::new(&dir));
+    let mut rng = Rng(5);
+    for i in 0..FOLLOWED_KEYS {
+        cache
+            .set("token_count", &key(i), &value_of(&key(i)))
+            .unwrap();
+    }
+    for _ in 0..FOLLOWED_KEYS {
+        let k = key(rng.below(FOLLOWED_KEYS));
+        cache.set("token_count", &k, &value_of(&k)).unwrap();
+    }
+    for i in (0..FOLLOWED_KEYS).filter(|i| i % 13 == 0) {
+        assert!(cache.remove("token_count", &key(i)).unwrap());
+    }
+}
+
+#[test]
+fn recent_indexes_are_followed_by_another_process() {
+    // A writer process fills a cache whose compactions write recent indexes (200-record tail,
+    // full index rewritten at 1/32 of its entries); this process, RAM tier on, reads all along
+    // through the generations it publishes and must end with exactly the writer's state:
+    // removals included, none of them hidden by a stale RAM-tier copy.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cache = open_small_tail(dir);
+    let mut writer = spawn_child(
+        "recent_index_writer",
+        "TOKCACHE_RECENT_WRITER",
+        dir.to_str().unwrap(),
+    );
+    let mut rng = Rng(9);
+    let (mut reads, mut hits, mut with_recent) = (0u64, 0u64, 0u64);
+    while writer.try_wait().unwrap().is_none() {
+        reads += 1;
+        // Hot keys (held in the RAM tier) and random ones.
+        let i = if rng.below(2) == 0 {
+            rng.below(50) * 13
+        } else {
+            rng.below(FOLLOWED_KEYS)
+        };
+        if let Some(v) = cache.get::<u64>("token_count", &key(i)) {
+            assert_eq!(v, value_of(&key(i)), "key {i}");
+            hits += 1;
+        }
+        if reads % 4096 == 0 {
+            with_recent += u64::from(index_files(dir) == 2);
+        }
+        if reads % 64 == 0 {
+            // Lag behind now and then: the writer appends, compacts, and publishes
+            // generations meanwhile, which this process then has to catch up with at once.
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+    expect_success(writer);
+    assert!(hits > 1000, "{hits} hits while the writer ran");
+    assert!(with_recent > 0, "no recent index seen");
+    for i in 0..FOLLOWED_KEYS {
+        let want = (i % 13 != 0).then(|| value_of(&key(i)));
+        assert_eq!(cache.get::<u64>("token_count", &key(i)), want, "key {i}");
+    }
+    let problems = cache.verify(|_| {}).problems;
+    assert!(problems.is_empty(), "{problems:?}");
 }

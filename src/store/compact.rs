@@ -125,13 +125,16 @@ impl Store {
     }
 
     /// Whether an append should start a compaction, and whether it must wait for one (see
-    /// [`Store::compact_when_full`]).
+    /// [`Store::compact_when_full`]). Compactions usually keep the tail at its limit (writing a
+    /// recent index takes little time); writers wait only at 1.5 times [`Store::merge_at`],
+    /// which a tail reaches only if writes outrun compaction, such as a full merge of a large
+    /// index (seconds at 10M entries), by that much.
     pub(super) fn wants_compaction(&self, v: &View) -> (bool, bool) {
         if !self.tail_is_full(v) {
             return (false, false);
         }
         let over = |n: u64, max: u64| n >= max.saturating_add(max / 2);
-        if over(v.tail_records, self.tail_records_max())
+        if over(v.tail_records, self.merge_at(v))
             || over(
                 v.scanned.saturating_sub(v.log_start),
                 self.opts.compact_bytes,

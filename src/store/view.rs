@@ -143,6 +143,11 @@ impl View {
         prefix: &[u8],
         key: &[u8],
     ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
+        // The slots of both indexes are read while the tail table is probed: three lookups,
+        // about the time of one.
+        for index in self.recent.iter().chain(&self.index) {
+            index.touch(hash);
+        }
         for l in self.tail.candidates(hash) {
             if let Some((map, rec)) = self.record(self.active, l.off)
                 && key_eq(&rec, prefix, key)
