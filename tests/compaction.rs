@@ -434,3 +434,40 @@ fn recent_indexes_are_followed_by_another_process() {
     let problems = cache.verify(|_| {}).problems;
     assert!(problems.is_empty(), "{problems:?}");
 }
+
+#[test]
+fn a_flood_of_writes_ends_with_a_short_tail() {
+    // Writes go on during every compaction (a full merge of this index takes tens of ms): the
+    // compaction thread compacts again while they filled the tail, so that the processes that
+    // open the cache after the flood have little to scan, though no append follows it.
+    let tmp = tempfile::tempdir().unwrap();
+    let open = || {
+        Cache::builder(tmp.path())
+            .compact_after_records(1000)
+            .max_ram_entries(0)
+            .open()
+            .unwrap()
+    };
+    let cache = Arc::new(open());
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let cache = Arc::clone(&cache);
+            std::thread::spawn(move || {
+                for i in (t..200_000).step_by(2) {
+                    cache.set("token_count", &key(i), &i).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    drop(cache);
+    let cache = open();
+    let s = cache.get_stats();
+    assert!(s.tail_records < 1000, "{s:?}");
+    assert_eq!(
+        cache.get::<u64>("token_count", &key(199_999)),
+        Some(199_999)
+    );
+}

@@ -104,17 +104,28 @@ impl Store {
     /// half again past its limit (appends outran compactions): wait for the running compaction,
     /// and compact again if that was not enough. That bounds the tail every process scans on
     /// open and probes on lookups.
+    ///
+    /// Writes that went on during the compaction may have filled the tail again (a full merge
+    /// of a 10M-entry index takes seconds): then it compacts again at once, rather than leave
+    /// that to the next append, which may never come (the end of a bulk load), so that the
+    /// processes that open the cache next find a short tail.
     pub(crate) fn compact_when_full(&self, wait: bool, on_change: OnChange<'_>) -> Result<()> {
         let Some(_c) = self.compaction_lock(wait)? else {
             self.try_compaction_later();
             return Ok(());
         };
-        let done = self.compact_once(f64::NEG_INFINITY, false, true, on_change);
-        if done.is_err() {
-            // A full disk, say: not again on every append.
-            self.try_compaction_later();
+        for _ in 0..8 {
+            match self.compact_once(f64::NEG_INFINITY, false, true, on_change) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    // A full disk, say: not again on every append.
+                    self.try_compaction_later();
+                    return Err(e);
+                }
+            }
         }
-        done.map(drop)
+        Ok(())
     }
 
     /// Appends do not start a compaction until the tail has grown by 1/16 of its limit.
