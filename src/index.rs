@@ -5,8 +5,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::hash::xxh3_64;
 use rkyv::{Archive, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, IoContext, Result};
 use crate::map::{ReadMap, access_validated};

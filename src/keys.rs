@@ -1,7 +1,7 @@
 //! Prefixes, key hashing, logical names and the two real key formats.
 
+use crate::hash::{xxh3_64, xxh3_64_with_seed};
 use md5::{Digest, Md5};
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::error::{Error, Result};
 

@@ -25,6 +25,7 @@ mod clock;
 mod control;
 mod entry;
 mod error;
+mod hash;
 mod index;
 pub mod keys;
 mod legacy;

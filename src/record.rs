@@ -1,7 +1,7 @@
 //! Segment records, as bytes. `docs/format.md` is the specification; this module knows nothing
 //! of files, maps or types beyond the value kind byte.
 
-use xxhash_rust::xxh3::xxh3_64;
+use crate::hash::xxh3_64;
 
 /// Size of the fixed record header.
 pub(crate) const HEADER_LEN: usize = 32;
