@@ -189,7 +189,7 @@ impl CacheBuilder {
             storage,
             ram: Arc::new(RamTier::new(self.max_ram_entries)),
             background: self.background,
-            compactor: Mutex::new(None),
+            compactor: Arc::default(),
             ttl_secs,
             clock: self.clock,
             local_seed: random_seed(),
@@ -273,8 +273,8 @@ pub struct Cache {
     /// Shared with the compaction thread, which tells it of keys other processes changed.
     ram: Arc<RamTier>,
     background: bool,
-    /// The compaction thread, while one runs or until it is joined.
-    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The compaction thread, shared with it.
+    compactor: Arc<Mutex<Compactor>>,
     ttl_secs: f64,
     clock: Arc<dyn Clock>,
     local_seed: u64,
@@ -287,11 +287,23 @@ pub struct Cache {
     flights: Mutex<HashKeyed<Arc<Mutex<()>>>>,
 }
 
+/// A cache's compaction thread: its handle, until joined, whether it runs, and whether a write
+/// asked for a compaction while it ran. It then compacts again before it ends: the write that
+/// filled the tail just as it finished would otherwise be left without one (if no write
+/// follows, as at the end of a bulk load, the next process to open the cache scans that tail).
+#[derive(Default)]
+struct Compactor {
+    thread: Option<std::thread::JoinHandle<()>>,
+    running: bool,
+    asked_again: bool,
+}
+
 impl Drop for Cache {
     /// Waits for a compaction under way, so that a short-lived process finishes what it
     /// started (a process killed meanwhile leaves files the next compaction removes).
     fn drop(&mut self) {
-        if let Some(t) = self.compactor.get_mut().take() {
+        let thread = self.compactor.lock().thread.take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
@@ -376,21 +388,38 @@ impl Cache {
         if !self.background {
             return compact_full_log(store, &self.ram);
         }
-        let mut slot = self.compactor.lock();
-        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
+        let mut c = self.compactor.lock();
+        if c.running {
+            c.asked_again = true;
             return;
         }
-        if let Some(done) = slot.take() {
+        if let Some(done) = c.thread.take() {
             let _ = done.join();
         }
-        let (s, ram) = (Arc::clone(store), Arc::clone(&self.ram));
+        let (s, ram, state) = (
+            Arc::clone(store),
+            Arc::clone(&self.ram),
+            Arc::clone(&self.compactor),
+        );
         let spawned = std::thread::Builder::new()
             .name("tokcache-compact".into())
-            .spawn(move || compact_full_log(&s, &ram));
+            .spawn(move || {
+                loop {
+                    compact_full_log(&s, &ram);
+                    let mut c = state.lock();
+                    if !std::mem::take(&mut c.asked_again) {
+                        c.running = false;
+                        break;
+                    }
+                }
+            });
         match spawned {
-            Ok(t) => *slot = Some(t),
+            Ok(t) => {
+                c.thread = Some(t);
+                c.running = true;
+            }
             Err(e) => {
-                drop(slot);
+                drop(c);
                 log::debug!("compacting inline: {e}");
                 compact_full_log(store, &self.ram);
             }
