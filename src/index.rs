@@ -309,6 +309,11 @@ impl Index {
         self.candidates(hash).find_map(|(_, s)| f(s))
     }
 
+    /// The positions of every occupied slot with the slot hash of `hash`.
+    pub(crate) fn positions(&self, hash: u64) -> impl Iterator<Item = usize> {
+        self.candidates(hash).map(|(at, _)| at)
+    }
+
     /// The position of the slot `f` picks, for marking it superseded.
     pub(crate) fn position(
         &self,

@@ -239,3 +239,64 @@ mod arbitrary_files {
         }
     }
 }
+
+#[test]
+fn a_damaged_record_under_a_recent_index_is_a_miss_not_its_older_value() {
+    // K = 1 is merged into the full index; K = 2 is then written and covered by a recent index
+    // (100-record tail, a full merge only at 1/32 of 5000 entries). With the record of K = 2
+    // damaged, K must read as a miss: the full index's K = 1 is an older value, not K's.
+    let tmp = tempfile::tempdir().unwrap();
+    let open = || {
+        Cache::builder(tmp.path())
+            .compact_after_records(100)
+            .compact_in_background(false)
+            .max_ram_entries(0)
+            .open()
+            .unwrap()
+    };
+    let cache = open();
+    let k = "tokenizer:cl100k_base:the key whose newest record is damaged";
+    cache.set("token_count", k, &1u64).unwrap();
+    for i in 0..5000 {
+        cache.set("token_count", &key(i), &(i as u64)).unwrap();
+    }
+    cache.compact().unwrap();
+    cache.set("token_count", k, &2u64).unwrap();
+    for i in 0..99 {
+        cache.set("token_count", &key(i), &(i as u64 + 1)).unwrap();
+    }
+    assert_eq!(
+        cache.get_stats().tail_records,
+        0,
+        "a recent index covers K = 2"
+    );
+    assert_eq!(cache.get::<u64>("token_count", k), Some(2));
+    drop(cache);
+
+    // The newest record of K: value (8 bytes), prefix, key; damage its value.
+    let log = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tks"))
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&log).unwrap();
+    let at = bytes
+        .windows(k.len())
+        .rposition(|w| w == k.as_bytes())
+        .unwrap();
+    let value = at - "token_count".len() - 8;
+    assert_eq!(bytes[value..value + 8], 2u64.to_le_bytes());
+    bytes[value] ^= 0x40;
+    std::fs::write(&log, &bytes).unwrap();
+
+    let cache = open();
+    assert_eq!(cache.get::<u64>("token_count", k), None);
+    assert_eq!(cache.get::<u64>("token_count", &key(7)), Some(8));
+    // A full merge keeps it so: the damaged record takes the older entry with it.
+    cache.compact().unwrap();
+    assert_eq!(cache.get::<u64>("token_count", k), None);
+    assert_eq!(cache.get::<u64>("token_count", &key(7)), Some(8));
+    cache.set("token_count", k, &3u64).unwrap();
+    assert_eq!(cache.get::<u64>("token_count", k), Some(3));
+}

@@ -281,6 +281,11 @@ impl Store {
             Vec::with_capacity(body.entries.to_native() as usize + log.len());
         for (hash, l) in &log {
             let Some((_, rec)) = v.record(v.active, l.off) else {
+                // A damaged record of the recent index (its key unknown): the full index's
+                // entries of its slot hash go, rather than show an older value than it held.
+                for p in index.positions(*hash) {
+                    superseded[p] = true;
+                }
                 continue;
             };
             if let Some(p) = index.position(*hash, |s| {

@@ -149,32 +149,41 @@ impl View {
             index.touch(hash);
         }
         for l in self.tail.candidates(hash) {
-            if let Some((map, rec)) = self.record(self.active, l.off)
-                && key_eq(&rec, prefix, key)
-            {
+            // A damaged record is a miss (see `find_indexed`).
+            let (map, rec) = self.record(self.active, l.off)?;
+            if key_eq(&rec, prefix, key) {
                 return Some((map, rec));
             }
         }
         self.find_indexed(hash, prefix, key)
     }
 
-    /// The newest record of this key that the indexes know (removals included).
+    /// The newest record of this key that the indexes know (removals included). A slot of the
+    /// recent index with the key's hash whose record fails its checks (a damaged file) makes it
+    /// a miss: that record may be the key's newest, and the full index's older one must not
+    /// show through.
     fn find_indexed(
         &self,
         hash: u64,
         prefix: &[u8],
         key: &[u8],
     ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
-        let probe = |index: &Index| {
-            index.probe(hash, |s| {
-                let (map, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
-                (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some((map, rec))
-            })
-        };
-        if let Some(found) = self.recent.as_deref().and_then(probe) {
-            return Some(found);
+        if let Some(recent) = &self.recent {
+            let found = recent.probe(hash, |s| {
+                match self.record(s.seg.to_native(), s.off.to_native()) {
+                    Some((map, rec)) => (rec.key_hash == hash && key_eq(&rec, prefix, key))
+                        .then_some(Some((map, rec))),
+                    None => Some(None),
+                }
+            });
+            if let Some(found) = found {
+                return found;
+            }
         }
-        self.index.as_deref().and_then(probe)
+        self.index.as_ref()?.probe(hash, |s| {
+            let (map, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
+            (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some((map, rec))
+        })
     }
 
     /// Whether the indexes hold a live entry of this key.
@@ -209,15 +218,15 @@ impl View {
             return all;
         };
         for s in recent.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
-            let Some((_, rec)) = self.record(s.seg.to_native(), s.off.to_native()) else {
+            let (off, len) = (s.off.to_native(), s.len.to_native());
+            let Some((_, rec)) = self.record(s.seg.to_native(), off) else {
+                // Damaged: kept, so that it goes on hiding older records of its slot hash.
+                let hash = u64::from(s.hash.to_native()) << 32;
+                all.push((hash, TailLoc::new(off, len, false)));
                 continue;
             };
             if !self.in_log(rec.key_hash, rec.prefix, rec.key, true) {
-                let loc = TailLoc::new(
-                    s.off.to_native(),
-                    s.len.to_native(),
-                    rec.kind == Kind::Tombstone,
-                );
+                let loc = TailLoc::new(off, len, rec.kind == Kind::Tombstone);
                 all.push((rec.key_hash, loc));
             }
         }
