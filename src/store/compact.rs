@@ -233,9 +233,15 @@ impl Store {
 
     /// Rebuilds from the segments an index that fails its checksum. Caller holds the locks.
     fn rebuild_damaged(&self, v: &mut View, on_change: OnChange<'_>) -> Result<CompactReport> {
-        let why = match &v.index {
-            Some(index) => format!("{}: archive checksum mismatch", index.path.display()),
-            None => "no index loaded".to_string(),
+        let damaged = v
+            .recent
+            .iter()
+            .chain(&v.index)
+            .find(|i| !i.verify_checksum());
+        let why = match (damaged, &v.index) {
+            (Some(index), _) => format!("{}: archive checksum mismatch", index.path.display()),
+            (None, Some(_)) => "an index failed its checksum".to_string(),
+            (None, None) => "no index loaded".to_string(),
         };
         let generation = self.rebuild_locked(v, &why)?;
         on_change(None);
