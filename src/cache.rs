@@ -54,7 +54,11 @@ pub struct Stats {
     /// Bytes of all segment files.
     pub disk_bytes: u64,
     pub index_generation: u64,
-    /// Records appended since the index was last rebuilt.
+    /// Records in the recent index: the newest of each key written since the full index was
+    /// last rewritten, removals included (0 when the generation has none; docs/format.md).
+    pub recent_index_records: u64,
+    /// Records appended since the last compaction: what a process scans when it opens the
+    /// cache.
     pub tail_records: u64,
     pub storage: Storage,
 }
@@ -699,6 +703,7 @@ impl Cache {
             dead_bytes: disk.disk_bytes - disk.live_bytes,
             disk_bytes: disk.disk_bytes,
             index_generation: disk.generation,
+            recent_index_records: disk.recent_records,
             tail_records: disk.tail_records,
             storage: self.storage,
         }

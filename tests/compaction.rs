@@ -310,7 +310,9 @@ fn recent_indexes_bound_the_tail_of_a_large_cache_and_lose_nothing() {
         assert!(s.tail_records <= 200, "round {round}: {s:?}");
         if s.index_generation != generations {
             generations = s.index_generation;
-            with_recent += usize::from(index_files(dir) == 2);
+            let recent = index_files(dir) == 2;
+            assert_eq!(recent, s.recent_index_records > 0, "round {round}: {s:?}");
+            with_recent += usize::from(recent);
         }
         if round % 5000 == 4999 {
             check(&cache, &model, &format!("round {round}"));

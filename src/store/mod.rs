@@ -67,6 +67,7 @@ pub(crate) struct DiskStats {
     pub live_bytes: u64,
     pub disk_bytes: u64,
     pub generation: u64,
+    pub recent_records: u64,
     pub tail_records: u64,
 }
 
@@ -642,6 +643,10 @@ impl Store {
             live_bytes: (index_live + log_live).min(disk),
             disk_bytes: disk,
             generation: v.generation,
+            recent_records: v.recent.as_ref().map_or(0, |r| {
+                let slots = r.body().slots.iter();
+                slots.filter(|s| s.seg != index::EMPTY).count() as u64
+            }),
             tail_records: v.tail_records,
         }
     }

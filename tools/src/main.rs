@@ -192,6 +192,7 @@ fn stats(cache: &Cache, json: bool) -> CliResult {
     );
     println!("segment bytes:    {}", bytes(s.disk_bytes));
     println!("index generation: {}", s.index_generation);
+    println!("recent index:     {} records", s.recent_index_records);
     println!("appended since:   {} records", s.tail_records);
     println!("storage:          {:?}", s.storage);
     Ok(())
