@@ -753,11 +753,11 @@ impl Cache {
     }
 
     /// Checks every file of the cache (see [`VerifyReport`]); `progress` is called with the
-    /// number of records checked so far.
+    /// number of records checked so far. Waits for a compaction under way in any process, and
+    /// holds new ones off until it is done (their files in flight would look like leftovers).
     pub fn verify(&self, progress: impl FnMut(u64)) -> VerifyReport {
-        self.refresh();
         match &self.store {
-            Some(s) => s.verify(progress),
+            Some(s) => s.verify(&|c| self.invalidate(c), progress),
             None => VerifyReport {
                 problems: vec![format!(
                     "{} holds no cache ({:?})",

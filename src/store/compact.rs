@@ -157,7 +157,7 @@ impl Store {
         (generation != v.generation || v.tail_records >= again, false)
     }
 
-    fn compaction_lock(&self, wait: bool) -> Result<Option<CompactionLock>> {
+    pub(super) fn compaction_lock(&self, wait: bool) -> Result<Option<CompactionLock>> {
         if self.lock.is_none() {
             return Err(Error::Degraded {
                 reason: format!("{} is read-only", self.dir.path.display()),

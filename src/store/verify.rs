@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::sync::Arc;
 
-use super::{Store, View};
+use super::{OnChange, Store, View};
 use crate::index::{self, Index};
 use crate::keys::key_hash;
 use crate::map::ReadMap;
@@ -23,9 +23,23 @@ pub struct VerifyReport {
 
 impl Store {
     /// Checks every file: the index checksum, each slot against its record, every record of
-    /// every segment (checksums and key hashes), and files that nothing refers to.
-    pub(crate) fn verify(&self, mut progress: impl FnMut(u64)) -> VerifyReport {
+    /// every segment (checksums and key hashes), and files that nothing refers to. Waits for a
+    /// compaction under way (in any process) and holds others off meanwhile, so that the files
+    /// of one in flight are not taken for leftovers; then catches up with the current
+    /// generation.
+    pub(crate) fn verify(
+        &self,
+        on_change: OnChange<'_>,
+        mut progress: impl FnMut(u64),
+    ) -> VerifyReport {
         let mut report = VerifyReport::default();
+        // A read-only directory has no compaction lock to take (and nobody compacts there).
+        let _compaction = self.compaction_lock(true).ok().flatten();
+        if let Err(e) = self.refresh(on_change) {
+            report
+                .problems
+                .push(format!("cannot load the current generation: {e}"));
+        }
         let v = self.view.read();
         let Some(index) = v.index.as_ref() else {
             report.problems.push("no index loaded".into());
