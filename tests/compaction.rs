@@ -126,6 +126,13 @@ fn during_a_compaction(compact: impl FnOnce(&Cache)) {
     drop(cache);
 
     // Lose the index and the control page: the cache is rebuilt from its segments.
+    lose_indexes_and_control_page(dir);
+    let cache = open(dir);
+    check(&cache, &model, "rebuilt from the segments");
+}
+
+/// Deletes every index and the control page: the next open rebuilds from the segments alone.
+fn lose_indexes_and_control_page(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_str().unwrap();
@@ -133,8 +140,6 @@ fn during_a_compaction(compact: impl FnOnce(&Cache)) {
             std::fs::remove_file(&p).unwrap();
         }
     }
-    let cache = open(dir);
-    check(&cache, &model, "rebuilt from the segments");
 }
 
 /// Holds `compact.lock` as a compaction elsewhere would, until dropped (closing the file
@@ -343,13 +348,7 @@ fn recent_indexes_bound_the_tail_of_a_large_cache_and_lose_nothing() {
     drop(cache);
 
     // Lose every index and the control page: rebuilt from the segments, the same cache.
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_str().unwrap();
-        if name.starts_with("index-") || name == "tokcache.ctl" {
-            std::fs::remove_file(&p).unwrap();
-        }
-    }
+    lose_indexes_and_control_page(dir);
     let cache = open();
     check(&cache, &model, "rebuilt from the segments");
     // An explicit compaction merges everything into one full index.

@@ -630,8 +630,9 @@ impl Store {
     pub(crate) fn stats(&self) -> DiskStats {
         let v = self.view.read();
         let index_live: u64 = v.infos.iter().map(|s| s.live).sum();
-        let log_live: u64 = v
-            .log_entries()
+        let (recent_records, recent_bytes) = v.recent_size();
+        let tail_live: u64 = v
+            .tail
             .iter()
             .filter(|(_, l)| !l.tombstone())
             .map(|(_, l)| u64::from(l.len()))
@@ -640,13 +641,10 @@ impl Store {
         let disk: u64 = sealed.map(|s| s.len).sum::<u64>() + v.scanned;
         DiskStats {
             entries: v.entries(),
-            live_bytes: (index_live + log_live).min(disk),
+            live_bytes: (index_live + recent_bytes + tail_live).min(disk),
             disk_bytes: disk,
             generation: v.generation,
-            recent_records: v.recent.as_ref().map_or(0, |r| {
-                let slots = r.body().slots.iter();
-                slots.filter(|s| s.seg != index::EMPTY).count() as u64
-            }),
+            recent_records,
             tail_records: v.tail_records,
         }
     }

@@ -44,6 +44,8 @@ pub(super) struct View {
     pub(super) tail_records: u64,
     /// Entries the tail adds to (or removes from) the index's count, once computed.
     pub(super) delta: OnceLock<i64>,
+    /// The recent index's records and their bytes, once counted.
+    recent_size: OnceLock<(u64, u64)>,
 }
 
 pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
@@ -80,6 +82,7 @@ impl View {
             tail: Tail::default(),
             tail_records: 0,
             delta: OnceLock::new(),
+            recent_size: OnceLock::new(),
         }
     }
 
@@ -112,6 +115,7 @@ impl View {
             tail: self.tail.clone(),
             tail_records: self.tail_records,
             delta: OnceLock::new(),
+            recent_size: OnceLock::new(),
         })
     }
 
@@ -238,6 +242,19 @@ impl View {
         let mut all = vec![self.generation];
         all.extend(self.index.as_ref().map(|i| i.body().generation.to_native()));
         all
+    }
+
+    /// The recent index's records and their bytes (removals included: its slots do not say),
+    /// counted once per view: what `stats` reports without reading records.
+    pub(super) fn recent_size(&self) -> (u64, u64) {
+        *self.recent_size.get_or_init(|| {
+            self.recent.as_ref().map_or((0, 0), |r| {
+                let slots = r.body().slots.iter().filter(|s| s.seg != index::EMPTY);
+                slots.fold((0, 0), |(n, b), s| {
+                    (n + 1, b + u64::from(s.len.to_native()))
+                })
+            })
+        })
     }
 
     /// The full index's entry count, or the recent index's (which counts both).
