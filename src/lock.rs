@@ -19,8 +19,7 @@
 //! fs2 is called by full path because std's own `File::lock*` methods of the same names would
 //! otherwise take precedence.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -175,12 +174,8 @@ impl Drop for CompactionLock {
 /// Opens (creating if needed, never through a symlink) a file that is only ever locked.
 fn open_lock_file(dir: &Path, name: &str, mode: u32) -> Result<(File, PathBuf)> {
     let path = dir.join(name);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
+    let file = crate::segment::file_options(mode)
         .create(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .ctx("open lock file", &path)?;
     Ok((file, path))

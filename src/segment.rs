@@ -39,12 +39,8 @@ impl Dir {
     /// Opens (creating if needed) a segment for appending. Never follows a symlink.
     pub(crate) fn open_log(&self, id: u32) -> Result<(File, PathBuf)> {
         let path = self.join(&segment_name(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
+        let file = file_options(self.mode)
             .create(true)
-            .mode(self.mode)
-            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .ctx("open segment", &path)?;
         Ok((file, path))
@@ -66,12 +62,8 @@ impl Dir {
     /// (the nonce keeps two compactors' files apart), renamed to `NAME` on commit.
     pub(crate) fn create_staged(&self, name: &str, nonce: u64) -> Result<Staged> {
         let path = self.join(&format!("{name}.{nonce:016x}{STAGED_SUFFIX}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
+        let file = file_options(self.mode)
             .create_new(true)
-            .mode(self.mode)
-            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .ctx("create", &path)?;
         Ok(Staged {
@@ -143,16 +135,25 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("sync directory", dir)
 }
 
+/// Options to open one of the cache's files for reading and writing: `mode` the permission
+/// bits if it is created, never through a symlink. The caller says whether to create it.
+pub(crate) fn file_options(mode: u32) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW);
+    options
+}
+
 fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut staging = path.as_os_str().to_owned();
     staging.push(".new");
     let staging = PathBuf::from(staging);
     let _ = fs::remove_file(&staging);
-    let mut file = OpenOptions::new()
-        .write(true)
+    let mut file = file_options(mode)
         .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(&staging)
         .ctx("create", &staging)?;
     let written = file.write_all(bytes).and_then(|()| file.sync_all());

@@ -162,31 +162,35 @@ impl View {
         self.find_indexed(hash, prefix, key)
     }
 
-    /// The newest record of this key that the indexes know (removals included). A slot of the
-    /// recent index with the key's hash whose record fails its checks (a damaged file) makes it
-    /// a miss: that record may be the key's newest, and the full index's older one must not
-    /// show through.
+    /// The newest record of this key that the indexes know (removals included): the recent
+    /// index's, else the full index's.
     fn find_indexed(
         &self,
         hash: u64,
         prefix: &[u8],
         key: &[u8],
     ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
-        if let Some(recent) = &self.recent {
-            let found = recent.probe(hash, |s| {
-                match self.record(s.seg.to_native(), s.off.to_native()) {
-                    Some((map, rec)) => (rec.key_hash == hash && key_eq(&rec, prefix, key))
-                        .then_some(Some((map, rec))),
-                    None => Some(None),
+        let mut indexes = self.recent.iter().chain(&self.index);
+        indexes.find_map(|i| self.probe_index(i, hash, prefix, key))?
+    }
+
+    /// The record of this key that `index` points at, if any. `Some(None)`: a slot with the
+    /// key's hash points at a record that fails its checks (a damaged file), which makes the
+    /// key a miss: that record may be its newest, and an older one must not show through.
+    fn probe_index(
+        &self,
+        index: &Index,
+        hash: u64,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Option<Option<(&Arc<ReadMap>, RecordRef<'_>)>> {
+        index.probe(hash, |s| {
+            match self.record(s.seg.to_native(), s.off.to_native()) {
+                Some((map, rec)) => {
+                    (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some(Some((map, rec)))
                 }
-            });
-            if let Some(found) = found {
-                return found;
+                None => Some(None),
             }
-        }
-        self.index.as_ref()?.probe(hash, |s| {
-            let (map, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
-            (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some((map, rec))
         })
     }
 
@@ -205,13 +209,10 @@ impl View {
         });
         in_tail
             || (!tail_only
-                && self.recent.as_ref().is_some_and(|r| {
-                    r.probe(hash, |s| {
-                        let (_, rec) = self.record(s.seg.to_native(), s.off.to_native())?;
-                        key_eq(&rec, prefix, key).then_some(())
-                    })
-                    .is_some()
-                }))
+                && self
+                    .recent
+                    .as_ref()
+                    .is_some_and(|r| self.probe_index(r, hash, prefix, key).is_some()))
     }
 
     /// The newest record of each key the log got since the full index was written: the
