@@ -131,7 +131,7 @@ impl Store {
     /// Appends do not start a compaction until the tail has grown by 1/16 of its limit.
     fn try_compaction_later(&self) {
         let v = self.view.read();
-        let again = v.tail_records + self.tail_records_max() / 16;
+        let again = v.tail_records + self.opts.compact_records / 16;
         *self.retry_compaction.lock() = (v.generation, again);
     }
 

@@ -601,12 +601,8 @@ impl Store {
     /// `compact_bytes` bytes. This bounds what opening the cache scans. (Into a recent index,
     /// usually, when the cache is large: see [`Store::merge_at`].)
     fn tail_is_full(&self, v: &View) -> bool {
-        v.tail_records >= self.tail_records_max()
+        v.tail_records >= self.opts.compact_records
             || v.scanned.saturating_sub(v.log_start) >= self.opts.compact_bytes
-    }
-
-    fn tail_records_max(&self) -> u64 {
-        self.opts.compact_records
     }
 
     /// The number of log records (the recent index's and the tail's) past which compaction
