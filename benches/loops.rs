@@ -6,6 +6,7 @@
 //!
 //! OP:
 //! - `get`, `miss`: back-to-back lookups of existing / absent keys (RAM tier off), ns per get;
+//! - `many`, `many-miss`: the same keys through `get_many`, 64 at a time, ns per key;
 //! - `latency`: the same gets timed one by one (key formatted just before each), median and p99;
 //! - `ram`: 1000 hot keys from the RAM tier, ns per get;
 //! - `set`: 300,000 sets of new keys on a copy of the cache, each timed, median / p99 / mean
@@ -92,7 +93,7 @@ fn main() {
         .collect();
     let Some(op) = args.first() else {
         eprintln!(
-            "usage: cargo bench --bench loops -- get|miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
+            "usage: cargo bench --bench loops -- get|miss|many|many-miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
         );
         return;
     };
@@ -111,6 +112,19 @@ fn main() {
                 }
             });
             println!("{op} at {n} entries: {ns:.1} ns per get");
+        }
+        "many" | "many-miss" => {
+            let c = open(&dir, 0);
+            let base = if op == "many" { 0 } else { n + 1 };
+            let keys: Vec<String> = (0..100_000).map(|_| key(base + rng.below(n))).collect();
+            let want_hit = op == "many";
+            let ns = throughput(5, keys.len() as u64, || {
+                for batch in keys.chunks(64) {
+                    let got = c.get_many::<u64>(PREFIX, batch);
+                    assert!(got.iter().all(|v| v.is_some() == want_hit));
+                }
+            });
+            println!("{op} at {n} entries: {ns:.1} ns per key (get_many of 64 keys)");
         }
         "latency" => {
             let c = open(&dir, 0);

@@ -449,22 +449,21 @@ impl Cache {
         }
     }
 
-    /// Finds a live value and hands it to `extract` with the key's hash. `count` says whether
-    /// this lookup goes into the hit/miss counters.
+    /// Finds a live value of a key (of a valid prefix, with its `hash`) and hands it to
+    /// `extract`. `count` says whether this lookup goes into the hit/miss counters.
     fn lookup<R>(
         &self,
         prefix: &str,
         key: &str,
+        hash: u64,
         count: bool,
-        extract: impl FnOnce(u64, Hit<'_>) -> R,
-    ) -> Result<Option<R>> {
+        extract: impl FnOnce(Hit<'_>) -> R,
+    ) -> Option<R> {
         let tally = |c: &AtomicU64| {
             if count {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         };
-        validate_prefix(prefix)?;
-        let hash = self.hash(prefix, key);
         let now = self.clock.now_coarse();
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
@@ -490,11 +489,11 @@ impl Cache {
         };
         if let Some((value, ts)) = ram_hit {
             tally(&self.ram_hits);
-            return Ok(Some(extract(hash, Hit::Ram(value, ts))));
+            return Some(extract(Hit::Ram(value, ts)));
         }
         let found = reader.as_ref().and_then(|r| {
             r.get(hash, prefix, key, |map, rec| {
-                (!self.expired(rec.timestamp, now)).then(|| extract(hash, Hit::Disk(map, rec)))
+                (!self.expired(rec.timestamp, now)).then(|| extract(Hit::Disk(map, rec)))
             })
         });
         let found = found.flatten();
@@ -503,7 +502,7 @@ impl Cache {
         } else {
             &self.misses
         });
-        Ok(found)
+        found
     }
 
     /// The value of `key`, or `None` on a miss, an expired entry, a bad prefix, or a stored
@@ -526,7 +525,60 @@ impl Cache {
         key: &str,
         count: bool,
     ) -> Result<Option<T>> {
-        self.lookup(prefix, key, count, |hash, hit| match hit {
+        validate_prefix(prefix)?;
+        self.get_hashed(prefix, key, self.hash(prefix, key), count)
+    }
+
+    /// The values of many keys of one prefix, in their order: what [`Cache::get`] returns for
+    /// each (a bad prefix: all `None`). A batch issues the memory reads of several lookups at
+    /// once, so that their waits overlap: in a cache much larger than the CPU cache, where a
+    /// lookup mostly waits for two reads of the shared map (the index slot, then the record),
+    /// a key costs a fraction of a `get` (docs/performance.md).
+    pub fn get_many<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        keys: &[impl AsRef<str>],
+    ) -> Vec<Option<T>> {
+        /// Keys whose reads are issued together: enough to keep the memory system busy,
+        /// few enough that the lines read for the first are still cached when it is looked up.
+        const BATCH: usize = 16;
+        if let Err(e) = validate_prefix(prefix) {
+            log::debug!("get_many {prefix}: {e}");
+            return keys.iter().map(|_| None).collect();
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        let mut hashes = [0u64; BATCH];
+        for chunk in keys.chunks(BATCH) {
+            let hashes = &mut hashes[..chunk.len()];
+            for (h, key) in hashes.iter_mut().zip(chunk) {
+                *h = self.hash(prefix, key.as_ref());
+            }
+            if let Some(reader) = self.reader() {
+                reader.prefetch(hashes);
+            }
+            for (key, &hash) in chunk.iter().zip(hashes.iter()) {
+                let key = key.as_ref();
+                out.push(
+                    self.get_hashed(prefix, key, hash, true)
+                        .unwrap_or_else(|e| {
+                            log::debug!("get_many {prefix}/{}: {e}", key.len());
+                            None
+                        }),
+                );
+            }
+        }
+        out
+    }
+
+    /// [`Cache::get`] of a key of a valid prefix whose hash is known.
+    fn get_hashed<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        key: &str,
+        hash: u64,
+        count: bool,
+    ) -> Result<Option<T>> {
+        self.lookup(prefix, key, hash, count, |hit| match hit {
             Hit::Ram(v, _) => v.to_value(),
             Hit::Disk(_, rec) => {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
@@ -534,19 +586,19 @@ impl Cache {
                 self.ram.insert(hash, prefix, key, stored, rec.timestamp);
                 Ok(value)
             }
-        })?
+        })
         .transpose()
     }
 
     /// The value without copying it out of the shared map where it can: token ids as
     /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        self.lookup(prefix, key, true, |_, hit| match hit {
+        validate_prefix(prefix).ok()?;
+        let hash = self.hash(prefix, key);
+        self.lookup(prefix, key, hash, true, |hit| match hit {
             Hit::Ram(v, ts) => ValueRef::owned(v, ts),
             Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
         })
-        .ok()
-        .flatten()
     }
 
     /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map.

@@ -286,8 +286,7 @@ impl Index {
     }
 
     /// Starts reading the slot a probe for `hash` reads first, so that it arrives while the
-    /// caller looks elsewhere (a plain load whose value is dropped: the CPU does not wait for
-    /// it before going on).
+    /// caller looks elsewhere (a prefetch: the CPU does not wait for it).
     #[inline]
     pub(crate) fn touch(&self, hash: u64) {
         let body = self.body();
@@ -295,7 +294,7 @@ impl Index {
             .slots
             .get(home(slot_hash(hash), body.buckets.to_native()))
         {
-            std::hint::black_box(s.hash.to_native());
+            crate::map::prefetch(s);
         }
     }
 

@@ -287,3 +287,19 @@ pub(crate) fn coarse_realtime() -> Option<f64> {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
     (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
+
+/// Asks the CPU to start loading the cache line that holds `r`, without waiting for it: a batch
+/// of lookups issues its reads of the shared map together so that their misses overlap.
+#[inline]
+pub(crate) fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect (it loads nothing into a register and
+    // faults on no address), and `r` is a valid reference anyway; SSE is part of the x86_64
+    // baseline.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(r).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}

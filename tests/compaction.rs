@@ -33,7 +33,11 @@ fn open(dir: &Path) -> Cache {
 }
 
 fn check(cache: &Cache, model: &HashMap<u64, Option<u64>>, when: &str) {
-    for (&i, &want) in model {
+    let (ids, want): (Vec<u64>, Vec<Option<u64>>) = model.iter().map(|(&i, &v)| (i, v)).unzip();
+    let keys: Vec<String> = ids.iter().map(|&i| key(i)).collect();
+    let many = cache.get_many::<u64>("token_count", &keys);
+    for ((i, want), in_batch) in ids.into_iter().zip(want).zip(many) {
+        assert_eq!(in_batch, want, "{when}: key {i} through get_many");
         assert_eq!(
             cache.get::<u64>("token_count", &key(i)),
             want,

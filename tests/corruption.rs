@@ -56,9 +56,14 @@ fn build(dir: &Path) {
 /// Reads every key: each answer must be a miss or the right value. Returns the hits.
 fn check_no_wrong_values(dir: &Path) -> usize {
     let cache = Cache::open(dir).unwrap();
+    // A batch first (the RAM tier is empty), then each key alone: the same answers.
+    let keys: Vec<String> = (0..KEYS).map(key).collect();
+    let many = cache.get_many::<String>("test", &keys);
     let mut hits = 0;
-    for i in 0..KEYS {
-        if let Some(v) = cache.get::<String>("test", &key(i)) {
+    for (i, in_batch) in (0..KEYS).zip(many) {
+        let got = cache.get::<String>("test", &key(i));
+        assert_eq!(in_batch, got, "get_many and get differ on key {i}");
+        if let Some(v) = got {
             assert_eq!(v, value_of(&key(i)), "wrong value for key {i}");
             hits += 1;
         }

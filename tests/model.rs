@@ -27,6 +27,10 @@ enum Op {
         handle: bool,
         key: u8,
     },
+    GetMany {
+        handle: bool,
+        keys: Vec<u8>,
+    },
     Compact,
     Reopen,
     ClearAll,
@@ -38,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<bool>(), 0..24u8, 0..40u8).prop_map(|(handle, key, len)| Op::Tokens { handle, key, len }),
         2 => (any::<bool>(), 0..24u8).prop_map(|(handle, key)| Op::Remove { handle, key }),
         6 => (any::<bool>(), 0..24u8).prop_map(|(handle, key)| Op::Get { handle, key }),
+        2 => (any::<bool>(), proptest::collection::vec(0..24u8, 0..40)).prop_map(|(handle, keys)| Op::GetMany { handle, keys }),
         1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
         1 => Just(Op::ClearAll),
@@ -99,6 +104,19 @@ proptest! {
                         _ => c.get::<String>("test", &key(k)).map(Val::Json),
                     };
                     prop_assert_eq!(got.as_ref(), model.get(&key(k)));
+                }
+                Op::GetMany { handle, keys } => {
+                    // As JSON: a string value is a JSON string, token ids a JSON array.
+                    let names: Vec<String> = keys.iter().map(|&k| key(k)).collect();
+                    let got = handles[handle as usize].get_many::<serde_json::Value>("test", &names);
+                    prop_assert_eq!(got.len(), names.len());
+                    for (name, got) in names.iter().zip(got) {
+                        let want = model.get(name).map(|v| match v {
+                            Val::Json(s) => serde_json::json!(s),
+                            Val::Tokens(t) => serde_json::json!(t),
+                        });
+                        prop_assert_eq!(got, want, "key {:?}", name);
+                    }
                 }
                 Op::Compact => { handles[0].compact().unwrap(); }
                 Op::Reopen => { handles = [open(tmp.path()), open(tmp.path())]; }

@@ -46,6 +46,11 @@ impl Reader<'_> {
         let (map, rec) = self.0.find(hash, prefix.as_bytes(), key.as_bytes())?;
         (rec.kind != Kind::Tombstone).then(|| f(map, &rec))
     }
+
+    /// Starts the reads of the shared map that lookups of these key hashes will make.
+    pub(crate) fn prefetch(&self, hashes: &[u64]) {
+        self.0.prefetch(hashes);
+    }
 }
 
 /// Tunables of the disk tier (the builder documents them).

@@ -127,16 +127,59 @@ impl View {
         }
     }
 
-    pub(super) fn record(&self, seg: u32, off: u32) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
-        let map = if seg != self.active {
-            self.segments.get(&seg)?
+    /// The map through which a lookup reads the record at `off` of segment `seg`.
+    fn map_at(&self, seg: u32, off: u32) -> Option<&Arc<ReadMap>> {
+        if seg != self.active {
+            self.segments.get(&seg)
         } else if u64::from(off) < self.log_start {
-            &self.log_head
+            Some(&self.log_head)
         } else {
-            &self.log_map
-        };
+            Some(&self.log_map)
+        }
+    }
+
+    pub(super) fn record(&self, seg: u32, off: u32) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
+        let map = self.map_at(seg, off)?;
         let rec = record::decode(map.bytes(), off as usize).ok()?;
         Some((map, rec))
+    }
+
+    /// Starts the reads that lookups of these hashes make, all at once, so that they overlap
+    /// (in a large cache, each is a miss of the CPU cache): first the slots the indexes' probes
+    /// start at, then, from those slots and the tail table, the first and last line of the
+    /// record each lookup will check first. Only hints: `find` checks everything as always.
+    pub(super) fn prefetch(&self, hashes: &[u64]) {
+        for &hash in hashes {
+            for index in self.recent.iter().chain(&self.index) {
+                index.touch(hash);
+            }
+        }
+        for &hash in hashes {
+            let in_tail = self.tail.candidates(hash).next();
+            let first = in_tail.map(|l| (self.active, l.off, l.len())).or_else(|| {
+                let mut indexes = self.recent.iter().chain(&self.index);
+                indexes.find_map(|i| {
+                    i.probe(hash, |s| {
+                        Some((s.seg.to_native(), s.off.to_native(), s.len.to_native()))
+                    })
+                })
+            });
+            let Some((seg, off, len)) = first else {
+                continue;
+            };
+            if let Some(map) = self.map_at(seg, off) {
+                let (start, last) = (
+                    off as usize,
+                    (off as usize + len as usize).saturating_sub(1),
+                );
+                for b in [start, last]
+                    .into_iter()
+                    .filter_map(|at| map.bytes().get(at))
+                {
+                    crate::map::prefetch(b);
+                }
+            }
+        }
     }
 
     /// The newest record of this key: from the tail, else the recent index, else the full

@@ -1,0 +1,125 @@
+//! `get_many`: the same answers as `get`, key by key, wherever the entries are (full index,
+//! recent index, tail, RAM tier), with expiry, removals, other handles' writes and counters.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokcache::{Cache, ManualClock};
+
+const NOW: f64 = 1_750_000_000.0;
+
+fn key(i: u64) -> String {
+    format!("tokenizer:cl100k_base:{i:039}")
+}
+
+/// A cache whose entries lie in a full index, a recent index over it and the tail at once.
+fn layered(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Cache {
+    let cache = Cache::builder(dir)
+        .compact_after_records(100)
+        .compact_in_background(false)
+        .max_ram_entries(50)
+        .ttl_hours(1.0)
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    for i in 0..6000 {
+        cache.set("token_count", &key(i), &i).unwrap();
+    }
+    cache.compact().unwrap();
+    // Fewer than 6000 / 32 records after the full index: compactions write recent indexes.
+    for i in 0..150 {
+        cache.set("token_count", &key(i), &(i + 1_000_000)).unwrap();
+    }
+    for i in 150..170 {
+        cache.remove("token_count", &key(i)).unwrap();
+    }
+    cache
+}
+
+#[test]
+fn answers_as_get_does_key_by_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(NOW));
+    let cache = layered(tmp.path(), &clock);
+    let s = cache.get_stats();
+    assert!(s.recent_index_records > 0 && s.tail_records > 0, "{s:?}");
+    // Older entries expire: written an hour and a half before the rest.
+    clock.set(NOW - 5400.0);
+    for i in 9000..9010 {
+        cache.set("token_count", &key(i), &i).unwrap();
+    }
+    clock.set(NOW);
+    // Other value kinds, and a value `u64` does not decode.
+    cache.set("token_count", &key(9100), "text").unwrap();
+    cache
+        .set_tokens("token_count", &key(9101), &[1, 2, 3])
+        .unwrap();
+
+    let mut ids: Vec<u64> = (0..6000).step_by(7).collect();
+    ids.extend(0..200); // overwritten in the log, removed, and some twice in one batch
+    ids.extend([9000, 9005, 9100, 9101, 7_000_000, 0, 0]);
+    let keys: Vec<String> = ids.iter().map(|&i| key(i)).collect();
+    let want: Vec<Option<u64>> = ids
+        .iter()
+        .map(|&i| match i {
+            0..150 => Some(i + 1_000_000),
+            150..170 | 9000.. => None,
+            _ => Some(i),
+        })
+        .collect();
+    let before = cache.get_stats();
+    let many = cache.get_many::<u64>("token_count", &keys);
+    assert_eq!(many, want);
+    let after = cache.get_stats();
+    // As with `get`, an entry found whose value is not a `u64` (9100, 9101) counts as a hit.
+    let hits = want.iter().filter(|v| v.is_some()).count() as u64 + 2;
+    assert_eq!(
+        (after.ram_hits + after.disk_hits) - (before.ram_hits + before.disk_hits),
+        hits
+    );
+    assert_eq!(after.misses - before.misses, keys.len() as u64 - hits);
+    for (k, in_batch) in keys.iter().zip(&many) {
+        assert_eq!(&cache.get::<u64>("token_count", k), in_batch, "{k}");
+    }
+    // Values of any type, as `get` decodes them.
+    let as_json = cache.get_many::<Value>("token_count", &[key(9100), key(9101), key(3)]);
+    assert_eq!(
+        as_json,
+        [
+            Some(json!("text")),
+            Some(json!([1, 2, 3])),
+            Some(json!(1_000_003))
+        ]
+    );
+    // A second handle's writes are seen by the next batch.
+    let other = Cache::builder(tmp.path())
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    other.set("token_count", &key(1), &5u64).unwrap();
+    other.remove("token_count", &key(2)).unwrap();
+    assert_eq!(
+        cache.get_many::<u64>("token_count", &[key(1), key(2), key(4)]),
+        [Some(5), None, Some(1_000_004)]
+    );
+}
+
+#[test]
+fn empty_batches_and_bad_prefixes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::open(tmp.path()).unwrap();
+    cache.set("token_count", "a", &1u64).unwrap();
+    let none: [&str; 0] = [];
+    assert!(cache.get_many::<u64>("token_count", &none).is_empty());
+    assert_eq!(
+        cache.get_many::<u64>("bad/prefix", &["a", "b"]),
+        [None, None]
+    );
+    assert_eq!(
+        cache.get_many::<u64>("token_count", &["a", "b"]),
+        [Some(1), None]
+    );
+    // Keys as `&str`, `String` or anything else that is `AsRef<str>`.
+    let owned = vec![String::from("a")];
+    assert_eq!(cache.get_many::<u64>("token_count", &owned), [Some(1)]);
+}
