@@ -464,13 +464,14 @@ impl Cache {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         };
-        let now = self.clock.now_coarse();
+        // The clock is read only for an entry found (a miss does not need it).
+        let now = || self.clock.now_coarse();
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
         // Either way it is asked once. One read guard serves catching up and the disk tier.
         let unchanged = self.store.as_ref().is_none_or(|s| s.unchanged());
         let in_ram = |ram: &RamTier| match ram.get(hash, prefix, key) {
-            Some((value, ts)) if !self.expired(ts, now) => Some((value, ts)),
+            Some((value, ts)) if !self.expired(ts, now()) => Some((value, ts)),
             Some(_) => {
                 ram.remove(hash);
                 None
@@ -493,7 +494,7 @@ impl Cache {
         }
         let found = reader.as_ref().and_then(|r| {
             r.get(hash, prefix, key, |map, rec| {
-                (!self.expired(rec.timestamp, now)).then(|| extract(Hit::Disk(map, rec)))
+                (!self.expired(rec.timestamp, now())).then(|| extract(Hit::Disk(map, rec)))
             })
         });
         let found = found.flatten();

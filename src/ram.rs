@@ -61,7 +61,11 @@ impl RamTier {
         if &*e.key != key || &*e.prefix != prefix {
             return None;
         }
-        e.referenced.store(true, Ordering::Relaxed);
+        // Stored only when clear: hits on a hot entry from several threads then only read
+        // its cache line.
+        if !e.referenced.load(Ordering::Relaxed) {
+            e.referenced.store(true, Ordering::Relaxed);
+        }
         Some((e.value.clone(), e.timestamp))
     }
 

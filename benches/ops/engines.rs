@@ -21,6 +21,10 @@ pub trait Engine: Sized {
     fn open(dir: &Path, ram: bool) -> Self;
     fn set(&self, key: &str, value: u64);
     fn get(&self, key: &str) -> Option<u64>;
+    /// The values of a batch of keys, in order (default: one `get` each).
+    fn get_many(&self, keys: &[String]) -> Vec<Option<u64>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Bulk load for building large caches quickly (default: one `set` each).
     fn load(&self, keys: &mut dyn Iterator<Item = (String, u64)>) {
         for (k, v) in keys {
@@ -43,6 +47,9 @@ impl Engine for Tok {
     }
     fn get(&self, key: &str) -> Option<u64> {
         self.0.get(PREFIX, key)
+    }
+    fn get_many(&self, keys: &[String]) -> Vec<Option<u64>> {
+        self.0.get_many(PREFIX, keys)
     }
 }
 
@@ -149,6 +156,16 @@ mod compare {
                 .unwrap()
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         }
+        /// One read transaction for the batch.
+        fn get_many(&self, keys: &[String]) -> Vec<Option<u64>> {
+            let r = self.env.read_txn().unwrap();
+            keys.iter()
+                .map(|k| {
+                    let v = self.db.get(&r, k).unwrap();
+                    v.map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                })
+                .collect()
+        }
         fn load(&self, keys: &mut dyn Iterator<Item = (String, u64)>) {
             let mut w = self.env.write_txn().unwrap();
             for (k, v) in keys {
@@ -186,6 +203,14 @@ mod compare {
                 .get(key)
                 .unwrap()
                 .map(|v| v.value())
+        }
+        /// One read transaction for the batch.
+        fn get_many(&self, keys: &[String]) -> Vec<Option<u64>> {
+            let r = self.0.begin_read().unwrap();
+            let t = r.open_table(TABLE).unwrap();
+            keys.iter()
+                .map(|k| t.get(k.as_str()).unwrap().map(|v| v.value()))
+                .collect()
         }
         fn load(&self, keys: &mut dyn Iterator<Item = (String, u64)>) {
             let mut w = self.0.begin_write().unwrap();

@@ -145,6 +145,26 @@ fn child_get<E: Engine>(dir: &Path, n: u64, count: u64, seed: u64) -> Timings {
     t
 }
 
+/// Gets of random keys in batches of [`BATCH`]; one sample per batch: its time per key.
+fn child_get_many<E: Engine>(dir: &Path, n: u64, count: u64, seed: u64) -> Timings {
+    let e = E::open(dir, false);
+    let mut rng = Rng(seed | 1);
+    let mut t = Timings::default();
+    for _ in 0..count / BATCH as u64 {
+        let ids: Vec<u64> = (0..BATCH).map(|_| rng.next() % n).collect();
+        let keys: Vec<String> = ids.iter().map(|&i| key(i)).collect();
+        let got = t.time(|| e.get_many(&keys));
+        let want: Vec<Option<u64>> = ids.iter().map(|&i| Some(value(i))).collect();
+        assert_eq!(got, want, "wrong value");
+        let per_key = t.0.last_mut().unwrap();
+        *per_key /= BATCH as u64;
+    }
+    t
+}
+
+/// Keys per batch in the `get_many` row.
+const BATCH: usize = 64;
+
 fn child_set<E: Engine>(dir: &Path, _n: u64, count: u64, seed: u64) -> Timings {
     let e = E::open(dir, false);
     let mut t = Timings::default();
@@ -187,6 +207,7 @@ fn child_main(spec: &str) {
     let [n, count, seed] = [3, 4, 5].map(|i| parts[i].parse::<u64>().unwrap());
     let t = match op {
         "get" => with_engine!(engine, child_get(dir, n, count, seed)),
+        "get_many" => with_engine!(engine, child_get_many(dir, n, count, seed)),
         "set" => with_engine!(engine, child_set(dir, n, count, seed)),
         "rss" => with_engine!(engine, child_rss(dir, n, count, seed)),
         "compact" => child_compact(dir, count),
@@ -335,6 +356,11 @@ fn measure<E: Engine>(
     push(
         "get, hit from disk tier, fresh process",
         collect(vec![spawn("get", engine, &dir, n, 200_000, 7)]),
+    );
+
+    push(
+        "get, hit, in batches of 64 keys (get_many), per key, fresh process",
+        collect(vec![spawn("get_many", engine, &dir, n, 200_000, 7)]),
     );
 
     let e = E::open(&dir, false);
