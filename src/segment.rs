@@ -175,10 +175,27 @@ pub(crate) fn append_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> 
         .ctx("append to segment", path)
 }
 
+/// Logs at least this long end on a 2 MiB boundary, as they grow and after the compactions
+/// their growth sets off ([`huge_aligned`]): the page cache then fills them in whole 2 MiB
+/// folios, which readers map with one page table entry each (see `map::prefer_huge_pages`;
+/// trimming a log inside a folio would split it). The slack, under 2 MiB, is at most 1/16 of
+/// such a log; smaller logs keep exact lengths, and `compact()` trims exactly.
+const HUGE_ALIGN_FROM: u64 = 32 << 20;
+
+/// `len`, rounded up to a multiple of 2 MiB if it is a large log's (see [`HUGE_ALIGN_FROM`]).
+pub(crate) fn huge_aligned(len: u64) -> u64 {
+    if len >= HUGE_ALIGN_FROM {
+        len.next_multiple_of(2 << 20)
+    } else {
+        len
+    }
+}
+
 /// Grows the log so that `need` bytes fit, in steps of 1/8 of its length past `start` (the
 /// tail: 64 KiB to 8 MiB) so that readers remap rarely, and returns the new length. (Steps
 /// follow the tail, not the file: a log that goes on for many generations would otherwise keep
-/// megabytes reserved that a small cache never fills.) The new space is allocated where
+/// megabytes reserved that a small cache never fills.) A large log's end stays 2 MiB-aligned
+/// ([`huge_aligned`]). The new space is allocated where
 /// the file system can (so a full disk shows here, as an error, and writes through a mapping
 /// into it cannot fail); elsewhere it is sparse. `current` may be stale: another process may have
 /// grown the file, and it is never shrunk.
@@ -198,7 +215,7 @@ pub(crate) fn reserve(
     }
     const KIB: u64 = 1024;
     let step = (current.saturating_sub(start) / 8).clamp(64 * KIB, 8192 * KIB);
-    let len = need.max(current + step).next_multiple_of(64 * KIB);
+    let len = huge_aligned(need.max(current + step).next_multiple_of(64 * KIB));
     match map::allocate(file, current, len - current) {
         Ok(()) => {}
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
@@ -248,4 +265,37 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u32>> {
     }
     ids.sort_unstable();
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_logs_grow_to_whole_2_mib_steps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("seg");
+        let file = File::create_new(&path).unwrap();
+        // A small log grows in 64 KiB multiples, a large one to 2 MiB boundaries.
+        let small = reserve(&file, &path, 0, 0, 100_000).unwrap();
+        assert_eq!(small, 128 << 10);
+        let mut len = small;
+        let mut aligned_from = None;
+        while len < 64 << 20 {
+            len = reserve(&file, &path, 0, len, len + 300_000).unwrap();
+            assert_eq!(file.metadata().unwrap().len(), len);
+            if len >= HUGE_ALIGN_FROM {
+                assert_eq!(len % (2 << 20), 0, "{len}");
+                aligned_from.get_or_insert(len);
+            } else {
+                assert_eq!(len % (64 << 10), 0, "{len}");
+            }
+        }
+        assert!(aligned_from.is_some());
+        assert_eq!(huge_aligned(HUGE_ALIGN_FROM - 1), HUGE_ALIGN_FROM - 1);
+        assert_eq!(
+            huge_aligned(HUGE_ALIGN_FROM + 1),
+            HUGE_ALIGN_FROM + (2 << 20)
+        );
+    }
 }

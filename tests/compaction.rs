@@ -478,3 +478,56 @@ fn a_flood_of_writes_ends_with_a_short_tail() {
         Some(199_999)
     );
 }
+
+/// The length of the newest segment file: the log.
+fn log_len(dir: &Path) -> u64 {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tks"))
+        .collect();
+    logs.sort();
+    std::fs::metadata(logs.last().unwrap()).unwrap().len()
+}
+
+#[test]
+fn a_large_log_keeps_whole_2_mib_steps_until_compact_trims_it() {
+    // Past 32 MiB, the log ends on a 2 MiB boundary after the compactions its growth sets off
+    // (a trim inside a 2 MiB folio of the page cache would split it); `compact()` gives all
+    // the reserved space back.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::builder(tmp.path())
+        .compact_after_bytes(4 << 20)
+        .compact_in_background(false)
+        .max_ram_entries(0)
+        .open()
+        .unwrap();
+    let value = "v".repeat(60_000);
+    let mut generations = 0;
+    for i in 0..700u64 {
+        cache.set("test", &key(i), &value).unwrap();
+        let s = cache.get_stats();
+        if s.index_generation != generations {
+            generations = s.index_generation;
+            let len = log_len(tmp.path());
+            if len >= 32 << 20 {
+                assert_eq!(len % (2 << 20), 0, "set {i}: log of {len} bytes");
+            }
+        }
+    }
+    assert!(log_len(tmp.path()) >= 40 << 20);
+    assert!(generations >= 8, "{generations} compactions");
+    let before = log_len(tmp.path());
+    cache.compact().unwrap();
+    let after = log_len(tmp.path());
+    assert!(
+        after < before && after % (2 << 20) != 0,
+        "{before} -> {after}"
+    );
+    drop(cache);
+    let cache = Cache::open(tmp.path()).unwrap();
+    for i in (0..700u64).step_by(37) {
+        assert_eq!(cache.get::<String>("test", &key(i)).as_ref(), Some(&value));
+    }
+    assert!(cache.verify(|_| {}).problems.is_empty());
+}

@@ -204,7 +204,7 @@ impl Store {
             return Ok(None);
         }
         let (report, garbage) = match plan {
-            Some(plan) => self.commit(&mut v, plan)?,
+            Some(plan) => self.commit(&mut v, plan, !only_if_full)?,
             None => return self.rebuild_damaged(&mut v, on_change).map(Some),
         };
         drop((v, l, w));
@@ -225,7 +225,7 @@ impl Store {
         let Some(plan) = self.plan(v, now, expire, true, true)? else {
             return self.rebuild_damaged(v, on_change);
         };
-        let (report, garbage) = self.commit(v, plan)?;
+        let (report, garbage) = self.commit(v, plan, true)?;
         super::discard(std::mem::replace(v, self.load_view(self.control.state())?));
         self.retire(&garbage)?;
         Ok(report)
@@ -531,15 +531,31 @@ impl Store {
     /// Publishes a plan built from `v`'s generation. Caller holds the locks; `v` is caught up,
     /// and stays a view of the old generation (the next lookup or append loads the new one,
     /// outside the lock). Returns the files the new generation no longer names, for
-    /// [`Store::retire`].
-    fn commit(&self, v: &mut View, mut plan: Plan) -> Result<(CompactReport, Vec<PathBuf>)> {
+    /// [`Store::retire`]. `asked`: a compaction asked for (`compact`, `clear_expired`), which
+    /// gives back all the space reserved past the log's end.
+    fn commit(
+        &self,
+        v: &mut View,
+        mut plan: Plan,
+        asked: bool,
+    ) -> Result<(CompactReport, Vec<PathBuf>)> {
         debug_assert_eq!(plan.generation, v.generation);
         let committed = if plan.new_active == v.active {
             // The log goes on: what was appended since the snapshot is the new tail. The space
             // reserved past it is given back (every writer maps the log afresh in the new
-            // generation, and reserves again as it appends).
+            // generation, and reserves again as it appends), but for a large log's last,
+            // partly filled 2 MiB (`segment::huge_aligned`), unless the compaction was asked
+            // for. Only ever shrunk: what stays is space reserved before.
             if let Some(log) = &v.log {
-                log.set_len(v.scanned).ctx("trim segment", &v.log_path)?;
+                let len = log.metadata().ctx("stat segment", &v.log_path)?.len();
+                let keep = if asked {
+                    v.scanned
+                } else {
+                    segment::huge_aligned(v.scanned)
+                };
+                if keep < len {
+                    log.set_len(keep).ctx("trim segment", &v.log_path)?;
+                }
             }
             v.scanned
         } else {
