@@ -521,7 +521,7 @@ fn a_large_log_keeps_whole_2_mib_steps_until_compact_trims_it() {
     cache.compact().unwrap();
     let after = log_len(tmp.path());
     assert!(
-        after < before && after % (2 << 20) != 0,
+        after < before && !after.is_multiple_of(2 << 20),
         "{before} -> {after}"
     );
     drop(cache);
