@@ -133,7 +133,11 @@ macro_rules! with_engine {
 // ---- child processes ----
 
 fn child_get<E: Engine>(dir: &Path, n: u64, count: u64, seed: u64) -> Timings {
-    let e = E::open(dir, false);
+    gets(&E::open(dir, false), n, count, seed)
+}
+
+/// `count` gets of random existing keys, each timed and checked.
+fn gets<E: Engine>(e: &E, n: u64, count: u64, seed: u64) -> Timings {
     let mut rng = Rng(seed | 1);
     let mut t = Timings::default();
     for _ in 0..count {
@@ -175,8 +179,10 @@ fn child_set<E: Engine>(dir: &Path, _n: u64, count: u64, seed: u64) -> Timings {
     t
 }
 
+/// Memory of a process that opened the cache and did `count` gets, read while it is open.
 fn child_rss<E: Engine>(dir: &Path, n: u64, count: u64, seed: u64) -> Timings {
-    child_get::<E>(dir, n, count, seed);
+    let e = E::open(dir, false);
+    gets(&e, n, count, seed);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb = |field: &str| {
         status
@@ -185,7 +191,9 @@ fn child_rss<E: Engine>(dir: &Path, n: u64, count: u64, seed: u64) -> Timings {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0u64)
     };
-    Timings(vec![kb("RssAnon:"), kb("RssFile:")])
+    let t = Timings(vec![kb("RssAnon:"), kb("RssFile:")]);
+    drop(e);
+    t
 }
 
 /// tokcache only: `count` compactions in a row, each timed.
