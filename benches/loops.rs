@@ -6,6 +6,8 @@
 //!
 //! OP:
 //! - `get`, `miss`: back-to-back lookups of existing / absent keys (RAM tier off), ns per get;
+//!   `get-ram`: the existing keys with a RAM tier of 1000 entries (the default), which they
+//!   keep missing: each disk hit also goes into it;
 //! - `many`, `many-miss`: the same keys through `get_many`, 64 at a time, ns per key;
 //! - `latency`: the same gets timed one by one (key formatted just before each), median and p99;
 //! - `ram`: 1000 hot keys from the RAM tier, ns per get;
@@ -93,7 +95,7 @@ fn main() {
         .collect();
     let Some(op) = args.first() else {
         eprintln!(
-            "usage: cargo bench --bench loops -- get|miss|many|many-miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
+            "usage: cargo bench --bench loops -- get|get-ram|miss|many|many-miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
         );
         return;
     };
@@ -101,11 +103,13 @@ fn main() {
     let dir = cache_dir(format!("loops-{n}"), n, key);
     let mut rng = Rng(0x5eed);
     match op.as_str() {
-        "get" | "miss" => {
-            let c = open(&dir, 0);
-            let base = if op == "get" { 0 } else { n + 1 };
+        "get" | "miss" | "get-ram" => {
+            // `get-ram`: with the default RAM tier (1000 entries), which random keys miss:
+            // each disk hit is also put into it, evicting another.
+            let c = open(&dir, if op == "get-ram" { 1000 } else { 0 });
+            let base = if op == "miss" { n + 1 } else { 0 };
             let keys: Vec<String> = (0..100_000).map(|_| key(base + rng.below(n))).collect();
-            let want_hit = op == "get";
+            let want_hit = op != "miss";
             let ns = throughput(5, keys.len() as u64, || {
                 for k in &keys {
                     assert_eq!(c.get::<u64>(PREFIX, k).is_some(), want_hit);

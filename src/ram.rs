@@ -10,11 +10,36 @@ use crate::value::Stored;
 
 struct Entry {
     hash: u64,
-    prefix: Box<str>,
-    key: Box<str>,
+    prefix: String,
+    key: String,
     value: Stored,
     timestamp: f64,
     referenced: AtomicBool,
+}
+
+impl Entry {
+    /// Makes this entry the given one, reusing its buffers: a disk hit that evicts another
+    /// entry then allocates nothing for the key (unless it is longer, or the buffer kept is
+    /// far larger than needed).
+    fn refill(&mut self, hash: u64, prefix: &str, key: &str, value: Stored, timestamp: f64) {
+        reuse(&mut self.prefix, prefix);
+        reuse(&mut self.key, key);
+        self.hash = hash;
+        self.value = value;
+        self.timestamp = timestamp;
+        *self.referenced.get_mut() = false;
+    }
+}
+
+/// Copies `from` into `buf`, keeping its allocation unless that is over 4 times (and 1 KiB
+/// past) what `from` needs: one long key must not leave a large buffer behind.
+fn reuse(buf: &mut String, from: &str) {
+    if buf.capacity() > from.len().saturating_mul(4).max(1024) {
+        *buf = from.to_owned();
+    } else {
+        buf.clear();
+        buf.push_str(from);
+    }
 }
 
 #[derive(Default)]
@@ -75,31 +100,31 @@ impl RamTier {
         }
         let mut guard = self.shard(hash).write();
         let shard = &mut *guard;
-        let entry = Entry {
-            hash,
-            prefix: prefix.into(),
-            key: key.into(),
-            value,
-            timestamp,
-            referenced: AtomicBool::new(false),
-        };
         if let Some(&i) = shard.by_hash.get(&hash) {
-            shard.entries[i] = entry;
+            shard.entries[i].refill(hash, prefix, key, value, timestamp);
             return;
         }
         if shard.entries.len() < self.per_shard {
             shard.by_hash.insert(hash, shard.entries.len());
-            shard.entries.push(entry);
+            shard.entries.push(Entry {
+                hash,
+                prefix: prefix.to_owned(),
+                key: key.to_owned(),
+                value,
+                timestamp,
+                referenced: AtomicBool::new(false),
+            });
             self.len.fetch_add(1, Ordering::Relaxed);
             return;
         }
         loop {
             let i = shard.hand;
             shard.hand = (shard.hand + 1) % shard.entries.len();
-            if !shard.entries[i].referenced.swap(false, Ordering::Relaxed) {
-                shard.by_hash.remove(&shard.entries[i].hash);
+            let e = &mut shard.entries[i];
+            if !std::mem::take(e.referenced.get_mut()) {
+                shard.by_hash.remove(&e.hash);
                 shard.by_hash.insert(hash, i);
-                shard.entries[i] = entry;
+                e.refill(hash, prefix, key, value, timestamp);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -156,5 +181,24 @@ mod tests {
         assert_eq!(ram.len(), 2);
         ram.clear();
         assert_eq!(ram.len(), 0);
+    }
+
+    #[test]
+    fn evicted_buffers_are_reused_unless_far_too_large() {
+        let ram = RamTier::new(1);
+        let key_capacity = |ram: &RamTier| ram.shards[0].read().entries[0].key.capacity();
+        ram.insert(1, "p", &"k".repeat(500), Stored::Int(1), 0.0);
+        let first = key_capacity(&ram);
+        ram.insert(2, "p", "short", Stored::Int(2), 0.0); // evicts: same buffer
+        assert_eq!(key_capacity(&ram), first);
+        ram.insert(3, "p", &"x".repeat(100_000), Stored::Int(3), 0.0);
+        assert!(ram.get(3, "p", &"x".repeat(100_000)).is_some());
+        ram.insert(4, "p", "short", Stored::Int(4), 0.0); // a 100 KB buffer is not kept
+        assert!(key_capacity(&ram) <= 1024, "{}", key_capacity(&ram));
+        assert_eq!(
+            ram.get(4, "p", "short").map(|(v, _)| v),
+            Some(Stored::Int(4))
+        );
+        assert!(ram.get(3, "p", &"x".repeat(100_000)).is_none());
     }
 }
