@@ -70,6 +70,23 @@ fn mixed_worker() {
                             wrong += u64::from(v != value_of(&k));
                         }
                     }
+                    if i % 50 == 0 {
+                        // A batch of shared and own keys, through `get_many`.
+                        let keys: Vec<String> = (0..20)
+                            .map(|j| match j % 2 {
+                                0 => shared_key(rng.below(SHARED)),
+                                _ => own_key(
+                                    rng.below(PROCESSES),
+                                    rng.below(THREADS),
+                                    rng.below(i + 1),
+                                ),
+                            })
+                            .collect();
+                        let got = cache.get_many::<u64>("test", &keys);
+                        for (k, v) in keys.iter().zip(got) {
+                            wrong += u64::from(v.is_some_and(|v| v != value_of(k)));
+                        }
+                    }
                 }
                 wrong
             })
