@@ -117,6 +117,29 @@ fn main() {
             });
             println!("{op} at {n} entries: {ns:.1} ns per get");
         }
+        "get-2t" | "ram-2t" => {
+            // Two threads of one process share the cache (RAM tier off / hot keys in it).
+            let ram = op == "ram-2t";
+            let c = open(&dir, if ram { 100_000 } else { 0 });
+            let span = if ram { 1000 } else { n };
+            let keys: Vec<String> = (0..100_000).map(|_| key(rng.below(span))).collect();
+            let ns = std::thread::scope(|s| {
+                let runs: Vec<_> = (0..2)
+                    .map(|t| {
+                        let (c, keys) = (&c, &keys);
+                        s.spawn(move || {
+                            throughput(5, keys.len() as u64, || {
+                                for k in keys.iter().skip(t) {
+                                    assert!(c.get::<u64>(PREFIX, k).is_some());
+                                }
+                            })
+                        })
+                    })
+                    .collect();
+                runs.into_iter().map(|r| r.join().unwrap()).sum::<f64>() / 2.0
+            });
+            println!("{op} at {n} entries: {ns:.1} ns per get in each of 2 threads");
+        }
         "many" | "many-miss" => {
             let c = open(&dir, 0);
             let base = if op == "many" { 0 } else { n + 1 };

@@ -19,6 +19,7 @@ use crate::ram::RamTier;
 use crate::record::{self, Kind, MAX_RECORD_LEN, RecordRef};
 use crate::segment::Dir;
 use crate::store::{self, CompactReport, Store, VerifyReport};
+use crate::tally::{Found, Tally};
 use crate::value::Stored;
 
 /// How the cache keeps its entries.
@@ -197,9 +198,7 @@ impl CacheBuilder {
             ttl_secs,
             clock: self.clock,
             local_seed: random_seed(),
-            ram_hits: AtomicU64::new(0),
-            disk_hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            tally: Tally::default(),
             saves: AtomicU64::new(0),
             flights: Mutex::new(HashKeyed::default()),
         };
@@ -282,9 +281,8 @@ pub struct Cache {
     ttl_secs: f64,
     clock: Arc<dyn Clock>,
     local_seed: u64,
-    ram_hits: AtomicU64,
-    disk_hits: AtomicU64,
-    misses: AtomicU64,
+    /// Hits and misses.
+    tally: Tally,
     saves: AtomicU64,
     /// One mutex per key being computed by `get_or_insert_with` (per key, not striped, so that
     /// a computation may itself call `get_or_insert_with` for other keys).
@@ -459,9 +457,9 @@ impl Cache {
         count: bool,
         extract: impl FnOnce(Hit<'_>) -> R,
     ) -> Option<R> {
-        let tally = |c: &AtomicU64| {
+        let tally = |found| {
             if count {
-                c.fetch_add(1, Ordering::Relaxed);
+                self.tally.add(found);
             }
         };
         // The clock is read only for an entry found (a miss does not need it).
@@ -489,7 +487,7 @@ impl Cache {
             reader
         };
         if let Some((value, ts)) = ram_hit {
-            tally(&self.ram_hits);
+            tally(Found::RamHit);
             return Some(extract(Hit::Ram(value, ts)));
         }
         let found = reader.as_ref().and_then(|r| {
@@ -499,9 +497,9 @@ impl Cache {
         });
         let found = found.flatten();
         tally(if found.is_some() {
-            &self.disk_hits
+            Found::DiskHit
         } else {
-            &self.misses
+            Found::Miss
         });
         found
     }
@@ -732,9 +730,9 @@ impl Cache {
         self.refresh();
         let disk = self.store.as_ref().map(|s| s.stats()).unwrap_or_default();
         let (ram_hits, disk_hits, misses) = (
-            self.ram_hits.load(Ordering::Relaxed),
-            self.disk_hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
+            self.tally.get(Found::RamHit),
+            self.tally.get(Found::DiskHit),
+            self.tally.get(Found::Miss),
         );
         let lookups = ram_hits + disk_hits + misses;
         let hit_rate_percent = if lookups == 0 {

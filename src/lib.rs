@@ -36,6 +36,7 @@ mod ram;
 mod record;
 mod segment;
 mod store;
+mod tally;
 mod value;
 
 use std::sync::OnceLock;
