@@ -237,15 +237,7 @@ fn a_full_log_is_compacted_on_a_thread_or_inline_as_configured() {
 fn a_rebuild_leaves_out_segments_a_dead_compaction_never_published() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let segments = || -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "tks"))
-            .collect();
-        v.sort();
-        v
-    };
+    let segments = || files_with(dir, "tks");
     let cache = open(dir);
     cache.set("token_count", &key(1), &1u64).unwrap();
     cache.flush().unwrap();
@@ -270,17 +262,19 @@ fn a_rebuild_leaves_out_segments_a_dead_compaction_never_published() {
     );
 }
 
-fn index_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
+/// The files of `dir` with this extension, sorted (by id, for segments and indexes).
+fn files_with(dir: &Path, extension: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "tki")
-        })
-        .count()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect();
+    v.sort();
+    v
+}
+
+fn index_files(dir: &Path) -> usize {
+    files_with(dir, "tki").len()
 }
 
 #[test]
@@ -481,12 +475,7 @@ fn a_flood_of_writes_ends_with_a_short_tail() {
 
 /// The length of the newest segment file: the log.
 fn log_len(dir: &Path) -> u64 {
-    let mut logs: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tks"))
-        .collect();
-    logs.sort();
+    let logs = files_with(dir, "tks");
     std::fs::metadata(logs.last().unwrap()).unwrap().len()
 }
 
