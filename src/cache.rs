@@ -747,7 +747,7 @@ impl Cache {
             disk_hits,
             misses,
             saves: self.saves.load(Ordering::Relaxed),
-            evictions: self.ram.evictions.load(Ordering::Relaxed),
+            evictions: self.ram.evictions(),
             hit_rate_percent,
             temp_dir: self.dir.display().to_string(),
             live_bytes: disk.live_bytes,

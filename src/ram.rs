@@ -1,7 +1,7 @@
 //! The RAM tier: decoded values of recently used entries, bounded in count, evicted by CLOCK
 //! (an LRU approximation whose hits take only a shared lock). Sharded by key hash.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
@@ -42,28 +42,35 @@ fn reuse(buf: &mut String, from: &str) {
     }
 }
 
+/// A part of the tier, with its own lock and its own CLOCK over its share of the capacity.
+/// Its counts are plain fields under its lock: a counter shared by the shards would be written
+/// by every thread's inserts.
 #[derive(Default)]
 struct Shard {
     entries: Vec<Entry>,
     by_hash: HashKeyed<usize>,
     hand: usize,
+    capacity: usize,
+    evictions: u64,
 }
 
 pub(crate) struct RamTier {
     shards: Box<[RwLock<Shard>]>,
-    per_shard: usize,
-    len: AtomicUsize,
-    pub(crate) evictions: AtomicU64,
+    capacity: usize,
 }
 
 impl RamTier {
+    /// A tier of `capacity` entries, in 8 shards from 64 entries on (threads that look up or
+    /// insert at once then rarely take the same lock), else in one.
     pub(crate) fn new(capacity: usize) -> Self {
-        let shards = if capacity >= 4096 { 8 } else { 1 };
+        let n = if capacity >= 64 { 8 } else { 1 };
+        let shard = |i| Shard {
+            capacity: capacity / n + usize::from(i < capacity % n),
+            ..Shard::default()
+        };
         Self {
-            shards: (0..shards).map(|_| RwLock::new(Shard::default())).collect(),
-            per_shard: capacity.div_ceil(shards),
-            len: AtomicUsize::new(0),
-            evictions: AtomicU64::new(0),
+            shards: (0..n).map(|i| RwLock::new(shard(i))).collect(),
+            capacity,
         }
     }
 
@@ -73,12 +80,17 @@ impl RamTier {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| s.read().entries.len()).sum()
+    }
+
+    /// Entries evicted to make room, since the tier was made.
+    pub(crate) fn evictions(&self) -> u64 {
+        self.shards.iter().map(|s| s.read().evictions).sum()
     }
 
     /// The value and its timestamp, if present.
     pub(crate) fn get(&self, hash: u64, prefix: &str, key: &str) -> Option<(Stored, f64)> {
-        if self.per_shard == 0 {
+        if self.capacity == 0 {
             return None;
         }
         let shard = self.shard(hash).read();
@@ -95,7 +107,7 @@ impl RamTier {
     }
 
     pub(crate) fn insert(&self, hash: u64, prefix: &str, key: &str, value: Stored, timestamp: f64) {
-        if self.per_shard == 0 {
+        if self.capacity == 0 {
             return;
         }
         let mut guard = self.shard(hash).write();
@@ -104,7 +116,7 @@ impl RamTier {
             shard.entries[i].refill(hash, prefix, key, value, timestamp);
             return;
         }
-        if shard.entries.len() < self.per_shard {
+        if shard.entries.len() < shard.capacity {
             shard.by_hash.insert(hash, shard.entries.len());
             shard.entries.push(Entry {
                 hash,
@@ -114,7 +126,6 @@ impl RamTier {
                 timestamp,
                 referenced: AtomicBool::new(false),
             });
-            self.len.fetch_add(1, Ordering::Relaxed);
             return;
         }
         loop {
@@ -125,7 +136,7 @@ impl RamTier {
                 shard.by_hash.remove(&e.hash);
                 shard.by_hash.insert(hash, i);
                 e.refill(hash, prefix, key, value, timestamp);
-                self.evictions.fetch_add(1, Ordering::Relaxed);
+                shard.evictions += 1;
                 return;
             }
         }
@@ -145,14 +156,16 @@ impl RamTier {
         if shard.hand >= shard.entries.len() {
             shard.hand = 0;
         }
-        self.len.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn clear(&self) {
         for s in self.shards.iter() {
             let mut s = s.write();
-            self.len.fetch_sub(s.entries.len(), Ordering::Relaxed);
-            *s = Shard::default();
+            *s = Shard {
+                capacity: s.capacity,
+                evictions: s.evictions,
+                ..Shard::default()
+            };
         }
     }
 }
@@ -176,11 +189,32 @@ mod tests {
         );
         assert!(ram.get(1, "p", "a").is_some());
         assert!(ram.get(1, "p", "other").is_none(), "same hash, other key");
-        assert_eq!(ram.evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(ram.evictions(), 1);
         ram.remove(1);
         assert_eq!(ram.len(), 2);
         ram.clear();
         assert_eq!(ram.len(), 0);
+    }
+
+    #[test]
+    fn sharded_tiers_hold_exactly_their_capacity() {
+        for capacity in [63, 64, 100, 1001, 5000] {
+            let ram = RamTier::new(capacity);
+            let mut h = 0x9e37_79b9_7f4a_7c15u64;
+            let inserts = capacity * 20;
+            for i in 0..inserts {
+                h ^= h << 13;
+                h ^= h >> 7;
+                h ^= h << 17;
+                ram.insert(h, "p", &i.to_string(), Stored::Int(i as i64), 0.0);
+            }
+            assert_eq!(ram.len(), capacity, "capacity {capacity}");
+            assert_eq!(ram.evictions(), (inserts - capacity) as u64);
+            ram.clear();
+            assert_eq!(ram.len(), 0);
+            ram.insert(1, "p", "k", Stored::Int(1), 0.0);
+            assert_eq!(ram.get(1, "p", "k").map(|(v, _)| v), Some(Stored::Int(1)));
+        }
     }
 
     #[test]
