@@ -8,8 +8,8 @@
 //! - `get`, `miss`: back-to-back lookups of existing / absent keys (RAM tier off), ns per get;
 //!   `get-ram`: the existing keys with a RAM tier of 1000 entries (the default), which they
 //!   keep missing: each disk hit also goes into it;
-//! - `get-2t`, `ram-2t`, `get-ram-2t`: `get`, `ram` and `get-ram` in two threads at once, ns
-//!   per get in each;
+//! - `get-2t`, `ram-2t`, `get-ram-2t`, `many-2t`: `get`, `ram`, `get-ram` and `many` in two
+//!   threads at once, ns per get in each;
 //! - `many`, `many-miss`: the same keys through `get_many`, 64 at a time, ns per key;
 //! - `latency`: the same gets timed one by one (key formatted just before each), median and p99;
 //! - `ram`: 1000 hot keys from the RAM tier, ns per get;
@@ -97,7 +97,7 @@ fn main() {
         .collect();
     let Some(op) = args.first() else {
         eprintln!(
-            "usage: cargo bench --bench loops -- get|get-ram|get-2t|ram-2t|get-ram-2t|miss|many|many-miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
+            "usage: cargo bench --bench loops -- get|get-ram|get-2t|ram-2t|get-ram-2t|many-2t|miss|many|many-miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
         );
         return;
     };
@@ -119,12 +119,12 @@ fn main() {
             });
             println!("{op} at {n} entries: {ns:.1} ns per get");
         }
-        "get-2t" | "ram-2t" | "get-ram-2t" => {
+        "get-2t" | "ram-2t" | "get-ram-2t" | "many-2t" => {
             // Two threads of one process share the cache: RAM tier off; 1000 hot keys in a
             // large RAM tier; the default RAM tier (1000 entries), which the keys keep missing.
             let ram = op == "ram-2t";
             let capacity = match op.as_str() {
-                "get-2t" => 0,
+                "get-2t" | "many-2t" => 0,
                 "ram-2t" => 100_000,
                 _ => 1000,
             };
@@ -137,6 +137,13 @@ fn main() {
                         let (c, keys) = (&c, &keys);
                         s.spawn(move || {
                             throughput(5, keys.len() as u64, || {
+                                if op == "many-2t" {
+                                    for batch in keys[t..].chunks(64) {
+                                        let got = c.get_many::<u64>(PREFIX, batch);
+                                        assert!(got.iter().all(Option::is_some));
+                                    }
+                                    return;
+                                }
                                 for k in keys.iter().skip(t) {
                                     assert!(c.get::<u64>(PREFIX, k).is_some());
                                 }

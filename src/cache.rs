@@ -457,51 +457,76 @@ impl Cache {
         count: bool,
         extract: impl FnOnce(Hit<'_>) -> R,
     ) -> Option<R> {
-        let tally = |found| {
-            if count {
-                self.tally.add(found);
-            }
-        };
-        // The clock is read only for an entry found (a miss does not need it).
-        let now = || self.clock.now_coarse();
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
         // Either way it is asked once. One read guard serves catching up and the disk tier.
         let unchanged = self.store.as_ref().is_none_or(|s| s.unchanged());
-        let in_ram = |ram: &RamTier| match ram.get(hash, prefix, key) {
-            Some((value, ts)) if !self.expired(ts, now()) => Some((value, ts)),
-            Some(_) => {
-                ram.remove(hash);
-                None
-            }
-            None => None,
-        };
-        let mut ram_hit = if unchanged { in_ram(&self.ram) } else { None };
-        let reader = if ram_hit.is_some() {
-            None
-        } else {
-            let reader = self.reader();
-            if !unchanged {
-                ram_hit = in_ram(&self.ram);
-            }
-            reader
-        };
-        if let Some((value, ts)) = ram_hit {
-            tally(Found::RamHit);
+        if unchanged && let Some((value, ts)) = self.in_ram(prefix, key, hash) {
+            self.count(count, Found::RamHit);
             return Some(extract(Hit::Ram(value, ts)));
         }
-        let found = reader.as_ref().and_then(|r| {
+        let reader = self.reader();
+        self.lookup_in(
+            reader.as_ref(),
+            !unchanged,
+            prefix,
+            key,
+            hash,
+            count,
+            extract,
+        )
+    }
+
+    /// [`Cache::lookup`] through a reader already caught up (the RAM tier is then current as
+    /// of it), asking the RAM tier first if `ask_ram`.
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_in<R>(
+        &self,
+        reader: Option<&store::Reader<'_>>,
+        ask_ram: bool,
+        prefix: &str,
+        key: &str,
+        hash: u64,
+        count: bool,
+        extract: impl FnOnce(Hit<'_>) -> R,
+    ) -> Option<R> {
+        if ask_ram && let Some((value, ts)) = self.in_ram(prefix, key, hash) {
+            self.count(count, Found::RamHit);
+            return Some(extract(Hit::Ram(value, ts)));
+        }
+        let found = reader.and_then(|r| {
             r.get(hash, prefix, key, |map, rec| {
-                (!self.expired(rec.timestamp, now())).then(|| extract(Hit::Disk(map, rec)))
+                // The clock is read only for an entry found (a miss does not need it).
+                let fresh = !self.expired(rec.timestamp, self.clock.now_coarse());
+                fresh.then(|| extract(Hit::Disk(map, rec)))
             })
         });
         let found = found.flatten();
-        tally(if found.is_some() {
-            Found::DiskHit
-        } else {
-            Found::Miss
-        });
+        self.count(
+            count,
+            if found.is_some() {
+                Found::DiskHit
+            } else {
+                Found::Miss
+            },
+        );
         found
+    }
+
+    /// The RAM tier's live value of the key (an expired one is dropped).
+    fn in_ram(&self, prefix: &str, key: &str, hash: u64) -> Option<(Stored, f64)> {
+        let (value, ts) = self.ram.get(hash, prefix, key)?;
+        if self.expired(ts, self.clock.now_coarse()) {
+            self.ram.remove(hash);
+            return None;
+        }
+        Some((value, ts))
+    }
+
+    fn count(&self, count: bool, found: Found) {
+        if count {
+            self.tally.add(found);
+        }
     }
 
     /// The value of `key`, or `None` on a miss, an expired entry, a bad prefix, or a stored
@@ -552,18 +577,20 @@ impl Cache {
             for (h, key) in hashes.iter_mut().zip(chunk) {
                 *h = self.hash(prefix, key.as_ref());
             }
-            if let Some(reader) = self.reader() {
-                reader.prefetch(hashes);
+            // One caught-up reader serves the whole chunk (a lookup would take its own).
+            let reader = self.reader();
+            if let Some(r) = &reader {
+                r.prefetch(hashes);
             }
             for (key, &hash) in chunk.iter().zip(hashes.iter()) {
                 let key = key.as_ref();
-                out.push(
-                    self.get_hashed(prefix, key, hash, true)
-                        .unwrap_or_else(|e| {
-                            log::debug!("get_many {prefix}/{}: {e}", key.len());
-                            None
-                        }),
-                );
+                let found = self.lookup_in(reader.as_ref(), true, prefix, key, hash, true, |hit| {
+                    self.decode_hit(prefix, key, hash, hit)
+                });
+                out.push(found.transpose().unwrap_or_else(|e| {
+                    log::debug!("get_many {prefix}/{}: {e}", key.len());
+                    None
+                }));
             }
         }
         out
@@ -577,7 +604,21 @@ impl Cache {
         hash: u64,
         count: bool,
     ) -> Result<Option<T>> {
-        self.lookup(prefix, key, hash, count, |hit| match hit {
+        self.lookup(prefix, key, hash, count, |hit| {
+            self.decode_hit(prefix, key, hash, hit)
+        })
+        .transpose()
+    }
+
+    /// The value a lookup found, as `T`; one found on disk also goes into the RAM tier.
+    fn decode_hit<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        key: &str,
+        hash: u64,
+        hit: Hit<'_>,
+    ) -> Result<T> {
+        match hit {
             Hit::Ram(v, _) => v.to_value(),
             Hit::Disk(_, rec) => {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
@@ -585,8 +626,7 @@ impl Cache {
                 self.ram.insert(hash, prefix, key, stored, rec.timestamp);
                 Ok(value)
             }
-        })
-        .transpose()
+        }
     }
 
     /// The value without copying it out of the shared map where it can: token ids as
