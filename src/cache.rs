@@ -320,6 +320,15 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// A key a lookup asks for: of a valid prefix, with its hash; `count`: whether the lookup goes
+/// into the hit and miss counters.
+struct Asked<'a> {
+    prefix: &'a str,
+    key: &'a str,
+    hash: u64,
+    count: bool,
+}
+
 /// Where a lookup found its value.
 enum Hit<'a> {
     Ram(Stored, f64),
@@ -447,84 +456,62 @@ impl Cache {
         }
     }
 
-    /// Finds a live value of a key (of a valid prefix, with its `hash`) and hands it to
-    /// `extract`. `count` says whether this lookup goes into the hit/miss counters.
-    fn lookup<R>(
-        &self,
-        prefix: &str,
-        key: &str,
-        hash: u64,
-        count: bool,
-        extract: impl FnOnce(Hit<'_>) -> R,
-    ) -> Option<R> {
+    /// Finds a live value of the asked key and hands it to `extract`.
+    fn lookup<R>(&self, q: &Asked<'_>, extract: impl FnOnce(Hit<'_>) -> R) -> Option<R> {
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
         // Either way it is asked once. One read guard serves catching up and the disk tier.
         let unchanged = self.store.as_ref().is_none_or(|s| s.unchanged());
-        if unchanged && let Some((value, ts)) = self.in_ram(prefix, key, hash) {
-            self.count(count, Found::RamHit);
+        if unchanged && let Some((value, ts)) = self.in_ram(q) {
+            self.count(q, Found::RamHit);
             return Some(extract(Hit::Ram(value, ts)));
         }
         let reader = self.reader();
-        self.lookup_in(
-            reader.as_ref(),
-            !unchanged,
-            prefix,
-            key,
-            hash,
-            count,
-            extract,
-        )
+        self.lookup_in(reader.as_ref(), !unchanged, q, extract)
     }
 
     /// [`Cache::lookup`] through a reader already caught up (the RAM tier is then current as
     /// of it), asking the RAM tier first if `ask_ram`.
-    #[allow(clippy::too_many_arguments)]
     fn lookup_in<R>(
         &self,
         reader: Option<&store::Reader<'_>>,
         ask_ram: bool,
-        prefix: &str,
-        key: &str,
-        hash: u64,
-        count: bool,
+        q: &Asked<'_>,
         extract: impl FnOnce(Hit<'_>) -> R,
     ) -> Option<R> {
-        if ask_ram && let Some((value, ts)) = self.in_ram(prefix, key, hash) {
-            self.count(count, Found::RamHit);
+        if ask_ram && let Some((value, ts)) = self.in_ram(q) {
+            self.count(q, Found::RamHit);
             return Some(extract(Hit::Ram(value, ts)));
         }
         let found = reader.and_then(|r| {
-            r.get(hash, prefix, key, |map, rec| {
+            r.get(q.hash, q.prefix, q.key, |map, rec| {
                 // The clock is read only for an entry found (a miss does not need it).
                 let fresh = !self.expired(rec.timestamp, self.clock.now_coarse());
                 fresh.then(|| extract(Hit::Disk(map, rec)))
             })
         });
         let found = found.flatten();
-        self.count(
-            count,
-            if found.is_some() {
-                Found::DiskHit
-            } else {
-                Found::Miss
-            },
-        );
+        let what = if found.is_some() {
+            Found::DiskHit
+        } else {
+            Found::Miss
+        };
+        self.count(q, what);
         found
     }
 
     /// The RAM tier's live value of the key (an expired one is dropped).
-    fn in_ram(&self, prefix: &str, key: &str, hash: u64) -> Option<(Stored, f64)> {
-        let (value, ts) = self.ram.get(hash, prefix, key)?;
+    fn in_ram(&self, q: &Asked<'_>) -> Option<(Stored, f64)> {
+        let (value, ts) = self.ram.get(q.hash, q.prefix, q.key)?;
         if self.expired(ts, self.clock.now_coarse()) {
-            self.ram.remove(hash);
+            self.ram.remove(q.hash);
             return None;
         }
         Some((value, ts))
     }
 
-    fn count(&self, count: bool, found: Found) {
-        if count {
+    fn count(&self, q: &Asked<'_>, found: Found) {
+        if q.count {
             self.tally.add(found);
         }
     }
@@ -550,7 +537,13 @@ impl Cache {
         count: bool,
     ) -> Result<Option<T>> {
         validate_prefix(prefix)?;
-        self.get_hashed(prefix, key, self.hash(prefix, key), count)
+        let q = Asked {
+            prefix,
+            key,
+            hash: self.hash(prefix, key),
+            count,
+        };
+        self.lookup(&q, |hit| self.decode_hit(&q, hit)).transpose()
     }
 
     /// The values of many keys of one prefix, in their order: what [`Cache::get`] returns for
@@ -584,9 +577,14 @@ impl Cache {
             }
             for (key, &hash) in chunk.iter().zip(hashes.iter()) {
                 let key = key.as_ref();
-                let found = self.lookup_in(reader.as_ref(), true, prefix, key, hash, true, |hit| {
-                    self.decode_hit(prefix, key, hash, hit)
-                });
+                let q = Asked {
+                    prefix,
+                    key,
+                    hash,
+                    count: true,
+                };
+                let found =
+                    self.lookup_in(reader.as_ref(), true, &q, |hit| self.decode_hit(&q, hit));
                 out.push(found.transpose().unwrap_or_else(|e| {
                     log::debug!("get_many {prefix}/{}: {e}", key.len());
                     None
@@ -596,34 +594,15 @@ impl Cache {
         out
     }
 
-    /// [`Cache::get`] of a key of a valid prefix whose hash is known.
-    fn get_hashed<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        key: &str,
-        hash: u64,
-        count: bool,
-    ) -> Result<Option<T>> {
-        self.lookup(prefix, key, hash, count, |hit| {
-            self.decode_hit(prefix, key, hash, hit)
-        })
-        .transpose()
-    }
-
     /// The value a lookup found, as `T`; one found on disk also goes into the RAM tier.
-    fn decode_hit<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        key: &str,
-        hash: u64,
-        hit: Hit<'_>,
-    ) -> Result<T> {
+    fn decode_hit<T: DeserializeOwned>(&self, q: &Asked<'_>, hit: Hit<'_>) -> Result<T> {
         match hit {
             Hit::Ram(v, _) => v.to_value(),
             Hit::Disk(_, rec) => {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
                 let value = stored.to_value()?;
-                self.ram.insert(hash, prefix, key, stored, rec.timestamp);
+                self.ram
+                    .insert(q.hash, q.prefix, q.key, stored, rec.timestamp);
                 Ok(value)
             }
         }
@@ -634,7 +613,13 @@ impl Cache {
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
         validate_prefix(prefix).ok()?;
         let hash = self.hash(prefix, key);
-        self.lookup(prefix, key, hash, true, |hit| match hit {
+        let q = Asked {
+            prefix,
+            key,
+            hash,
+            count: true,
+        };
+        self.lookup(&q, |hit| match hit {
             Hit::Ram(v, ts) => ValueRef::owned(v, ts),
             Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
         })
