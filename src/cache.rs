@@ -456,6 +456,17 @@ impl Cache {
         }
     }
 
+    /// What a lookup of `key` asks for, once its prefix is checked.
+    fn asked<'a>(&self, prefix: &'a str, key: &'a str, count: bool) -> Result<Asked<'a>> {
+        validate_prefix(prefix)?;
+        Ok(Asked {
+            prefix,
+            key,
+            hash: self.hash(prefix, key),
+            count,
+        })
+    }
+
     /// Finds a live value of the asked key and hands it to `extract`.
     fn lookup<R>(&self, q: &Asked<'_>, extract: impl FnOnce(Hit<'_>) -> R) -> Option<R> {
         // While nothing changed since a view guard was last taken, the RAM tier is current and
@@ -536,13 +547,7 @@ impl Cache {
         key: &str,
         count: bool,
     ) -> Result<Option<T>> {
-        validate_prefix(prefix)?;
-        let q = Asked {
-            prefix,
-            key,
-            hash: self.hash(prefix, key),
-            count,
-        };
+        let q = self.asked(prefix, key, count)?;
         self.lookup(&q, |hit| self.decode_hit(&q, hit)).transpose()
     }
 
@@ -611,14 +616,7 @@ impl Cache {
     /// The value without copying it out of the shared map where it can: token ids as
     /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        validate_prefix(prefix).ok()?;
-        let hash = self.hash(prefix, key);
-        let q = Asked {
-            prefix,
-            key,
-            hash,
-            count: true,
-        };
+        let q = self.asked(prefix, key, true).ok()?;
         self.lookup(&q, |hit| match hit {
             Hit::Ram(v, ts) => ValueRef::owned(v, ts),
             Hit::Disk(map, rec) => ValueRef::mapped(map, rec),

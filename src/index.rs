@@ -5,10 +5,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::hash::xxh3_64;
 use rkyv::{Archive, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::hash::xxh3_64;
 use crate::map::{ReadMap, access_validated};
 
 pub(crate) const HEADER_LEN: usize = 64;

@@ -1,9 +1,9 @@
 //! Prefixes, key hashing, logical names and the two real key formats.
 
-use crate::hash::{xxh3_64, xxh3_64_with_seed};
 use md5::{Digest, Md5};
 
 use crate::error::{Error, Result};
+use crate::hash::{xxh3_64, xxh3_64_with_seed};
 
 /// The prefix of token-count entries in the original.
 pub const TOKEN_COUNT: &str = "token_count";
