@@ -16,7 +16,8 @@ const MAGIC: &[u8; 8] = b"TOKCIDX1";
 /// Version 2: the table is ordered by hash (version 1 wrapped around and was unordered).
 /// Version 3: `log_start` (the log may continue from one generation to the next).
 /// Version 4: `base` (an index may be a recent index over a full one).
-const VERSION: u32 = 4;
+/// Version 5: 12-byte slots (no record length: records say theirs); `record_bytes`.
+const VERSION: u32 = 5;
 /// `SegmentInfo::len` of a segment valid to its end (a log sealed by the compaction that
 /// wrote the index, which trims it before publishing it).
 pub(crate) const WHOLE_FILE: u64 = u64::MAX;
@@ -46,14 +47,14 @@ pub(crate) struct SegmentInfo {
     pub tombstones: u64,
 }
 
-/// A table slot (16 bytes): the top 32 bits of the key hash ([`slot_hash`]) and where the
-/// record is. The record holds the whole hash; a lookup checks it, then the key itself.
+/// A table slot (12 bytes): the top 32 bits of the key hash ([`slot_hash`]) and where the
+/// record is. The record holds the whole hash and its own length; a lookup checks the hash,
+/// then the key itself.
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
     pub hash: u32,
     pub seg: u32,
     pub off: u32,
-    pub len: u32,
 }
 
 impl Slot {
@@ -61,7 +62,6 @@ impl Slot {
         hash: 0,
         seg: EMPTY,
         off: 0,
-        len: 0,
     };
 }
 
@@ -101,6 +101,9 @@ pub(crate) struct IndexBody {
     /// first larger hash: misses cost about as little as hits.
     pub slots: Vec<Slot>,
     pub entries: u64,
+    /// Bytes of the records the slots point at: the segments' live bytes for a full index;
+    /// for a recent one, its records', removals included (for statistics: slots do not say).
+    pub record_bytes: u64,
 }
 
 /// The slot a slot hash probes first: `(hash * buckets) >> 32`, so any table length works,
@@ -142,6 +145,7 @@ impl IndexBody {
             active_segment,
             log_start,
             base: generation,
+            record_bytes: segments.iter().map(|s| s.live).sum(),
             segments,
             buckets,
             slots,
@@ -150,10 +154,11 @@ impl IndexBody {
     }
 
     /// Makes this a recent index over the full index of generation `base`, the two together
-    /// holding `entries` live entries.
-    pub(crate) fn over(mut self, base: u64, entries: u64) -> Self {
+    /// holding `entries` live entries; its records take `record_bytes`.
+    pub(crate) fn over(mut self, base: u64, entries: u64, record_bytes: u64) -> Self {
         self.base = base;
         self.entries = entries;
+        self.record_bytes = record_bytes;
         self
     }
 
@@ -329,7 +334,6 @@ impl ArchivedSlot {
             hash: self.hash.to_native(),
             seg: self.seg.to_native(),
             off: self.off.to_native(),
-            len: self.len.to_native(),
         }
     }
 }
@@ -343,7 +347,6 @@ mod tests {
             hash: slot_hash(hash),
             seg: 1,
             off,
-            len: 8,
         }
     }
 

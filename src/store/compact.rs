@@ -282,7 +282,40 @@ impl Store {
             return Ok(None);
         }
         let body = index.body();
+        let mut infos = v.infos.clone();
+        // The log's own removals are the newest records of their keys: all are kept.
+        let log_tombstones = log
+            .iter()
+            .filter(|(_, l)| l.tombstone())
+            .map(|(_, l)| u64::from(l.len()))
+            .sum();
+        match infos.iter_mut().find(|s| s.id == v.active) {
+            Some(log) => {
+                log.len = v.scanned;
+                log.tombstones += log_tombstones;
+            }
+            None => infos.push(SegmentInfo {
+                id: v.active,
+                len: v.scanned,
+                live: 0,
+                tombstones: log_tombstones,
+            }),
+        }
+        // Slots do not hold their records' lengths: live bytes change by the lengths of the
+        // entries this merge adds and drops, read from records that are read anyway (to
+        // compare a superseded entry's key, an expiring one's timestamp).
         let mut superseded = vec![false; body.slots.len()];
+        let mut dropped: HashMap<u32, u64> = HashMap::new();
+        let mut drop_slot = |p: usize, len: usize| {
+            if !std::mem::replace(&mut superseded[p], true) {
+                *dropped.entry(body.slots[p].seg.to_native()).or_default() += len as u64;
+            }
+        };
+        let record_len = |s: &index::ArchivedSlot| {
+            v.record(s.seg.to_native(), s.off.to_native())
+                .map_or(0, |(_, r)| r.len)
+        };
+        let mut added = 0;
         let mut entries: Vec<Slot> =
             Vec::with_capacity(body.entries.to_native() as usize + log.len());
         for (hash, l) in &log {
@@ -290,22 +323,26 @@ impl Store {
                 // A damaged record of the recent index (its key unknown): the full index's
                 // entries of its slot hash go, rather than show an older value than it held.
                 for p in index.positions(*hash) {
-                    superseded[p] = true;
+                    drop_slot(p, record_len(&body.slots[p]));
                 }
                 continue;
             };
+            let mut old_len = 0;
             if let Some(p) = index.position(*hash, |s| {
                 v.record(s.seg.to_native(), s.off.to_native())
-                    .is_some_and(|(_, r)| key_eq(&r, rec.prefix, rec.key))
+                    .is_some_and(|(_, r)| {
+                        old_len = r.len;
+                        key_eq(&r, rec.prefix, rec.key)
+                    })
             }) {
-                superseded[p] = true;
+                drop_slot(p, old_len);
             }
             if !l.tombstone() {
+                added += u64::from(l.len());
                 entries.push(Slot {
                     hash: index::slot_hash(*hash),
                     seg: v.active,
                     off: l.off,
-                    len: l.len(),
                 });
             }
         }
@@ -320,45 +357,43 @@ impl Store {
             // order. An unreadable record is left to `verify`; it is never served anyway.
             let ttl = self.opts.ttl_secs;
             entries.sort_unstable_by_key(|e| (e.seg, e.off));
-            entries.retain(|s| {
-                v.record(s.seg, s.off)
-                    .is_none_or(|(_, r)| now - r.timestamp <= ttl)
+            entries.retain(|s| match v.record(s.seg, s.off) {
+                Some((_, r)) if now - r.timestamp > ttl => {
+                    *dropped.entry(s.seg).or_default() += r.len as u64;
+                    false
+                }
+                _ => true,
             });
         }
         let expired = (before - entries.len()) as u64;
 
-        // The log's own removals are the newest records of their keys: all are kept.
-        let log_tombstones = log
-            .iter()
-            .filter(|(_, l)| l.tombstone())
-            .map(|(_, l)| u64::from(l.len()))
-            .sum();
-        let mut infos = v.infos.clone();
-        match infos.iter_mut().find(|s| s.id == v.active) {
-            Some(log) => {
-                log.len = v.scanned;
-                log.tombstones += log_tombstones;
-            }
-            None => infos.push(SegmentInfo {
-                id: v.active,
-                len: v.scanned,
-                live: 0,
-                tombstones: log_tombstones,
-            }),
-        }
-        for i in &mut infos {
-            i.live = 0;
-        }
-        // Few segments, and runs of entries in one: a linear search from the last one found.
+        // Which segments still hold entries: exactly, from the slots (a segment without any
+        // is deleted, or rewritten for its removals); their live bytes by what changed.
+        let mut holds = vec![false; infos.len()];
         let mut at = 0;
         for e in &entries {
             if infos[at].id != e.seg {
                 at = infos.iter().position(|s| s.id == e.seg).unwrap_or(at);
             }
             if infos[at].id == e.seg {
-                infos[at].live += u64::from(e.len);
+                holds[at] = true;
             }
         }
+        for (info, &holds) in infos.iter_mut().zip(&holds) {
+            let gained = if info.id == v.active { added } else { 0 };
+            let lost = dropped.get(&info.id).copied().unwrap_or(0);
+            info.live = if holds {
+                (info.live + gained).saturating_sub(lost)
+            } else {
+                0
+            };
+        }
+        let holding: HashSet<u32> = infos
+            .iter()
+            .zip(&holds)
+            .filter(|(_, h)| **h)
+            .map(|(s, _)| s.id)
+            .collect();
         // Rewritten segments go below the log if it goes on, else above it (and the new log
         // above them).
         let below_log = infos
@@ -385,12 +420,12 @@ impl Store {
                     // removals, and those holding only removals (the ones still needed move,
                     // the rest go: a removal whose key came back is counted as kept until then).
                     let reclaimable = dead + s.tombstones;
-                    (reclaimable > 0 && reclaimable * 4 >= s.len) || s.live == 0
+                    (reclaimable > 0 && reclaimable * 4 >= s.len) || !holding.contains(&s.id)
                 } else {
                     // Routine compaction rewrites only big, mostly dead segments.
                     dead > 0 && dead >= self.opts.gc_min_dead && dead >= s.live
                 };
-                s.live + s.tombstones > 0 && worth
+                (holding.contains(&s.id) || s.tombstones > 0) && worth
             })
             .map(|s| s.id)
             .collect();
@@ -400,10 +435,11 @@ impl Store {
             entries.sort_unstable_by_key(|e| (e.seg, e.off));
             for e in entries.iter_mut().filter(|e| rewrite.contains(&e.seg)) {
                 let Some(src) = v.map_of(e.seg) else { continue };
-                let Some(bytes) = src.bytes().get(e.off as usize..(e.off + e.len) as usize) else {
+                let Ok(rec) = record::decode(src.bytes(), e.off as usize) else {
                     continue;
                 };
-                (e.seg, e.off) = out.copy(bytes, true)?;
+                let at = e.off as usize;
+                (e.seg, e.off) = out.copy(&src.bytes()[at..at + rec.len], true)?;
             }
             let mut moved = HashSet::new();
             for s in infos.iter().filter(|s| rewrite.contains(&s.id)) {
@@ -413,7 +449,7 @@ impl Store {
         let (new_infos, staged, next_id) = out.finish()?;
         let mut kept: Vec<SegmentInfo> = infos
             .iter()
-            .filter(|s| s.live + s.tombstones > 0 && !rewrite.contains(&s.id))
+            .filter(|s| (holding.contains(&s.id) || s.tombstones > 0) && !rewrite.contains(&s.id))
             .copied()
             .chain(new_infos)
             .collect();
@@ -489,9 +525,9 @@ impl Store {
                 hash: index::slot_hash(*hash),
                 seg: v.active,
                 off: l.off,
-                len: l.len(),
             })
             .collect();
+        let record_bytes = log.iter().map(|(_, l)| u64::from(l.len())).sum();
         // The records it points at must be as durable as it is.
         if let Some(file) = &v.log {
             file.sync_data().ctx("sync segment", &v.log_path)?;
@@ -507,7 +543,7 @@ impl Store {
             v.infos.clone(),
             slots,
         )
-        .over(base.generation.to_native(), v.entries());
+        .over(base.generation.to_native(), v.entries(), record_bytes);
         let nonce = random_seed();
         let name = index::index_name(generation);
         let staged = self
@@ -774,7 +810,6 @@ impl Store {
                     hash: index::slot_hash(hash),
                     seg: id,
                     off: at as u32,
-                    len: (buf.len() - at) as u32,
                 });
             }
         }

@@ -14,6 +14,9 @@ use crate::segment;
 
 use super::tail::{Tail, TailLoc};
 
+/// The CPU's cache line, the unit of a prefetch.
+const LINE: usize = 64;
+
 /// What a process has mapped of one generation, plus the tail it has scanned.
 pub(super) struct View {
     pub(super) generation: u64,
@@ -146,8 +149,10 @@ impl View {
 
     /// Starts the reads that lookups of these hashes make, all at once, so that they overlap
     /// (in a large cache, each is a miss of the CPU cache): first the slots the indexes' probes
-    /// start at, then, from those slots and the tail table, the first and last line of the
-    /// record each lookup will check first. Only hints: `find` checks everything as always.
+    /// start at, then, from those slots and the tail table, the first lines of the record each
+    /// lookup will check first (the tail table knows its length, and its last line is read
+    /// too; a slot does not: the line after the first stands in for it). Only hints: `find`
+    /// checks everything as always.
     pub(super) fn prefetch(&self, hashes: &[u64]) {
         for &hash in hashes {
             for index in self.recent.iter().chain(&self.index) {
@@ -160,7 +165,7 @@ impl View {
                 let mut indexes = self.recent.iter().chain(&self.index);
                 indexes.find_map(|i| {
                     i.probe(hash, |s| {
-                        Some((s.seg.to_native(), s.off.to_native(), s.len.to_native()))
+                        Some((s.seg.to_native(), s.off.to_native(), LINE as u32 + 1))
                     })
                 })
             });
@@ -266,15 +271,16 @@ impl View {
             return all;
         };
         for s in recent.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
-            let (off, len) = (s.off.to_native(), s.len.to_native());
+            let off = s.off.to_native();
             let Some((_, rec)) = self.record(s.seg.to_native(), off) else {
-                // Damaged: kept, so that it goes on hiding older records of its slot hash.
+                // Damaged: kept (its length unknown), so that it goes on hiding older records
+                // of its slot hash.
                 let hash = u64::from(s.hash.to_native()) << 32;
-                all.push((hash, TailLoc::new(off, len, false)));
+                all.push((hash, TailLoc::new(off, 0, false)));
                 continue;
             };
             if !self.in_log(rec.key_hash, rec.prefix, rec.key, true) {
-                let loc = TailLoc::new(off, len, rec.kind == Kind::Tombstone);
+                let loc = TailLoc::new(off, rec.len as u32, rec.kind == Kind::Tombstone);
                 all.push((rec.key_hash, loc));
             }
         }
@@ -293,10 +299,9 @@ impl View {
     pub(super) fn recent_size(&self) -> (u64, u64) {
         *self.recent_size.get_or_init(|| {
             self.recent.as_ref().map_or((0, 0), |r| {
-                let slots = r.body().slots.iter().filter(|s| s.seg != index::EMPTY);
-                slots.fold((0, 0), |(n, b), s| {
-                    (n + 1, b + u64::from(s.len.to_native()))
-                })
+                let body = r.body();
+                let slots = body.slots.iter().filter(|s| s.seg != index::EMPTY);
+                (slots.count() as u64, body.record_bytes.to_native())
             })
         })
     }
