@@ -16,7 +16,8 @@
 //! - `set`: 300,000 sets of new keys on a copy of the cache, each timed, median / p99 / mean
 //!   (the mean carries the compactions);
 //! - `open`: open + drop, ms each, with the tail size;
-//! - `compact`: five compactions, ms each;
+//! - `compact`: five compactions, ms each; `set-compact`: sets at 50,000 a second while
+//!   another process runs five compactions, with the slow sets and when they happened;
 //! - `big`: gets of 2000 keys of 8.2 KB, each timed; `big-hot` gets each key twice and times the
 //!   second (everything in cache: the CPU part).
 
@@ -97,7 +98,7 @@ fn main() {
         .collect();
     let Some(op) = args.first() else {
         eprintln!(
-            "usage: cargo bench --bench loops -- get|get-ram|get-2t|ram-2t|get-ram-2t|many-2t|miss|many|many-miss|latency|ram|set|open|compact|big|big-hot [ENTRIES]"
+            "usage: cargo bench --bench loops -- get|get-ram|get-2t|ram-2t|get-ram-2t|many-2t|miss|many|many-miss|latency|ram|set|open|compact|set-compact|big|big-hot [ENTRIES]"
         );
         return;
     };
@@ -226,6 +227,68 @@ fn main() {
                 "open at {n} entries ({tail} tail records): {:.3} ms",
                 ns / 1e6
             );
+        }
+        "set-compact" => {
+            // Another process compacts five times; this one overwrites entries at a steady
+            // 50,000 sets a second meanwhile, as the ops bench's row does, and lists the sets
+            // slower than 1 ms with when they started, against the compactions' start and end.
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["compact-child", &n.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let c = open(&dir, 1000);
+            let epoch = std::time::SystemTime::now();
+            let mut ns = Vec::new();
+            let mut slow = Vec::new();
+            let mut i = 0;
+            let mut child = child;
+            while child.try_wait().unwrap().is_none() {
+                let t = Instant::now();
+                c.set(PREFIX, &key(rng.below(n)), &i).unwrap();
+                let took = t.elapsed();
+                if took > Duration::from_millis(1) {
+                    slow.push((epoch.elapsed().unwrap() - took, took));
+                }
+                ns.push(took.as_nanos() as u64);
+                i += 1;
+                while t.elapsed() < Duration::from_micros(20) {
+                    std::hint::spin_loop();
+                }
+            }
+            let out = child.wait_with_output().unwrap();
+            let at = |d: Duration| format!("{:.3} s", d.as_secs_f64());
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let (a, b) = line.split_once(' ').unwrap();
+                let since = |t: &str| {
+                    let t = std::time::UNIX_EPOCH + Duration::from_nanos(t.parse().unwrap());
+                    at(t.duration_since(epoch).unwrap_or_default())
+                };
+                println!("compaction {} .. {}", since(a), since(b));
+            }
+            for (start, took) in slow {
+                println!(
+                    "slow set at {}: {:.1} ms",
+                    at(start),
+                    took.as_secs_f64() * 1e3
+                );
+            }
+            println!(
+                "set while another process compacts, {n} entries: {}",
+                summary(ns)
+            );
+        }
+        "compact-child" => {
+            let c = open(&dir, 0);
+            let now = || {
+                let t = std::time::SystemTime::now();
+                t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            };
+            for _ in 0..5 {
+                let start = now();
+                c.compact().unwrap();
+                println!("{start} {}", now());
+            }
         }
         "compact" => {
             let c = open(&dir, 0);
