@@ -197,6 +197,9 @@ impl Store {
         // the tail is full may write a recent index instead.
         let plan = self.plan(&snapshot, now, expire, expire, !only_if_full)?;
         drop(snapshot);
+        // What was appended meanwhile is scanned now, not under the write lock below (a large
+        // merge takes long enough for tens of thousands of records to come in).
+        self.refresh(on_change)?;
         let w = self.writer.lock();
         let l = self.lock()?;
         let mut v = self.locked_view(on_change)?;
@@ -226,7 +229,8 @@ impl Store {
             return self.rebuild_damaged(v, on_change);
         };
         let (report, garbage) = self.commit(v, plan, true)?;
-        super::discard(std::mem::replace(v, self.load_view(self.control.state())?));
+        let next = self.load_view(self.control.state(), Some(v))?;
+        super::discard(std::mem::replace(v, next));
         self.retire(&garbage)?;
         Ok(report)
     }
@@ -698,7 +702,7 @@ impl Store {
         // A compaction may be under way (clear and rebuild do not take its lock): its staged
         // files stay; it finds the generation changed and removes them itself.
         self.remove_unnamed(&referenced, &[generation], false);
-        *v = self.load_view(self.control.state())?;
+        *v = self.load_view(self.control.state(), None)?;
         Ok(())
     }
 

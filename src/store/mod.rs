@@ -266,8 +266,11 @@ impl Store {
         )
     }
 
-    /// Maps generation `state.generation` and scans its log up to `state.committed`.
-    fn load_view(&self, state: State) -> Result<View> {
+    /// Maps generation `state.generation` and scans its log up to `state.committed`. When
+    /// `prev`, an older generation of the same epoch, has the same log, the records it has
+    /// scanned past the new `log_start` come from its tail table instead (a compaction leaves
+    /// the log going on, and what was appended while it ran is the new tail).
+    fn load_view(&self, state: State, prev: Option<&View>) -> Result<View> {
         let path = self.dir.join(&index::index_name(state.generation));
         let top = Arc::new(Index::open(&path, state.generation, self.seed())?);
         let body = top.body();
@@ -327,8 +330,13 @@ impl Store {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             return Err(Error::io("open segment", &view.log_path, missing));
         }
-        let expected = state.committed.min(view.log_len).saturating_sub(log_start) / 96;
-        view.tail = Tail::with_capacity(expected.min(1 << 24) as usize);
+        match prev.filter(|p| view.continues(p)) {
+            Some(p) => view.carry_tail(p),
+            None => {
+                let expected = state.committed.min(view.log_len).saturating_sub(log_start) / 96;
+                view.tail = Tail::with_capacity(expected.min(1 << 24) as usize);
+            }
+        }
         view.scan_log(state.committed, |_| {})?;
         Ok(view)
     }
@@ -340,7 +348,8 @@ impl Store {
         let mut last = None;
         for _ in 0..64 {
             let state = self.control.state();
-            match self.load_view(state) {
+            let loaded = self.load_view(state, Some(&self.view.read()));
+            match loaded {
                 Ok(v) => {
                     self.install_view(v, on_change);
                     return Ok(());
@@ -364,7 +373,7 @@ impl Store {
             Some((self.writer.lock(), self.lock()?))
         };
         let state = self.control.state();
-        match self.load_view(state) {
+        match self.load_view(state, None) {
             Ok(v) => self.install_view(v, on_change),
             Err(_) => {
                 let mut v = self.view.write();
@@ -403,9 +412,12 @@ impl Store {
         {
             // The next generation of the same epoch: compaction moved records around, and
             // changed only what records of the old log (the rest of it, just scanned) and of
-            // the new one say.
-            for (hash, _) in new.tail.iter() {
-                on_change(Some(hash));
+            // the new one say. When the log goes on, the new tail is part of the old log,
+            // seen before or just now; a new log also has records appended after it began.
+            if new.active != cur.active {
+                for (hash, _) in new.tail.iter() {
+                    on_change(Some(hash));
+                }
             }
         } else {
             on_change(None);

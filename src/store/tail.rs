@@ -60,6 +60,17 @@ impl Tail {
         self.first.get(&hash).into_iter().chain(more)
     }
 
+    /// The records at or past offset `start`.
+    pub(super) fn since(&self, start: u32) -> Self {
+        let mut first = self.first.clone();
+        first.retain(|_, l| l.off >= start);
+        let more = self.more.iter().filter(|(_, l)| l.off >= start).copied();
+        Self {
+            first,
+            more: more.collect(),
+        }
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &TailLoc)> {
         let more = self.more.iter().map(|(h, l)| (*h, l));
         self.first.iter().map(|(h, l)| (*h, l)).chain(more)

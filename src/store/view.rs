@@ -319,6 +319,37 @@ impl View {
         self.index.as_ref().map(|i| i.body().epoch.to_native())
     }
 
+    /// Whether this (new, unscanned) view's log goes on from `prev`'s: a later generation of
+    /// the same epoch with the same log (the file itself: a log's id is never reused within an
+    /// epoch), which `prev` has scanned at least up to where this one's tail begins.
+    pub(super) fn continues(&self, prev: &View) -> bool {
+        prev.index.is_some()
+            && prev.log.is_some()
+            && prev.generation < self.generation
+            && prev.epoch() == self.epoch()
+            && prev.active == self.active
+            && (prev.log_start..=prev.scanned).contains(&self.log_start)
+    }
+
+    /// Takes over the part of `prev`'s tail table at or past this view's `log_start` (see
+    /// [`View::continues`]): those are this generation's tail, as far as `prev` scanned.
+    /// The records are counted again, which reads their headers, but not the table rebuilt.
+    pub(super) fn carry_tail(&mut self, prev: &View) {
+        self.tail = prev
+            .tail
+            .since(u32::try_from(self.log_start).unwrap_or(u32::MAX));
+        let end = usize::try_from(prev.scanned).unwrap_or(usize::MAX);
+        let log = prev.log_map.bytes();
+        let mut records = 0;
+        segment::scan(
+            &log[..end.min(log.len())],
+            self.log_start as usize,
+            |_, _| records += 1,
+        );
+        self.tail_records = records;
+        self.scanned = prev.scanned;
+    }
+
     /// Calls `changed` with the key hash of every record of the log past what was scanned, to
     /// its end as it is now (records others appended before compaction sealed it). `false` if
     /// the log cannot be read.
