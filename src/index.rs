@@ -273,23 +273,6 @@ impl Index {
         xxh3_64(&self.map.bytes()[HEADER_LEN..HEADER_LEN + self.archive_len]) == self.archive_sum
     }
 
-    /// The occupied slots whose slot hash is that of `hash`, with their positions, in probe
-    /// order (callers check the record's whole hash and key).
-    fn candidates(&self, hash: u64) -> impl Iterator<Item = (usize, &ArchivedSlot)> {
-        let body = self.body();
-        let slots = &body.slots[..];
-        let hash = slot_hash(hash);
-        let start = home(hash, body.buckets.to_native());
-        slots
-            .get(start..)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(move |(i, s)| (start + i, s))
-            .take_while(move |(_, s)| s.seg != EMPTY && s.hash.to_native() <= hash)
-            .filter(move |(_, s)| s.hash == hash)
-    }
-
     /// Starts reading the slot a probe for `hash` reads first, so that it arrives while the
     /// caller looks elsewhere (a prefetch: the CPU does not wait for it).
     #[inline]
@@ -303,6 +286,32 @@ impl Index {
         }
     }
 
+    /// Calls `f` with the position of each occupied slot whose slot hash is that of `hash`,
+    /// and the slot, in probe order, until `f` returns `Some` (callers check the record's whole
+    /// hash and key). A plain loop: it is on the path of every lookup.
+    #[inline]
+    fn scan<R>(
+        &self,
+        hash: u64,
+        mut f: impl FnMut(usize, &ArchivedSlot) -> Option<R>,
+    ) -> Option<R> {
+        let body = self.body();
+        let hash = slot_hash(hash);
+        let start = home(hash, body.buckets.to_native());
+        for (at, s) in (start..).zip(body.slots.get(start..)?) {
+            let h = s.hash.to_native();
+            if s.seg == EMPTY || h > hash {
+                return None;
+            }
+            if h == hash
+                && let Some(r) = f(at, s)
+            {
+                return Some(r);
+            }
+        }
+        None
+    }
+
     /// Calls `f` with each occupied slot whose hash is `hash`, until `f` returns `Some`.
     #[inline]
     pub(crate) fn probe<R>(
@@ -310,12 +319,17 @@ impl Index {
         hash: u64,
         mut f: impl FnMut(&ArchivedSlot) -> Option<R>,
     ) -> Option<R> {
-        self.candidates(hash).find_map(|(_, s)| f(s))
+        self.scan(hash, |_, s| f(s))
     }
 
     /// The positions of every occupied slot with the slot hash of `hash`.
-    pub(crate) fn positions(&self, hash: u64) -> impl Iterator<Item = usize> {
-        self.candidates(hash).map(|(at, _)| at)
+    pub(crate) fn positions(&self, hash: u64) -> Vec<usize> {
+        let mut all = Vec::new();
+        self.scan(hash, |at, _| {
+            all.push(at);
+            None::<()>
+        });
+        all
     }
 
     /// The position of the slot `f` picks, for marking it superseded.
@@ -324,7 +338,7 @@ impl Index {
         hash: u64,
         mut f: impl FnMut(&ArchivedSlot) -> bool,
     ) -> Option<usize> {
-        self.candidates(hash).find(|(_, s)| f(s)).map(|(at, _)| at)
+        self.scan(hash, |at, s| f(s).then_some(at))
     }
 }
 

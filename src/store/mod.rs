@@ -2,7 +2,6 @@
 //! shared store. Every process follows the control page: a new committed length means records to
 //! scan into its tail table, a new generation means a new index to map.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -29,7 +28,7 @@ mod view;
 pub use compact::CompactReport;
 use tail::Tail;
 pub use verify::VerifyReport;
-use view::{View, key_eq};
+use view::{SegmentMaps, View, key_eq};
 
 /// A read guard of the view: what lookups go through.
 pub(crate) struct Reader<'a>(RwLockReadGuard<'a, View>);
@@ -258,7 +257,7 @@ impl Store {
         View::new(
             u64::MAX,
             None,
-            HashMap::new(),
+            SegmentMaps::default(),
             Vec::new(),
             u32::MAX,
             0,
@@ -300,7 +299,7 @@ impl Store {
             .collect();
         let active = body.active_segment.to_native();
         let log_start = body.log_start.to_native();
-        let mut segments = HashMap::with_capacity(infos.len());
+        let mut segments = SegmentMaps::default();
         // The log, when the index lists it too, is mapped below (`log_head`, `log_map`).
         for info in infos.iter_mut().filter(|i| i.id != active) {
             let p = self.dir.join(&segment::segment_name(info.id));

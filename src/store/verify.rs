@@ -63,7 +63,7 @@ impl Store {
         let mut all: Vec<(u32, &Arc<ReadMap>, u64)> = v
             .infos
             .iter()
-            .filter_map(|i| Some((i.id, v.segments.get(&i.id)?, i.len)))
+            .filter_map(|i| Some((i.id, v.segments.get(i.id)?, i.len)))
             .collect();
         all.push((v.active, &v.log_map, v.seen_committed));
         for (id, map, len) in all {

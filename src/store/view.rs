@@ -1,7 +1,6 @@
 //! What one process has mapped of a generation, and the tail table of the records appended
 //! since its index was written.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -25,7 +24,7 @@ pub(super) struct View {
     /// The recent index over it, when the generation has one (see `IndexBody::base`): the
     /// log's records from the full index's `log_start` to `log_start`.
     pub(super) recent: Option<Arc<Index>>,
-    pub(super) segments: HashMap<u32, Arc<ReadMap>>,
+    pub(super) segments: SegmentMaps,
     pub(super) infos: Vec<SegmentInfo>,
     pub(super) active: u32,
     pub(super) log: Option<File>,
@@ -51,6 +50,25 @@ pub(super) struct View {
     recent_size: OnceLock<(u64, u64)>,
 }
 
+/// The maps of a generation's immutable segments, by id: a few, so a sorted list (a lookup
+/// in it is on the path of every index hit; a `HashMap` would hash the id with SipHash).
+#[derive(Clone, Default)]
+pub(super) struct SegmentMaps(Vec<(u32, Arc<ReadMap>)>);
+
+impl SegmentMaps {
+    pub(super) fn insert(&mut self, id: u32, map: Arc<ReadMap>) {
+        match self.0.binary_search_by_key(&id, |(i, _)| *i) {
+            Ok(at) => self.0[at].1 = map,
+            Err(at) => self.0.insert(at, (id, map)),
+        }
+    }
+
+    pub(super) fn get(&self, id: u32) -> Option<&Arc<ReadMap>> {
+        let at = self.0.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        Some(&self.0[at].1)
+    }
+}
+
 pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
     rec.key == key && rec.prefix == prefix
 }
@@ -60,7 +78,7 @@ impl View {
     pub(super) fn new(
         generation: u64,
         index: Option<Arc<Index>>,
-        segments: HashMap<u32, Arc<ReadMap>>,
+        segments: SegmentMaps,
         infos: Vec<SegmentInfo>,
         active: u32,
         log_start: u64,
@@ -126,14 +144,14 @@ impl View {
         if seg == self.active {
             Some(&self.log_map)
         } else {
-            self.segments.get(&seg)
+            self.segments.get(seg)
         }
     }
 
     /// The map through which a lookup reads the record at `off` of segment `seg`.
     fn map_at(&self, seg: u32, off: u32) -> Option<&Arc<ReadMap>> {
         if seg != self.active {
-            self.segments.get(&seg)
+            self.segments.get(seg)
         } else if u64::from(off) < self.log_start {
             Some(&self.log_head)
         } else {
