@@ -229,8 +229,10 @@ impl Store {
             return self.rebuild_damaged(v, on_change);
         };
         let (report, garbage) = self.commit(v, plan, true)?;
-        let next = self.load_view(self.control.state(), Some(v))?;
-        super::discard(std::mem::replace(v, next));
+        super::discard(std::mem::replace(
+            v,
+            self.load_view(self.control.state(), None)?,
+        ));
         self.retire(&garbage)?;
         Ok(report)
     }

@@ -265,11 +265,12 @@ impl Store {
         )
     }
 
-    /// Maps generation `state.generation` and scans its log up to `state.committed`. When
-    /// `prev`, an older generation of the same epoch, has the same log, the records it has
-    /// scanned past the new `log_start` come from its tail table instead (a compaction leaves
-    /// the log going on, and what was appended while it ran is the new tail).
-    fn load_view(&self, state: State, prev: Option<&View>) -> Result<View> {
+    /// Maps generation `state.generation` and scans its log up to `state.committed`. When the
+    /// view in `prev`, an older generation of the same epoch, has the same log, the records it
+    /// has scanned past the new `log_start` come from its tail table instead (a compaction
+    /// leaves the log going on, and what was appended while it ran is the new tail); `prev` is
+    /// read-locked only to copy them.
+    fn load_view(&self, state: State, prev: Option<&RwLock<View>>) -> Result<View> {
         let path = self.dir.join(&index::index_name(state.generation));
         let top = Arc::new(Index::open(&path, state.generation, self.seed())?);
         let body = top.body();
@@ -329,12 +330,10 @@ impl Store {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             return Err(Error::io("open segment", &view.log_path, missing));
         }
-        match prev.filter(|p| view.continues(p)) {
-            Some(p) => view.carry_tail(p),
-            None => {
-                let expected = state.committed.min(view.log_len).saturating_sub(log_start) / 96;
-                view.tail = Tail::with_capacity(expected.min(1 << 24) as usize);
-            }
+        let carried = prev.is_some_and(|p| view.carry_tail(&p.read()));
+        if !carried {
+            let expected = state.committed.min(view.log_len).saturating_sub(log_start) / 96;
+            view.tail = Tail::with_capacity(expected.min(1 << 24) as usize);
         }
         view.scan_log(state.committed, |_| {})?;
         Ok(view)
@@ -347,8 +346,7 @@ impl Store {
         let mut last = None;
         for _ in 0..64 {
             let state = self.control.state();
-            let loaded = self.load_view(state, Some(&self.view.read()));
-            match loaded {
+            match self.load_view(state, Some(&self.view)) {
                 Ok(v) => {
                     self.install_view(v, on_change);
                     return Ok(());

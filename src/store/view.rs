@@ -340,7 +340,7 @@ impl View {
     /// Whether this (new, unscanned) view's log goes on from `prev`'s: a later generation of
     /// the same epoch with the same log (the file itself: a log's id is never reused within an
     /// epoch), which `prev` has scanned at least up to where this one's tail begins.
-    pub(super) fn continues(&self, prev: &View) -> bool {
+    fn continues(&self, prev: &View) -> bool {
         prev.index.is_some()
             && prev.log.is_some()
             && prev.generation < self.generation
@@ -349,10 +349,14 @@ impl View {
             && (prev.log_start..=prev.scanned).contains(&self.log_start)
     }
 
-    /// Takes over the part of `prev`'s tail table at or past this view's `log_start` (see
-    /// [`View::continues`]): those are this generation's tail, as far as `prev` scanned.
-    /// The records are counted again, which reads their headers, but not the table rebuilt.
-    pub(super) fn carry_tail(&mut self, prev: &View) {
+    /// If this (new, unscanned) view's log goes on from `prev`'s ([`View::continues`]), takes
+    /// over the part of `prev`'s tail table at or past this view's `log_start`: that is this
+    /// generation's tail, as far as `prev` scanned. The records are counted again (their
+    /// headers are read), but the table is not rebuilt. `false`: nothing carried.
+    pub(super) fn carry_tail(&mut self, prev: &View) -> bool {
+        if !self.continues(prev) {
+            return false;
+        }
         self.tail = prev
             .tail
             .since(u32::try_from(self.log_start).unwrap_or(u32::MAX));
@@ -366,6 +370,7 @@ impl View {
         );
         self.tail_records = records;
         self.scanned = prev.scanned;
+        true
     }
 
     /// Calls `changed` with the key hash of every record of the log past what was scanned, to
