@@ -66,27 +66,37 @@ impl ReadMap {
 #[derive(Debug)]
 pub(crate) struct WriteMap {
     map: MmapRaw,
+    /// The file offset the mapping starts at.
+    start: u64,
 }
 
 impl WriteMap {
-    pub(crate) fn new(file: &File, len: usize) -> io::Result<Self> {
-        let map = MmapOptions::new().len(len).map_raw(file)?;
+    /// Maps bytes `start..end` of `file` (`start` a multiple of the page size): the end of a
+    /// log, where appends go, not all of it (remapping a whole large log at each growth step
+    /// cost milliseconds).
+    pub(crate) fn new(file: &File, start: u64, end: u64) -> io::Result<Self> {
+        let len = usize::try_from(end.saturating_sub(start))
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let map = MmapOptions::new().offset(start).len(len).map_raw(file)?;
         prefer_huge_pages(len, || map.advise(Advice::HugePage));
-        Ok(Self { map })
+        Ok(Self { map, start })
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
+    /// Whether the file's bytes `start..end` are inside the mapping.
+    pub(crate) fn covers(&self, start: u64, end: u64) -> bool {
+        start >= self.start && end >= start && end - self.start <= self.map.len() as u64
     }
 
-    /// Copies `bytes` to `offset`; `false` (and nothing written) if they do not fit.
-    pub(crate) fn write(&self, offset: usize, bytes: &[u8]) -> bool {
-        if offset
-            .checked_add(bytes.len())
-            .is_none_or(|end| end > self.map.len())
-        {
+    /// Copies `bytes` to file offset `offset`; `false` (and nothing written) if they do not
+    /// fit in the mapping.
+    pub(crate) fn write(&self, offset: u64, bytes: &[u8]) -> bool {
+        let Some(end) = offset.checked_add(bytes.len() as u64) else {
+            return false;
+        };
+        if !self.covers(offset, end) {
             return false;
         }
+        let at = (offset - self.start) as usize;
         // SAFETY: the range is inside the mapping (checked above), which lives as long as
         // `self`; `bytes` cannot overlap it (no slice of this mapping is ever handed out). The
         // caller holds the write lock and writes past the committed length, which no reader
@@ -94,7 +104,7 @@ impl WriteMap {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
-                self.map.as_mut_ptr().add(offset),
+                self.map.as_mut_ptr().add(at),
                 bytes.len(),
             );
         }
@@ -318,4 +328,38 @@ pub(crate) fn prefetch<T>(r: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_map_of_the_end_of_a_file_writes_at_file_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let start = 2 << 20;
+        let end = start + 8192;
+        allocate(&file, 0, end).unwrap();
+        let map = WriteMap::new(&file, start, end).unwrap();
+        assert!(map.covers(start, end));
+        assert!(!map.covers(start - 8, start + 8), "before the mapping");
+        assert!(!map.covers(end - 8, end + 1), "past its end");
+        assert!(map.write(start + 16, b"record"));
+        assert!(!map.write(start - 4, b"record"));
+        assert!(!map.write(end - 3, b"record"));
+        assert!(!map.write(u64::MAX - 2, b"record"));
+        drop(map);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[start as usize + 16..start as usize + 22], b"record");
+        assert!(bytes[..start as usize + 16].iter().all(|&b| b == 0));
+        assert!(bytes[start as usize + 22..].iter().all(|&b| b == 0));
+    }
 }

@@ -30,6 +30,10 @@ use tail::Tail;
 pub use verify::VerifyReport;
 use view::{SegmentMaps, View, key_eq};
 
+/// Where a writer's mapping of the log starts: the 2 MiB boundary at or below the append that
+/// made it (the unit of the log's large pages).
+const WRITE_MAP_ALIGN: u64 = 2 << 20;
+
 /// A read guard of the view: what lookups go through.
 pub(crate) struct Reader<'a>(RwLockReadGuard<'a, View>);
 
@@ -591,23 +595,25 @@ impl Store {
             return Ok(false);
         }
         let end = off + bytes.len() as u64;
-        if v.log_write.as_ref().is_none_or(|m| (m.len() as u64) < end) {
+        if v.log_write.as_ref().is_none_or(|m| !m.covers(off, end)) {
             v.log_write = None;
             let Some(file) = &v.log else {
                 return Ok(false);
             };
+            // From the 2 MiB boundary below the append to the space reserved: appends go on
+            // from there until the log grows again.
+            let start = off - off % WRITE_MAP_ALIGN;
             // Space another process reserved may be sparse (its file system call failed, say):
             // everything mapped for writing must be allocated.
-            if let Err(e) = crate::map::allocate(file, 0, v.log_len) {
+            if let Err(e) = crate::map::allocate(file, start, v.log_len.saturating_sub(start)) {
                 log::debug!("{}: appends use pwrite ({e})", v.log_path.display());
                 self.mapped_writes.store(false, Ordering::Relaxed);
                 return Ok(false);
             }
-            let len = usize::try_from(v.log_len).unwrap_or(usize::MAX);
-            let map = WriteMap::new(file, len).ctx("map segment for writing", &v.log_path)?;
+            let map = WriteMap::new(file, start, v.log_len)
+                .ctx("map segment for writing", &v.log_path)?;
             v.log_write = Some(map);
         }
-        let off = usize::try_from(off).unwrap_or(usize::MAX);
         Ok(v.log_write.as_ref().is_some_and(|m| m.write(off, bytes)))
     }
 
