@@ -181,7 +181,7 @@ impl Store {
         on_change: OnChange<'_>,
     ) -> Result<Option<CompactReport>> {
         self.follow_generation(on_change)?;
-        let snapshot = {
+        let (mut snapshot, upto) = {
             let _w = self.writer.lock();
             let _l = self.lock()?;
             let v = self.locked_view(on_change)?;
@@ -189,8 +189,10 @@ impl Store {
                 return Ok(None);
             }
             self.remove_leftovers(&v);
-            v.snapshot()?
+            (v.snapshot()?, v.scanned)
         };
+        // The snapshot's tail table, read from the log without the lock.
+        snapshot.scan_log(upto, |_| {})?;
         let built_from = snapshot.generation;
         // clear_expired seals the log too: it promises the space of every expired entry back.
         // A compaction asked for merges everything into a full index; one started because

@@ -107,8 +107,10 @@ impl View {
         }
     }
 
-    /// What compaction reads while other writers go on: the same maps and tail table, and a
-    /// handle of the log (to make it durable), without the writable mapping.
+    /// What compaction reads while other writers go on: the same maps, and a handle of the log
+    /// (to make it durable), without the writable mapping; its tail table is left empty, for
+    /// the caller to fill with `scan_log` up to this view's `scanned` once it has let go of the
+    /// write lock (copying a large table would hold the lock for milliseconds).
     pub(super) fn snapshot(&self) -> Result<Self> {
         let log = match &self.log {
             Some(f) => Some(
@@ -131,10 +133,10 @@ impl View {
             log_len: self.log_len,
             log_write: None,
             log_start: self.log_start,
-            scanned: self.scanned,
+            scanned: self.log_start,
             seen_committed: self.seen_committed,
-            tail: self.tail.clone(),
-            tail_records: self.tail_records,
+            tail: Tail::default(),
+            tail_records: 0,
             delta: OnceLock::new(),
             recent_size: OnceLock::new(),
         })
