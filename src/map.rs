@@ -14,14 +14,17 @@ use std::time::Duration;
 
 use memmap2::{Advice, Mmap, MmapOptions, MmapRaw};
 
+/// The large page size (x86-64's 2 MiB) that mappings, logs and the writer's mapping of the
+/// log's end are sized and aligned to.
+pub(crate) const HUGE_PAGE: u64 = 2 << 20;
+
 /// Asks the kernel to back a mapping of at least 2 MiB with 2 MiB pages where it can: the page
 /// cache then reads and keeps its file in 2 MiB folios, which every process maps with one page
 /// table entry each. A lookup's random reads then miss the TLB far less, and a fresh process
 /// takes one page fault per 2 MiB instead of per 4-64 KiB (docs/performance.md). The data and
 /// the files are the same either way; a kernel or file system without large folios ignores it.
 fn prefer_huge_pages(len: usize, advise: impl FnOnce() -> io::Result<()>) {
-    const HUGE_PAGE: usize = 2 << 20;
-    if len >= HUGE_PAGE
+    if len >= HUGE_PAGE as usize
         && let Err(e) = advise()
     {
         log::debug!("madvise(MADV_HUGEPAGE): {e}");
@@ -345,7 +348,7 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
-        let start = 2 << 20;
+        let start = HUGE_PAGE;
         let end = start + 8192;
         allocate(&file, 0, end).unwrap();
         let map = WriteMap::new(&file, start, end).unwrap();

@@ -185,7 +185,7 @@ const HUGE_ALIGN_FROM: u64 = 32 << 20;
 /// `len`, rounded up to a multiple of 2 MiB if it is a large log's (see [`HUGE_ALIGN_FROM`]).
 pub(crate) fn huge_aligned(len: u64) -> u64 {
     if len >= HUGE_ALIGN_FROM {
-        len.next_multiple_of(2 << 20)
+        len.next_multiple_of(map::HUGE_PAGE)
     } else {
         len
     }
@@ -285,7 +285,7 @@ mod tests {
             len = reserve(&file, &path, 0, len, len + 300_000).unwrap();
             assert_eq!(file.metadata().unwrap().len(), len);
             if len >= HUGE_ALIGN_FROM {
-                assert_eq!(len % (2 << 20), 0, "{len}");
+                assert_eq!(len % map::HUGE_PAGE, 0, "{len}");
                 aligned_from.get_or_insert(len);
             } else {
                 assert_eq!(len % (64 << 10), 0, "{len}");
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(huge_aligned(HUGE_ALIGN_FROM - 1), HUGE_ALIGN_FROM - 1);
         assert_eq!(
             huge_aligned(HUGE_ALIGN_FROM + 1),
-            HUGE_ALIGN_FROM + (2 << 20)
+            HUGE_ALIGN_FROM + map::HUGE_PAGE
         );
     }
 }

@@ -402,6 +402,8 @@ impl Store {
             .filter(|(_, h)| **h)
             .map(|(s, _)| s.id)
             .collect();
+        // Still needed: for its entries, or for removals a rebuild must not lose.
+        let needed = |s: &SegmentInfo| holding.contains(&s.id) || s.tombstones > 0;
         // Rewritten segments go below the log if it goes on, else above it (and the new log
         // above them).
         let below_log = infos
@@ -433,7 +435,7 @@ impl Store {
                     // Routine compaction rewrites only big, mostly dead segments.
                     dead > 0 && dead >= self.opts.gc_min_dead && dead >= s.live
                 };
-                (holding.contains(&s.id) || s.tombstones > 0) && worth
+                needed(s) && worth
             })
             .map(|s| s.id)
             .collect();
@@ -457,7 +459,7 @@ impl Store {
         let (new_infos, staged, next_id) = out.finish()?;
         let mut kept: Vec<SegmentInfo> = infos
             .iter()
-            .filter(|s| (holding.contains(&s.id) || s.tombstones > 0) && !rewrite.contains(&s.id))
+            .filter(|s| needed(s) && !rewrite.contains(&s.id))
             .copied()
             .chain(new_infos)
             .collect();

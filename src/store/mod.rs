@@ -30,10 +30,6 @@ use tail::Tail;
 pub use verify::VerifyReport;
 use view::{SegmentMaps, View, key_eq};
 
-/// Where a writer's mapping of the log starts: the 2 MiB boundary at or below the append that
-/// made it (the unit of the log's large pages).
-const WRITE_MAP_ALIGN: u64 = 2 << 20;
-
 /// A read guard of the view: what lookups go through.
 pub(crate) struct Reader<'a>(RwLockReadGuard<'a, View>);
 
@@ -602,7 +598,7 @@ impl Store {
             };
             // From the 2 MiB boundary below the append to the space reserved: appends go on
             // from there until the log grows again.
-            let start = off - off % WRITE_MAP_ALIGN;
+            let start = off - off % crate::map::HUGE_PAGE;
             // Space another process reserved may be sparse (its file system call failed, say):
             // everything mapped for writing must be allocated.
             if let Err(e) = crate::map::allocate(file, start, v.log_len.saturating_sub(start)) {

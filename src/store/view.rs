@@ -180,24 +180,27 @@ impl View {
             }
         }
         for &hash in hashes {
+            // (segment, offset, offset of the record's last line or of the next one)
             let in_tail = self.tail.candidates(hash).next();
-            let first = in_tail.map(|l| (self.active, l.off, l.len())).or_else(|| {
-                let mut indexes = self.recent.iter().chain(&self.index);
-                indexes.find_map(|i| {
-                    i.probe(hash, |s| {
-                        Some((s.seg.to_native(), s.off.to_native(), LINE as u32 + 1))
-                    })
+            let first = in_tail
+                .map(|l| {
+                    let last = (l.off as usize + l.len() as usize).saturating_sub(1);
+                    (self.active, l.off, last)
                 })
-            });
-            let Some((seg, off, len)) = first else {
+                .or_else(|| {
+                    let mut indexes = self.recent.iter().chain(&self.index);
+                    indexes.find_map(|i| {
+                        i.probe(hash, |s| {
+                            let off = s.off.to_native();
+                            Some((s.seg.to_native(), off, off as usize + LINE))
+                        })
+                    })
+                });
+            let Some((seg, off, last)) = first else {
                 continue;
             };
             if let Some(map) = self.map_at(seg, off) {
-                let (start, last) = (
-                    off as usize,
-                    (off as usize + len as usize).saturating_sub(1),
-                );
-                for b in [start, last]
+                for b in [off as usize, last]
                     .into_iter()
                     .filter_map(|at| map.bytes().get(at))
                 {
