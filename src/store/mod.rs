@@ -30,6 +30,18 @@ use tail::Tail;
 pub use verify::VerifyReport;
 use view::{SegmentMaps, View, key_eq};
 
+/// How far the old view `cur` must read its log for the keys that changed when `new`, the
+/// next generation, replaces it: if the log goes on, as far as `new` scanned it (later records
+/// are `new`'s to follow, and a later compaction may trim the log, never below what was
+/// committed); if `new` sealed it, to its end (fixed since the seal).
+fn rest_end(cur: &View, new: &View) -> u64 {
+    if new.active == cur.active {
+        new.scanned
+    } else {
+        u64::MAX
+    }
+}
+
 /// A read guard of the view: what lookups go through.
 pub(crate) struct Reader<'a>(RwLockReadGuard<'a, View>);
 
@@ -405,7 +417,7 @@ impl Store {
         } else if cur.index.is_some()
             && new.generation == cur.generation + 1
             && new.epoch() == cur.epoch()
-            && cur.scan_rest(|hash| on_change(Some(hash)))
+            && cur.scan_rest(rest_end(&cur, &new), |hash| on_change(Some(hash)))
         {
             // The next generation of the same epoch: compaction moved records around, and
             // changed only what records of the old log (the rest of it, just scanned) and of

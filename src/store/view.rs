@@ -378,17 +378,21 @@ impl View {
         true
     }
 
-    /// Calls `changed` with the key hash of every record of the log past what was scanned, to
-    /// its end as it is now (records others appended before compaction sealed it). `false` if
-    /// the log cannot be read.
-    pub(super) fn scan_rest(&self, mut changed: impl FnMut(u64)) -> bool {
+    /// Calls `changed` with the key hash of every record of the log past what was scanned, up
+    /// to `end` (records others appended before the compaction that sealed it, or, if the log
+    /// goes on, those the next view has scanned). `false` if the log cannot be read.
+    ///
+    /// Never past `end`: a log that goes on may be trimmed meanwhile by a compaction that
+    /// does not wait for this process, down to its committed length, and reading a page
+    /// past the end of a file through a mapping kills the process (`SIGBUS`).
+    pub(super) fn scan_rest(&self, end: u64, mut changed: impl FnMut(u64)) -> bool {
         let Some(file) = &self.log else {
             return false;
         };
         let Ok(meta) = file.metadata() else {
             return false;
         };
-        let Ok(map) = segment::map_segment(file, &self.log_path, meta.len()) else {
+        let Ok(map) = segment::map_segment(file, &self.log_path, meta.len().min(end)) else {
             return false;
         };
         let start = usize::try_from(self.scanned).unwrap_or(usize::MAX);
