@@ -1,8 +1,8 @@
-//! Directories written by format versions 1 to 4 (`tests/fixtures/format1` .. `format4`, made
+//! Directories written by format versions 1 to 5 (`tests/fixtures/format1` .. `format5`, made
 //! by those releases: five entries, a compaction, then a removal, an overwrite and a new entry
-//! in the log; in `format4` the new entry is in a recent index) open with every entry as it
-//! was (docs/format.md: rebuilt from the segments on first open). The logs of the version 2, 3
-//! and 4 fixtures were cut to their committed length (the rest was preallocated zeros).
+//! in the log; in `format4` and `format5` the new entry is in a recent index) open with every
+//! entry as it was (docs/format.md: rebuilt from the segments on first open). The logs of the
+//! version 2 to 5 fixtures were cut to their committed length (the rest was preallocated zeros).
 
 use std::path::Path;
 
@@ -36,6 +36,11 @@ fn a_format_3_directory_opens_with_every_entry() {
 #[test]
 fn a_format_4_directory_opens_with_every_entry() {
     opens_with_every_entry("format4");
+}
+
+#[test]
+fn a_format_5_directory_opens_with_every_entry() {
+    opens_with_every_entry("format5");
 }
 
 fn opens_with_every_entry(fixture: &str) {
