@@ -17,12 +17,22 @@ const MAGIC: &[u8; 8] = b"TOKCIDX1";
 /// Version 3: `log_start` (the log may continue from one generation to the next).
 /// Version 4: `base` (an index may be a recent index over a full one).
 /// Version 5: 12-byte slots (no record length: records say theirs); `record_bytes`.
-const VERSION: u32 = 5;
+/// Version 6: 8-byte slots (a 28-bit slot hash and a 36-bit location); `spans`.
+const VERSION: u32 = 6;
 /// `SegmentInfo::len` of a segment valid to its end (a log sealed by the compaction that
 /// wrote the index, which trims it before publishing it).
 pub(crate) const WHOLE_FILE: u64 = u64::MAX;
-/// `seg` of an empty slot.
-pub(crate) const EMPTY: u32 = u32::MAX;
+/// An empty slot.
+const EMPTY: u64 = u64::MAX;
+/// The segment of a slot whose location lies in no span: no segment has this id.
+pub(crate) const NOWHERE: u32 = u32::MAX;
+/// Bits of a slot that hold the record's location; the slot hash has the rest.
+const LOC_BITS: u32 = 36;
+const LOC_MASK: u64 = (1 << LOC_BITS) - 1;
+/// Bits of the key hash a slot keeps.
+const SLOT_HASH_BITS: u32 = 64 - LOC_BITS;
+/// Locations count in units of the record alignment.
+const UNIT: u64 = crate::record::ALIGN as u64;
 
 pub(crate) fn index_name(generation: u64) -> String {
     format!("index-{generation:016x}.tki")
@@ -47,28 +57,33 @@ pub(crate) struct SegmentInfo {
     pub tombstones: u64,
 }
 
-/// A table slot (12 bytes): the top 32 bits of the key hash ([`slot_hash`]) and where the
-/// record is. The record holds the whole hash and its own length; a lookup checks the hash,
-/// then the key itself.
+/// Where one segment's records lie in an index's *location* space: a slot's location is
+/// `base + offset / 8` of the segment with the largest `base` not above it.
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub seg: u32,
+    pub base: u64,
+}
+
+/// A table entry as code sees it: the slot hash ([`slot_hash`]) and where the record is.
+/// The record holds the whole hash and its own length; a lookup checks the hash, then the key
+/// itself. In the file a slot is 8 bytes: `slot_hash << 36 | location` (see [`Span`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
     pub hash: u32,
     pub seg: u32,
     pub off: u32,
 }
 
-impl Slot {
-    pub(crate) const VACANT: Slot = Slot {
-        hash: 0,
-        seg: EMPTY,
-        off: 0,
-    };
-}
-
-/// The part of a key hash that a slot keeps: its top 32 bits.
+/// The part of a key hash that a slot keeps: its top 28 bits.
 #[inline]
 pub(crate) fn slot_hash(hash: u64) -> u32 {
-    (hash >> 32) as u32
+    (hash >> LOC_BITS) as u32
+}
+
+/// The smallest key hash of this slot hash.
+pub(crate) fn lowest_hash(slot_hash: u32) -> u64 {
+    u64::from(slot_hash) << LOC_BITS
 }
 
 #[derive(Archive, Serialize, Debug)]
@@ -92,25 +107,53 @@ pub(crate) struct IndexBody {
     /// entries of both together.
     pub base: u64,
     pub segments: Vec<SegmentInfo>,
-    /// Home slots: a slot hash `h`'s first probe is `(h * buckets) >> 32`. At most 3/4 of
+    /// The segments the slots point into, in ascending `base` order.
+    pub spans: Vec<Span>,
+    /// Home slots: a slot hash `h`'s first probe is `(h * buckets) >> 28`. At most 3/4 of
     /// them are used, counting entries.
     pub buckets: u64,
     /// Ordered linear probing: entries in ascending hash order, each at its home slot or the
     /// first free slot after the previous entry. The table does not wrap around; overflow of
     /// the last buckets goes past `buckets`. So a probe stops at the first empty slot or the
     /// first larger hash: misses cost about as little as hits.
-    pub slots: Vec<Slot>,
+    pub slots: Vec<u64>,
     pub entries: u64,
     /// Bytes of the records the slots point at: the segments' live bytes for a full index;
     /// for a recent one, its records', removals included (for statistics: slots do not say).
     pub record_bytes: u64,
 }
 
-/// The slot a slot hash probes first: `(hash * buckets) >> 32`, so any table length works,
+/// The slot a slot hash probes first: `(hash * buckets) >> 28`, so any table length works,
 /// and the home slot grows with the hash (which keeps the table ordered).
 #[inline]
 fn home(hash: u32, buckets: u64) -> usize {
-    ((u128::from(hash) * u128::from(buckets)) >> 32) as usize
+    ((u128::from(hash) * u128::from(buckets)) >> SLOT_HASH_BITS) as usize
+}
+
+/// The location space of these entries: one span per segment they point into, in id order,
+/// each as long as its last record's offset needs. Errors past 2^36 units (512 GiB).
+fn spans_of(entries: &[Slot]) -> Result<Vec<Span>> {
+    let mut last: Vec<(u32, u64)> = Vec::new();
+    for e in entries {
+        match last.binary_search_by_key(&e.seg, |&(s, _)| s) {
+            Ok(at) => last[at].1 = last[at].1.max(u64::from(e.off)),
+            Err(at) => last.insert(at, (e.seg, u64::from(e.off))),
+        }
+    }
+    let mut base = 0u64;
+    let mut spans = Vec::with_capacity(last.len());
+    for (seg, last_off) in last {
+        spans.push(Span { seg, base });
+        base += last_off / UNIT + 1;
+    }
+    if base > LOC_MASK {
+        return Err(Error::InvalidValue(format!(
+            "cannot index {} GiB of records in one index (the limit is {} GiB)",
+            (base * UNIT) >> 30,
+            ((LOC_MASK + 1) * UNIT) >> 30
+        )));
+    }
+    Ok(spans)
 }
 
 impl IndexBody {
@@ -123,22 +166,29 @@ impl IndexBody {
         log_start: u64,
         segments: Vec<SegmentInfo>,
         mut entries: Vec<Slot>,
-    ) -> Self {
+    ) -> Result<Self> {
+        let spans = spans_of(&entries)?;
         // Stable sort: compaction passes the old (ordered) table plus a short tail, runs that
         // the sort merges in about linear time.
         entries.sort_by_key(|e| e.hash);
         let buckets = (entries.len() as u64 * 4 / 3 + 1).max(16);
-        let mut slots = vec![Slot::VACANT; buckets as usize];
+        let mut slots = vec![EMPTY; buckets as usize];
         let mut free = 0;
+        let mut span = 0;
         for e in &entries {
+            if spans[span].seg != e.seg {
+                span = spans.partition_point(|s| s.seg < e.seg);
+            }
+            let loc = spans[span].base + u64::from(e.off) / UNIT;
+            let packed = (u64::from(e.hash) << LOC_BITS) | loc;
             let i = home(e.hash, buckets).max(free);
             match slots.get_mut(i) {
-                Some(s) => *s = *e,
-                None => slots.push(*e),
+                Some(s) => *s = packed,
+                None => slots.push(packed),
             }
             free = i + 1;
         }
-        Self {
+        Ok(Self {
             generation,
             seed,
             epoch,
@@ -147,10 +197,11 @@ impl IndexBody {
             base: generation,
             record_bytes: segments.iter().map(|s| s.live).sum(),
             segments,
+            spans,
             buckets,
             slots,
             entries: entries.len() as u64,
-        }
+        })
     }
 
     /// Makes this a recent index over the full index of generation `base`, the two together
@@ -167,8 +218,9 @@ impl IndexBody {
     /// copy); rkyv's pointers are relative, so the archive is the same wherever it starts.
     pub(crate) fn to_file_bytes(&self) -> Result<rkyv::util::AlignedVec> {
         let estimate = HEADER_LEN
-            + self.slots.len() * std::mem::size_of::<ArchivedSlot>()
+            + self.slots.len() * std::mem::size_of::<u64>()
             + self.segments.len() * std::mem::size_of::<ArchivedSegmentInfo>()
+            + self.spans.len() * std::mem::size_of::<ArchivedSpan>()
             + 256;
         let mut buf = rkyv::util::AlignedVec::with_capacity(estimate);
         buf.extend_from_slice(&[0; HEADER_LEN]);
@@ -255,6 +307,9 @@ impl Index {
         if body.slots.is_empty() || body.generation != generation || body.seed != seed {
             return Err(Error::corrupt(path, "archive disagrees with its header"));
         }
+        if !body.spans.is_sorted_by_key(|s| s.base.to_native()) {
+            return Err(Error::corrupt(path, "location spans out of order"));
+        }
         Ok(Self {
             map,
             archive_len,
@@ -286,25 +341,65 @@ impl Index {
         }
     }
 
+    /// The slot at position `at` of the table, if it is occupied (and its location is in a
+    /// span).
+    #[inline]
+    pub(crate) fn slot(&self, at: usize) -> Option<Slot> {
+        self.decode(self.body().slots.get(at)?.to_native())
+    }
+
+    /// The occupied slots, in table order.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        let body = self.body();
+        body.slots.iter().filter_map(|s| self.decode(s.to_native()))
+    }
+
+    /// Positions in the table (for [`Index::slot`] and marking superseded entries).
+    pub(crate) fn len(&self) -> usize {
+        self.body().slots.len()
+    }
+
+    /// The slot of these 8 bytes; `None` if empty. A location in no span, or past 4 GiB of
+    /// its segment (a damaged index) gives segment [`NOWHERE`], whose records read as damaged.
+    #[inline]
+    fn decode(&self, packed: u64) -> Option<Slot> {
+        if packed == EMPTY {
+            return None;
+        }
+        let loc = packed & LOC_MASK;
+        let spans = &self.body().spans;
+        let at = spans.partition_point(|s| s.base <= loc);
+        let (seg, off) = at
+            .checked_sub(1)
+            .and_then(|at| {
+                let span = &spans[at];
+                let off = u32::try_from((loc - span.base.to_native()) * UNIT).ok()?;
+                Some((span.seg.to_native(), off))
+            })
+            .unwrap_or((NOWHERE, 0));
+        Some(Slot {
+            hash: (packed >> LOC_BITS) as u32,
+            seg,
+            off,
+        })
+    }
+
     /// Calls `f` with the position of each occupied slot whose slot hash is that of `hash`,
     /// and the slot, in probe order, until `f` returns `Some` (callers check the record's whole
     /// hash and key). A plain loop: it is on the path of every lookup.
     #[inline]
-    fn scan<R>(
-        &self,
-        hash: u64,
-        mut f: impl FnMut(usize, &ArchivedSlot) -> Option<R>,
-    ) -> Option<R> {
+    fn scan<R>(&self, hash: u64, mut f: impl FnMut(usize, Slot) -> Option<R>) -> Option<R> {
         let body = self.body();
         let hash = slot_hash(hash);
         let start = home(hash, body.buckets.to_native());
         for (at, s) in (start..).zip(body.slots.get(start..)?) {
-            let h = s.hash.to_native();
-            if s.seg == EMPTY || h > hash {
+            let s = s.to_native();
+            let h = (s >> LOC_BITS) as u32;
+            if s == EMPTY || h > hash {
                 return None;
             }
             if h == hash
-                && let Some(r) = f(at, s)
+                && let Some(r) = self.decode(s).and_then(|s| f(at, s))
             {
                 return Some(r);
             }
@@ -314,11 +409,7 @@ impl Index {
 
     /// Calls `f` with each occupied slot whose hash is `hash`, until `f` returns `Some`.
     #[inline]
-    pub(crate) fn probe<R>(
-        &self,
-        hash: u64,
-        mut f: impl FnMut(&ArchivedSlot) -> Option<R>,
-    ) -> Option<R> {
+    pub(crate) fn probe<R>(&self, hash: u64, mut f: impl FnMut(Slot) -> Option<R>) -> Option<R> {
         self.scan(hash, |_, s| f(s))
     }
 
@@ -333,22 +424,8 @@ impl Index {
     }
 
     /// The position of the slot `f` picks, for marking it superseded.
-    pub(crate) fn position(
-        &self,
-        hash: u64,
-        mut f: impl FnMut(&ArchivedSlot) -> bool,
-    ) -> Option<usize> {
+    pub(crate) fn position(&self, hash: u64, mut f: impl FnMut(Slot) -> bool) -> Option<usize> {
         self.scan(hash, |at, s| f(s).then_some(at))
-    }
-}
-
-impl ArchivedSlot {
-    pub(crate) fn to_slot(&self) -> Slot {
-        Slot {
-            hash: self.hash.to_native(),
-            seg: self.seg.to_native(),
-            off: self.off.to_native(),
-        }
     }
 }
 
@@ -356,11 +433,12 @@ impl ArchivedSlot {
 mod tests {
     use super::*;
 
-    fn slot(hash: u64, off: u32) -> Slot {
+    /// Entry `i` of these tests: spread over three segments, at offsets that differ.
+    fn slot(hash: u64, i: u32) -> Slot {
         Slot {
             hash: slot_hash(hash),
-            seg: 1,
-            off,
+            seg: [7, 3, 4096][i as usize % 3],
+            off: i * 24,
         }
     }
 
@@ -384,33 +462,32 @@ mod tests {
             })
             .collect();
         // Crowd the top of the range (overflow past the last bucket), and collide.
-        hashes.extend((0..40).map(|i| u64::MAX - i));
+        hashes.extend((0..40).map(|i| u64::MAX - (i << 36)));
         hashes.extend([hashes[10], hashes[10], 0, 0]);
         let entries: Vec<Slot> = hashes
             .iter()
             .enumerate()
             .map(|(i, &h)| slot(h, i as u32))
             .collect();
-        let body = IndexBody::build(3, 5, 3, 9, 0, Vec::new(), entries);
+        let body = IndexBody::build(3, 5, 3, 9, 0, Vec::new(), entries.clone()).unwrap();
         assert!(body.slots.len() >= body.buckets as usize);
-        let occupied: Vec<u32> = body
-            .slots
-            .iter()
-            .filter(|s| s.seg != EMPTY)
-            .map(|s| s.hash)
-            .collect();
-        assert_eq!(occupied.len(), hashes.len());
-        assert!(occupied.is_sorted(), "table is not ordered by hash");
+        assert_eq!(body.spans.len(), 3);
         let (_dir, index) = open_body(&body);
+        let occupied: Vec<Slot> = index.slots().collect();
+        assert_eq!(occupied.len(), hashes.len());
+        assert!(
+            occupied.is_sorted_by_key(|s| s.hash),
+            "table is not ordered by hash"
+        );
         for (i, &h) in hashes.iter().enumerate() {
-            let found = index.probe(h, |s| (s.off.to_native() == i as u32).then_some(()));
+            let found = index.probe(h, |s| (s == entries[i]).then_some(()));
             assert!(found.is_some(), "entry {i} (hash {h:x}) not found");
         }
-        // Absent hashes: no slot shares their top 32 bits, so no candidate at all.
+        // Absent hashes: no slot shares their top 28 bits, so no candidate at all.
         for h in [
-            1u64 << 32,
-            2 << 32,
-            u64::MAX - (200 << 32),
+            1u64 << 36,
+            2 << 36,
+            u64::MAX - (200 << 36),
             hashes[10] ^ (1 << 40),
         ] {
             if !hashes.iter().any(|&x| slot_hash(x) == slot_hash(h)) {
@@ -423,5 +500,17 @@ mod tests {
             None::<()>
         });
         assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn locations_past_the_limit_are_an_error() {
+        let at = |seg, off| Slot { hash: 1, seg, off };
+        // 4 GiB segments: 128 of them fill the 512 GiB of locations.
+        let last = u32::MAX - 7;
+        let fits: Vec<Slot> = (0..127).map(|seg| at(seg, last)).collect();
+        assert!(IndexBody::build(1, 1, 1, 0, 0, Vec::new(), fits.clone()).is_ok());
+        let over: Vec<Slot> = fits.into_iter().chain([at(200, last)]).collect();
+        let err = IndexBody::build(1, 1, 1, 0, 0, Vec::new(), over).unwrap_err();
+        assert!(err.to_string().contains("512 GiB"), "{err}");
     }
 }

@@ -312,17 +312,16 @@ impl Store {
         // Slots do not hold their records' lengths: live bytes change by the lengths of the
         // entries this merge adds and drops, read from records that are read anyway (to
         // compare a superseded entry's key, an expiring one's timestamp).
-        let mut superseded = vec![false; body.slots.len()];
+        let mut superseded = vec![false; index.len()];
         let mut dropped: HashMap<u32, u64> = HashMap::new();
         let mut drop_slot = |p: usize, len: usize| {
-            if !std::mem::replace(&mut superseded[p], true) {
-                *dropped.entry(body.slots[p].seg.to_native()).or_default() += len as u64;
+            if !std::mem::replace(&mut superseded[p], true)
+                && let Some(s) = index.slot(p)
+            {
+                *dropped.entry(s.seg).or_default() += len as u64;
             }
         };
-        let record_len = |s: &index::ArchivedSlot| {
-            v.record(s.seg.to_native(), s.off.to_native())
-                .map_or(0, |(_, r)| r.len)
-        };
+        let record_len = |s: Slot| v.record(s.seg, s.off).map_or(0, |(_, r)| r.len);
         let mut added = 0;
         let mut entries: Vec<Slot> =
             Vec::with_capacity(body.entries.to_native() as usize + log.len());
@@ -331,17 +330,16 @@ impl Store {
                 // A damaged record of the recent index (its key unknown): the full index's
                 // entries of its slot hash go, rather than show an older value than it held.
                 for p in index.positions(*hash) {
-                    drop_slot(p, record_len(&body.slots[p]));
+                    drop_slot(p, index.slot(p).map_or(0, record_len));
                 }
                 continue;
             };
             let mut old_len = 0;
             if let Some(p) = index.position(*hash, |s| {
-                v.record(s.seg.to_native(), s.off.to_native())
-                    .is_some_and(|(_, r)| {
-                        old_len = r.len;
-                        key_eq(&r, rec.prefix, rec.key)
-                    })
+                v.record(s.seg, s.off).is_some_and(|(_, r)| {
+                    old_len = r.len;
+                    key_eq(&r, rec.prefix, rec.key)
+                })
             }) {
                 drop_slot(p, old_len);
             }
@@ -354,9 +352,9 @@ impl Store {
                 });
             }
         }
-        for (i, s) in body.slots.iter().enumerate() {
-            if s.seg != index::EMPTY && !superseded[i] {
-                entries.push(s.to_slot());
+        for (i, &dropped) in superseded.iter().enumerate() {
+            if !dropped && let Some(s) = index.slot(i) {
+                entries.push(s);
             }
         }
         let before = entries.len();
@@ -500,7 +498,7 @@ impl Store {
             if seal { 0 } else { v.scanned },
             kept,
             entries,
-        );
+        )?;
         let mut plan = Plan {
             generation: v.generation,
             full: true,
@@ -552,7 +550,7 @@ impl Store {
             v.scanned,
             v.infos.clone(),
             slots,
-        )
+        )?
         .over(base.generation.to_native(), v.entries(), record_bytes);
         let nonce = random_seed();
         let name = index::index_name(generation);
@@ -716,7 +714,7 @@ impl Store {
     /// returns.
     pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<u32> {
         let log = new_log_id(None)?;
-        let body = IndexBody::build(generation, seed, generation, log, 0, Vec::new(), Vec::new());
+        let body = IndexBody::build(generation, seed, generation, log, 0, Vec::new(), Vec::new())?;
         dir.open_log(log)?;
         dir.write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         dir.sync()?;
@@ -747,7 +745,7 @@ impl Store {
             0,
             Vec::new(),
             Vec::new(),
-        );
+        )?;
         self.install(&mut v, body)?;
         on_change(None);
         Ok(())
@@ -847,7 +845,7 @@ impl Store {
                 0,
                 segments,
                 entries,
-            ),
+            )?,
         )?;
         Ok(generation)
     }

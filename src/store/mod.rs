@@ -684,8 +684,8 @@ impl Store {
         let Some(index) = v.index.as_ref() else {
             return;
         };
-        for s in index.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
-            let Some((_, rec)) = v.record(s.seg.to_native(), s.off.to_native()) else {
+        for s in index.slots() {
+            let Some((_, rec)) = v.record(s.seg, s.off) else {
                 continue;
             };
             if !v.in_log(rec.key_hash, rec.prefix, rec.key, false) {

@@ -133,9 +133,9 @@ impl Store {
                 index.path.display()
             ));
         }
-        for s in index.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
+        for s in index.slots() {
             report.slots_checked += 1;
-            let (seg, off, hash) = (s.seg.to_native(), s.off.to_native(), s.hash.to_native());
+            let (seg, off, hash) = (s.seg, s.off, s.hash);
             let problem = match v.record(seg, off) {
                 None => Some("points at no valid record".to_string()),
                 Some((_, rec)) => {

@@ -190,10 +190,7 @@ impl View {
                 .or_else(|| {
                     let mut indexes = self.recent.iter().chain(&self.index);
                     indexes.find_map(|i| {
-                        i.probe(hash, |s| {
-                            let off = s.off.to_native();
-                            Some((s.seg.to_native(), off, off as usize + LINE))
-                        })
+                        i.probe(hash, |s| Some((s.seg, s.off, s.off as usize + LINE)))
                     })
                 });
             let Some((seg, off, last)) = first else {
@@ -255,13 +252,11 @@ impl View {
         prefix: &[u8],
         key: &[u8],
     ) -> Option<Option<(&Arc<ReadMap>, RecordRef<'_>)>> {
-        index.probe(hash, |s| {
-            match self.record(s.seg.to_native(), s.off.to_native()) {
-                Some((map, rec)) => {
-                    (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some(Some((map, rec)))
-                }
-                None => Some(None),
+        index.probe(hash, |s| match self.record(s.seg, s.off) {
+            Some((map, rec)) => {
+                (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some(Some((map, rec)))
             }
+            None => Some(None),
         })
     }
 
@@ -293,17 +288,15 @@ impl View {
         let Some(recent) = &self.recent else {
             return all;
         };
-        for s in recent.body().slots.iter().filter(|s| s.seg != index::EMPTY) {
-            let off = s.off.to_native();
-            let Some((_, rec)) = self.record(s.seg.to_native(), off) else {
+        for s in recent.slots() {
+            let Some((_, rec)) = self.record(s.seg, s.off) else {
                 // Damaged: kept (its length unknown), so that it goes on hiding older records
                 // of its slot hash.
-                let hash = u64::from(s.hash.to_native()) << 32;
-                all.push((hash, TailLoc::new(off, 0, false)));
+                all.push((index::lowest_hash(s.hash), TailLoc::new(s.off, 0, false)));
                 continue;
             };
             if !self.in_log(rec.key_hash, rec.prefix, rec.key, true) {
-                let loc = TailLoc::new(off, rec.len as u32, rec.kind == Kind::Tombstone);
+                let loc = TailLoc::new(s.off, rec.len as u32, rec.kind == Kind::Tombstone);
                 all.push((rec.key_hash, loc));
             }
         }
@@ -322,9 +315,7 @@ impl View {
     pub(super) fn recent_size(&self) -> (u64, u64) {
         *self.recent_size.get_or_init(|| {
             self.recent.as_ref().map_or((0, 0), |r| {
-                let body = r.body();
-                let slots = body.slots.iter().filter(|s| s.seg != index::EMPTY);
-                (slots.count() as u64, body.record_bytes.to_native())
+                (r.slots().count() as u64, r.body().record_bytes.to_native())
             })
         })
     }
