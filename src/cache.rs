@@ -243,7 +243,7 @@ fn migrate_original_files(store: &Store, ttl_secs: f64, now: f64) -> Result<()> 
                     hash,
                     e.timestamp,
                     &e.bytes,
-                    &e.prefix,
+                    store.prefix_field(&e.prefix)?,
                     e.key.as_bytes(),
                 );
                 taken += 1;
@@ -667,7 +667,7 @@ impl Cache {
         timestamp: f64,
         published: impl FnOnce(),
     ) -> Result<()> {
-        let len = record::encoded_len(value.len(), prefix.len(), key.len());
+        let len = record::encoded_len(value.len(), record::Prefix::Text(prefix), key.len());
         if len > MAX_RECORD_LEN {
             return Err(Error::TooLarge {
                 what: "key and value",
@@ -679,6 +679,7 @@ impl Cache {
             published();
             return Ok(());
         };
+        let prefix = store.prefix_field(prefix)?;
         let mut buf = Vec::with_capacity(len);
         record::encode(
             &mut buf,

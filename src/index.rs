@@ -58,7 +58,7 @@ pub(crate) struct SegmentInfo {
 }
 
 /// Where one segment's records lie in an index's *location* space: a slot's location is
-/// `base + offset / 8` of the segment with the largest `base` not above it.
+/// `base + offset / 4` of the segment with the largest `base` not above it.
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Span {
     pub seg: u32,
@@ -131,7 +131,7 @@ fn home(hash: u32, buckets: u64) -> usize {
 }
 
 /// The location space of these entries: one span per segment they point into, in id order,
-/// each as long as its last record's offset needs. Errors past 2^36 units (512 GiB).
+/// each as long as its last record's offset needs. Errors past 2^36 units (256 GiB).
 fn spans_of(entries: &[Slot]) -> Result<Vec<Span>> {
     let mut last: Vec<(u32, u64)> = Vec::new();
     for e in entries {
@@ -438,7 +438,7 @@ mod tests {
         Slot {
             hash: slot_hash(hash),
             seg: [7, 3, 4096][i as usize % 3],
-            off: i * 24,
+            off: i * 12,
         }
     }
 
@@ -505,12 +505,12 @@ mod tests {
     #[test]
     fn locations_past_the_limit_are_an_error() {
         let at = |seg, off| Slot { hash: 1, seg, off };
-        // 4 GiB segments: 128 of them fill the 512 GiB of locations.
-        let last = u32::MAX - 7;
-        let fits: Vec<Slot> = (0..127).map(|seg| at(seg, last)).collect();
+        // 4 GiB segments: 64 of them fill the 256 GiB of locations.
+        let last = u32::MAX - 3;
+        let fits: Vec<Slot> = (0..63).map(|seg| at(seg, last)).collect();
         assert!(IndexBody::build(1, 1, 1, 0, 0, Vec::new(), fits.clone()).is_ok());
         let over: Vec<Slot> = fits.into_iter().chain([at(200, last)]).collect();
         let err = IndexBody::build(1, 1, 1, 0, 0, Vec::new(), over).unwrap_err();
-        assert!(err.to_string().contains("512 GiB"), "{err}");
+        assert!(err.to_string().contains("256 GiB"), "{err}");
     }
 }

@@ -31,6 +31,7 @@ pub mod keys;
 mod legacy;
 mod lock;
 mod map;
+mod prefixes;
 mod pyjson;
 mod ram;
 mod record;

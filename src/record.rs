@@ -2,14 +2,21 @@
 //! of files, maps or types beyond the value kind byte.
 
 use crate::hash::xxh3_64;
+use crate::prefixes::Prefixes;
 
 /// Size of the fixed record header.
 pub(crate) const HEADER_LEN: usize = 32;
-/// Records start at multiples of this, so `u32` token values and `f64`s are aligned in the map.
-pub(crate) const ALIGN: usize = 8;
+/// Records start at multiples of this, so `u32` token values are aligned in the map.
+pub(crate) const ALIGN: usize = 4;
+/// Records that hold their prefix's text are padded to a multiple of this (as all records
+/// were before format 6).
+const TEXT_ALIGN: usize = 8;
 /// The largest record accepted (header, value, prefix and key together).
 pub(crate) const MAX_RECORD_LEN: usize = 1 << 30;
+/// A record holding its prefix's text.
 const MAGIC: u16 = 0x4b54; // "TK" little-endian
+/// A record holding its prefix's number in the prefix table instead (at `OFF_PREFIX_LEN`).
+const MAGIC_INTERNED: u16 = 0x4954; // "TI" little-endian
 
 const OFF_SUM: usize = 0;
 const OFF_KEY_LEN: usize = 4;
@@ -52,6 +59,25 @@ impl Kind {
     }
 }
 
+/// How a record names its prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prefix<'a> {
+    /// By its text, stored in the record.
+    Text(&'a str),
+    /// By its number in the prefix table (`prefixes.tkp`).
+    Interned(u8),
+}
+
+impl Prefix<'_> {
+    /// Bytes of the prefix stored in the record.
+    fn stored_len(self) -> usize {
+        match self {
+            Prefix::Text(t) => t.len(),
+            Prefix::Interned(_) => 0,
+        }
+    }
+}
+
 /// A record decoded in place.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RecordRef<'a> {
@@ -59,29 +85,49 @@ pub(crate) struct RecordRef<'a> {
     pub key_hash: u64,
     pub timestamp: f64,
     pub value: &'a [u8],
+    /// The prefix's text; empty (no valid prefix is) for a number the table does not hold.
     pub prefix: &'a [u8],
+    /// Its number, for a record of an interned prefix.
+    pub prefix_id: Option<u8>,
     pub key: &'a [u8],
     /// Bytes the record takes in its segment, padding included.
     pub len: usize,
 }
 
-/// Total on-disk length of a record with these parts.
-pub(crate) fn encoded_len(value: usize, prefix: usize, key: usize) -> usize {
-    (HEADER_LEN + value + prefix + key).next_multiple_of(ALIGN)
+impl RecordRef<'_> {
+    /// The prefix as the record names it (to write it again the same way).
+    pub(crate) fn prefix_field(&self) -> Prefix<'_> {
+        match self.prefix_id {
+            Some(id) => Prefix::Interned(id),
+            None => Prefix::Text(std::str::from_utf8(self.prefix).unwrap_or_default()),
+        }
+    }
 }
 
-/// Appends one record to `out` (which must start 8-aligned relative to the segment).
+/// Total on-disk length of a record with these parts.
+pub(crate) fn encoded_len(value: usize, prefix: Prefix<'_>, key: usize) -> usize {
+    padded(HEADER_LEN + value + prefix.stored_len() + key, prefix)
+}
+
+fn padded(len: usize, prefix: Prefix<'_>) -> usize {
+    match prefix {
+        Prefix::Text(_) => len.next_multiple_of(TEXT_ALIGN),
+        Prefix::Interned(_) => len.next_multiple_of(ALIGN),
+    }
+}
+
+/// Appends one record to `out` (which must start 4-aligned relative to the segment).
 pub(crate) fn encode(
     out: &mut Vec<u8>,
     kind: Kind,
     key_hash: u64,
     timestamp: f64,
     value: &[u8],
-    prefix: &str,
+    prefix: Prefix<'_>,
     key: &[u8],
 ) {
     let start = out.len();
-    let total = encoded_len(value.len(), prefix.len(), key.len());
+    let total = encoded_len(value.len(), prefix, key.len());
     out.reserve(total);
     out.extend_from_slice(&[0; HEADER_LEN]);
     let h = &mut out[start..start + HEADER_LEN];
@@ -89,11 +135,15 @@ pub(crate) fn encode(
     h[OFF_KEY_HASH..OFF_KEY_HASH + 8].copy_from_slice(&key_hash.to_le_bytes());
     h[OFF_TIMESTAMP..OFF_TIMESTAMP + 8].copy_from_slice(&timestamp.to_le_bytes());
     h[OFF_VALUE_LEN..OFF_VALUE_LEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
-    h[OFF_PREFIX_LEN] = prefix.len() as u8;
+    let (prefix_byte, magic, text) = match prefix {
+        Prefix::Text(t) => (t.len() as u8, MAGIC, t.as_bytes()),
+        Prefix::Interned(id) => (id, MAGIC_INTERNED, &[][..]),
+    };
+    h[OFF_PREFIX_LEN] = prefix_byte;
     h[OFF_KIND] = kind as u8;
-    h[OFF_MAGIC..OFF_MAGIC + 2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[OFF_MAGIC..OFF_MAGIC + 2].copy_from_slice(&magic.to_le_bytes());
     out.extend_from_slice(value);
-    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(text);
     let summed_end = out.len();
     out.extend_from_slice(key);
     out.resize(start + total, 0);
@@ -113,25 +163,42 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 
 /// Decodes and checks the record at `off` of `buf`: bounds, magic, kind, and the checksum over
 /// header, value and prefix. Key bytes are not summed: a reader compares them with the key it
-/// asked for, and scans check them against `key_hash` when they need to.
-pub(crate) fn decode(buf: &[u8], off: usize) -> Result<RecordRef<'_>, &'static str> {
+/// asked for, and scans check them against `key_hash` when they need to. A prefix number that
+/// `prefixes` does not hold is no error here (the record's extent is sound, so a scan goes on
+/// past it): its `prefix` is empty, which no lookup asks for.
+pub(crate) fn decode<'a>(
+    buf: &'a [u8],
+    off: usize,
+    prefixes: &'a Prefixes,
+) -> Result<RecordRef<'a>, &'static str> {
     if !off.is_multiple_of(ALIGN) {
         return Err("misaligned record offset");
     }
     let Some(h) = buf.get(off..).and_then(|b| b.get(..HEADER_LEN)) else {
         return Err("record header past end of segment");
     };
-    if u16::from_le_bytes([h[OFF_MAGIC], h[OFF_MAGIC + 1]]) != MAGIC {
-        return Err("bad record magic");
-    }
+    let interned = match u16::from_le_bytes([h[OFF_MAGIC], h[OFF_MAGIC + 1]]) {
+        MAGIC => false,
+        MAGIC_INTERNED => true,
+        _ => return Err("bad record magic"),
+    };
     let kind = Kind::from_byte(h[OFF_KIND]).ok_or("unknown value kind")?;
     let key_len = u32_at(h, OFF_KEY_LEN) as usize;
     let value_len = u32_at(h, OFF_VALUE_LEN) as usize;
-    let prefix_len = h[OFF_PREFIX_LEN] as usize;
+    let prefix_len = if interned {
+        0
+    } else {
+        h[OFF_PREFIX_LEN] as usize
+    };
     if key_len + value_len + prefix_len > MAX_RECORD_LEN {
         return Err("record length over the limit");
     }
-    let len = encoded_len(value_len, prefix_len, key_len);
+    let form = if interned {
+        Prefix::Interned(h[OFF_PREFIX_LEN])
+    } else {
+        Prefix::Text("")
+    };
+    let len = padded(HEADER_LEN + value_len + prefix_len + key_len, form);
     let Some(rec) = buf.get(off..off + len) else {
         return Err("record past end of segment");
     };
@@ -150,12 +217,19 @@ pub(crate) fn decode(buf: &[u8], off: usize) -> Result<RecordRef<'_>, &'static s
     if !ok_kind_len {
         return Err("value length does not fit its kind");
     }
+    let (prefix, prefix_id) = if interned {
+        let id = h[OFF_PREFIX_LEN];
+        (prefixes.name(id).unwrap_or_default().as_bytes(), Some(id))
+    } else {
+        (&rec[value_end..prefix_end], None)
+    };
     Ok(RecordRef {
         kind,
         key_hash: u64_at(h, OFF_KEY_HASH),
         timestamp: f64::from_le_bytes(u64_at(h, OFF_TIMESTAMP).to_le_bytes()),
         value: &rec[HEADER_LEN..value_end],
-        prefix: &rec[value_end..prefix_end],
+        prefix,
+        prefix_id,
         key: &rec[prefix_end..prefix_end + key_len],
         len,
     })
@@ -164,29 +238,62 @@ pub(crate) fn decode(buf: &[u8], off: usize) -> Result<RecordRef<'_>, &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segment::Dir;
 
     #[test]
     fn round_trip_and_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir {
+            path: tmp.path().to_path_buf(),
+            mode: 0o644,
+        };
+        let table = Prefixes::open(&dir).unwrap();
+        let id = table.intern("test").unwrap().unwrap();
+        let forms = [(Prefix::Text("test"), 4, 8), (Prefix::Interned(id), 0, 4)];
+        for (prefix, stored, align) in forms {
+            let mut buf = Vec::new();
+            let value = 42i64.to_le_bytes();
+            encode(&mut buf, Kind::Int, 7, 1.5, &value, prefix, b"key");
+            assert_eq!(buf.len(), encoded_len(8, prefix, 3));
+            assert_eq!(
+                buf.len(),
+                (32 + 8 + stored + 3_usize).next_multiple_of(align)
+            );
+            let r = decode(&buf, 0, &table).unwrap();
+            assert_eq!((r.kind, r.key_hash, r.timestamp), (Kind::Int, 7, 1.5));
+            assert_eq!((r.prefix, r.key), (&b"test"[..], &b"key"[..]));
+            assert_eq!(r.prefix_field(), prefix);
+            for i in 0..HEADER_LEN + 8 + stored {
+                let mut bad = buf.clone();
+                bad[i] ^= 0x10;
+                assert!(
+                    decode(&bad, 0, &table).is_err(),
+                    "flip at {i} went unnoticed"
+                );
+                // The flip that turns one magic into the other.
+                bad[i] ^= 0x12;
+                assert!(
+                    decode(&bad, 0, &table).is_err(),
+                    "flip at {i} went unnoticed"
+                );
+            }
+            assert!(decode(&buf[..buf.len() - 8], 0, &table).is_err());
+        }
+        // A number the table does not hold: the record is sound, its prefix unknown.
         let mut buf = Vec::new();
         encode(
             &mut buf,
             Kind::Int,
             7,
             1.5,
-            &42i64.to_le_bytes(),
-            "test",
+            &[0; 8],
+            Prefix::Interned(9),
             b"key",
         );
-        assert_eq!(buf.len(), encoded_len(8, 4, 3));
-        assert_eq!(buf.len() % ALIGN, 0);
-        let r = decode(&buf, 0).unwrap();
-        assert_eq!((r.kind, r.key_hash, r.timestamp), (Kind::Int, 7, 1.5));
-        assert_eq!((r.prefix, r.key), (&b"test"[..], &b"key"[..]));
-        for i in 0..HEADER_LEN + 12 {
-            let mut bad = buf.clone();
-            bad[i] ^= 0x10;
-            assert!(decode(&bad, 0).is_err(), "flip at {i} went unnoticed");
-        }
-        assert!(decode(&buf[..buf.len() - 8], 0).is_err());
+        let r = decode(&buf, 0, &table).unwrap();
+        assert_eq!(
+            (r.prefix, r.prefix_id, r.len),
+            (&b""[..], Some(9), buf.len())
+        );
     }
 }

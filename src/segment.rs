@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
 use crate::map::{self, ReadMap};
+use crate::prefixes::Prefixes;
 use crate::record::{self, RecordRef};
 
 pub(crate) fn segment_name(id: u32) -> String {
@@ -239,11 +240,12 @@ pub(crate) fn map_segment(file: &File, path: &Path, len: u64) -> Result<ReadMap>
 pub(crate) fn scan<'a>(
     buf: &'a [u8],
     start: usize,
+    prefixes: &'a Prefixes,
     mut visit: impl FnMut(usize, &RecordRef<'a>),
 ) -> (usize, Option<&'static str>) {
     let mut off = start;
     while off < buf.len() {
-        match record::decode(buf, off) {
+        match record::decode(buf, off, prefixes) {
             Ok(rec) => {
                 visit(off, &rec);
                 off += rec.len;

@@ -287,7 +287,8 @@ fn a_damaged_record_under_a_recent_index_is_a_miss_not_its_older_value() {
     assert_eq!(cache.get::<u64>("token_count", k), Some(2));
     drop(cache);
 
-    // The newest record of K: value (8 bytes), prefix, key; damage its value.
+    // The newest record of K: value (8 bytes), then the key (its prefix is interned: the
+    // header holds its number); damage its value.
     let log = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -299,7 +300,7 @@ fn a_damaged_record_under_a_recent_index_is_a_miss_not_its_older_value() {
         .windows(k.len())
         .rposition(|w| w == k.as_bytes())
         .unwrap();
-    let value = at - "token_count".len() - 8;
+    let value = at - 8;
     assert_eq!(bytes[value..value + 8], 2u64.to_le_bytes());
     bytes[value] ^= 0x40;
     std::fs::write(&log, &bytes).unwrap();

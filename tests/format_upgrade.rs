@@ -77,9 +77,25 @@ fn opens_with_every_entry(fixture: &str) {
     let report = cache.verify(|_| ());
     assert!(report.problems.is_empty(), "{report:?}");
 
+    // New records name their prefix by number; the old ones hold its text. An overwrite of
+    // an old record supersedes it, in the log and through a compaction.
     cache.set("test", "new", &9u64).unwrap();
+    cache.set("token_count", hello, &20u64).unwrap();
+    assert_eq!(cache.get::<u64>("token_count", hello), Some(20));
+    cache.compact().unwrap();
+    cache.set("scores", "pi", &4.5f64).unwrap();
     drop(cache);
     let again = Cache::open(dir).unwrap();
     assert_eq!(again.get::<u64>("test", "new"), Some(9));
-    assert_eq!(again.get::<f64>("scores", "pi"), Some(3.5));
+    assert_eq!(again.get::<f64>("scores", "pi"), Some(4.5));
+    assert_eq!(again.get::<u64>("token_count", hello), Some(20));
+    assert_eq!(
+        again.get_tokens("tokens", hello).unwrap().as_tokens(),
+        Some(&[15339u32, 1917][..])
+    );
+    let mut listed = 0;
+    again.for_each_entry(|_| listed += 1);
+    assert_eq!(listed, 6);
+    let report = again.verify(|_| ());
+    assert!(report.problems.is_empty(), "{report:?}");
 }

@@ -338,7 +338,7 @@ impl Store {
             if let Some(p) = index.position(*hash, |s| {
                 v.record(s.seg, s.off).is_some_and(|(_, r)| {
                     old_len = r.len;
-                    key_eq(&r, rec.prefix, rec.key)
+                    r.key_hash == *hash && key_eq(&r, rec.prefix, rec.key)
                 })
             }) {
                 drop_slot(p, old_len);
@@ -443,7 +443,7 @@ impl Store {
             entries.sort_unstable_by_key(|e| (e.seg, e.off));
             for e in entries.iter_mut().filter(|e| rewrite.contains(&e.seg)) {
                 let Some(src) = v.map_of(e.seg) else { continue };
-                let Ok(rec) = record::decode(src.bytes(), e.off as usize) else {
+                let Ok(rec) = record::decode(src.bytes(), e.off as usize, &v.prefixes) else {
                     continue;
                 };
                 let at = e.off as usize;
@@ -736,7 +736,7 @@ impl Store {
             fs::remove_file(&p).ctx("remove segment", &p)?;
         }
         // Unmap them too: a deleted file's space comes back when the last map goes.
-        *v = Self::empty_view(&self.dir);
+        *v = Self::empty_view(&self.dir, &self.prefixes);
         let body = IndexBody::build(
             generation,
             self.seed(),
@@ -773,14 +773,18 @@ impl Store {
         // Newest record of each key, replaying segments in id order.
         let mut latest: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
         for (m, map) in maps.iter().enumerate() {
-            segment::scan(map.bytes(), 0, |off, rec| {
-                let Ok(prefix) = std::str::from_utf8(rec.prefix) else {
+            segment::scan(map.bytes(), 0, &self.prefixes, |off, rec| {
+                // A prefix whose number the table lacks cannot be hashed: its records are lost.
+                let Some(prefix) = std::str::from_utf8(rec.prefix)
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                else {
                     return;
                 };
                 let hash = key_hash(self.seed(), prefix, rec.key);
                 let locs = latest.entry(hash).or_default();
                 let same = locs.iter().position(|&(m2, o2)| {
-                    record::decode(maps[m2].bytes(), o2)
+                    record::decode(maps[m2].bytes(), o2, &self.prefixes)
                         .is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
                 });
                 match same {
@@ -795,15 +799,12 @@ impl Store {
         let mut entries = Vec::new();
         for (hash, locs) in latest {
             for (m, off) in locs {
-                let Ok(rec) = record::decode(maps[m].bytes(), off) else {
+                let Ok(rec) = record::decode(maps[m].bytes(), off, &self.prefixes) else {
                     continue;
                 };
                 if rec.kind == Kind::Tombstone {
                     continue;
                 }
-                let Ok(prefix) = std::str::from_utf8(rec.prefix) else {
-                    continue;
-                };
                 let at = buf.len();
                 record::encode(
                     &mut buf,
@@ -811,7 +812,7 @@ impl Store {
                     hash,
                     rec.timestamp,
                     rec.value,
-                    prefix,
+                    rec.prefix_field(),
                     rec.key,
                 );
                 entries.push(Slot {
@@ -941,7 +942,7 @@ impl<'a> Rewriter<'a> {
         };
         let valid = &src.bytes()[..(seg.len as usize).min(src.bytes().len())];
         let mut found = Vec::new();
-        segment::scan(valid, 0, |off, rec| {
+        segment::scan(valid, 0, &v.prefixes, |off, rec| {
             if rec.kind == Kind::Tombstone {
                 found.push((off, rec.len, rec.key_hash, rec.prefix, rec.key));
             }

@@ -17,7 +17,8 @@ use crate::index::{self, Index, SegmentInfo};
 use crate::keys::random_seed;
 use crate::lock::LockFile;
 use crate::map::{ReadMap, WriteMap};
-use crate::record::{Kind, RecordRef};
+use crate::prefixes::Prefixes;
+use crate::record::{self, Kind, RecordRef};
 use crate::segment::{self, Dir};
 
 mod compact;
@@ -103,6 +104,8 @@ pub(crate) struct Store {
     mapped_writes: AtomicBool,
     writer: Mutex<()>,
     view: RwLock<View>,
+    /// The prefix table: numbers of interned prefixes, which records hold instead of text.
+    prefixes: Arc<Prefixes>,
     /// The control page state (packed, see [`pack`]) that a read guard last found the view
     /// caught up with. Every change of the view tells the RAM tier what changed before its write
     /// guard goes, so while the control page still shows this state the RAM tier is current
@@ -191,7 +194,8 @@ impl Store {
                 }
             }
         };
-        let placeholder = Self::empty_view(&dir);
+        let prefixes = Arc::new(Prefixes::open(&dir)?);
+        let placeholder = Self::empty_view(&dir, &prefixes);
         // `TOKCACHE_APPEND=pwrite` forces `pwrite` (README: for a file system misjudged here).
         let forced_pwrite = std::env::var_os("TOKCACHE_APPEND").is_some_and(|v| v == "pwrite");
         let mapped_writes = AtomicBool::new(
@@ -206,6 +210,7 @@ impl Store {
             mapped_writes,
             writer: Mutex::new(()),
             view: RwLock::new(placeholder),
+            prefixes,
             seen: AtomicU64::new(u64::MAX),
             retry_compaction: Mutex::new((u64::MAX, 0)),
         };
@@ -245,8 +250,50 @@ impl Store {
         self.control.seed()
     }
 
+    /// How records of `prefix` name it: by number once it is in the prefix table (adding it,
+    /// under the write lock, the first time), by text if the table is full or damaged.
+    pub(crate) fn prefix_field<'p>(&self, prefix: &'p str) -> Result<record::Prefix<'p>> {
+        if let Some(id) = self.prefixes.id(prefix) {
+            return Ok(record::Prefix::Interned(id));
+        }
+        let _w = self.writer.lock();
+        let _l = self.lock()?;
+        if self.prefixes.is_new()? && self.holds_prefix_numbers()? {
+            self.prefixes.mark_lost()?;
+        }
+        Ok(match self.prefixes.intern(prefix)? {
+            Some(id) => record::Prefix::Interned(id),
+            None => record::Prefix::Text(prefix),
+        })
+    }
+
     pub(crate) fn dir(&self) -> &std::path::Path {
         &self.dir.path
+    }
+
+    /// Whether any segment holds a record that names its prefix by number: before the table
+    /// is first written, that means it was lost (a number must not be given twice). Reads
+    /// every record, once in the life of a cache (an empty one when it is new). Caller holds
+    /// the write lock, so no log is trimmed meanwhile.
+    fn holds_prefix_numbers(&self) -> Result<bool> {
+        for id in self.list_segments()? {
+            let p = self.dir.join(&segment::segment_name(id));
+            let file = match File::open(&p) {
+                Ok(f) => f,
+                // Retired by a compaction since it was listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("open segment", &p, e)),
+            };
+            let map = segment::map_segment(&file, &p, u64::MAX)?;
+            let mut found = false;
+            segment::scan(map.bytes(), 0, &self.prefixes, |_, rec| {
+                found |= rec.prefix_id.is_some();
+            });
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn list_segments(&self) -> Result<Vec<u32>> {
@@ -265,8 +312,9 @@ impl Store {
     }
 
     /// A view with nothing in it, used until the first real load.
-    fn empty_view(dir: &Dir) -> View {
+    fn empty_view(dir: &Dir, prefixes: &Arc<Prefixes>) -> View {
         View::new(
+            Arc::clone(prefixes),
             u64::MAX,
             None,
             SegmentMaps::default(),
@@ -325,6 +373,7 @@ impl Store {
         }
         let log_path = self.dir.join(&segment::segment_name(active));
         let mut view = View::new(
+            Arc::clone(&self.prefixes),
             state.generation,
             Some(index),
             segments,
@@ -674,10 +723,13 @@ impl Store {
     }
 
     /// Calls `f` with every live entry's newest record (expired ones included).
+    /// Records whose prefix number the table lacks are left out (they are not served).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&RecordRef<'_>)) {
         let v = self.view.read();
         for (_, l) in v.log_entries().iter().filter(|(_, l)| !l.tombstone()) {
-            if let Some((_, rec)) = v.record(v.active, l.off) {
+            if let Some((_, rec)) = v.record(v.active, l.off)
+                && !rec.prefix.is_empty()
+            {
                 f(&rec);
             }
         }
@@ -688,7 +740,7 @@ impl Store {
             let Some((_, rec)) = v.record(s.seg, s.off) else {
                 continue;
             };
-            if !v.in_log(rec.key_hash, rec.prefix, rec.key, false) {
+            if !rec.prefix.is_empty() && !v.in_log(rec.key_hash, rec.prefix, rec.key, false) {
                 f(&rec);
             }
         }

@@ -42,6 +42,7 @@ impl Store {
                 .push(format!("cannot load the current generation: {e}"));
         }
         let v = self.view.read();
+        report.problems.extend(v.prefixes.damage());
         let Some(index) = v.index.as_ref() else {
             report.problems.push("no index loaded".into());
             return report;
@@ -77,11 +78,18 @@ impl Store {
             let valid = &map.bytes()[..usize::try_from(len)
                 .unwrap_or(usize::MAX)
                 .min(map.bytes().len())];
-            let (stop, why) = segment::scan(valid, 0, |_, rec| {
+            let (stop, why) = segment::scan(valid, 0, &v.prefixes, |off, rec| {
                 report.records_checked += 1;
                 let ok = std::str::from_utf8(rec.prefix)
                     .is_ok_and(|p| key_hash(self.seed(), p, rec.key) == rec.key_hash);
-                if !ok {
+                if rec.prefix.is_empty() {
+                    report.problems.push(format!(
+                        "{} offset {off}: prefix number {} is not in {}",
+                        segment::segment_name(id),
+                        rec.prefix_id.unwrap_or_default(),
+                        crate::prefixes::FILE_NAME
+                    ));
+                } else if !ok {
                     report.problems.push(format!(
                         "{}: a record's key does not match its hash",
                         segment::segment_name(id)

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use crate::error::{IoContext, Result};
 use crate::index::{self, Index, SegmentInfo};
 use crate::map::{ReadMap, WriteMap};
+use crate::prefixes::Prefixes;
 use crate::record::{self, Kind, RecordRef};
 use crate::segment;
 
@@ -18,6 +19,8 @@ const LINE: usize = 64;
 
 /// What a process has mapped of one generation, plus the tail it has scanned.
 pub(super) struct View {
+    /// Names the prefixes of records that hold a prefix's number.
+    pub(super) prefixes: Arc<Prefixes>,
     pub(super) generation: u64,
     /// The full index. `None` only before the first load.
     pub(super) index: Option<Arc<Index>>,
@@ -69,13 +72,26 @@ impl SegmentMaps {
     }
 }
 
+/// Whether `rec` is a record of this prefix and key. Callers have matched the record's whole
+/// key hash, which covers the prefix: a record whose prefix number the table lacks (empty
+/// prefix) is taken for one of the asked prefix, so that it supersedes and is superseded as
+/// it should, and a lookup that finds it as the newest is a miss, never an older value.
 pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
-    rec.key == key && rec.prefix == prefix
+    rec.key == key && (rec.prefix == prefix || rec.prefix.is_empty())
+}
+
+/// A record found for a lookup, unless its prefix is unknown (see [`key_eq`]).
+fn known<'a>(
+    found: (&'a Arc<ReadMap>, RecordRef<'a>),
+) -> Option<(&'a Arc<ReadMap>, RecordRef<'a>)> {
+    (!found.1.prefix.is_empty()).then_some(found)
 }
 
 impl View {
     /// A view of these maps (no recent index) whose log is not opened or scanned yet.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
+        prefixes: Arc<Prefixes>,
         generation: u64,
         index: Option<Arc<Index>>,
         segments: SegmentMaps,
@@ -85,6 +101,7 @@ impl View {
         log_path: PathBuf,
     ) -> Self {
         Self {
+            prefixes,
             generation,
             index,
             recent: None,
@@ -120,6 +137,7 @@ impl View {
             None => None,
         };
         Ok(Self {
+            prefixes: Arc::clone(&self.prefixes),
             generation: self.generation,
             index: self.index.clone(),
             recent: self.recent.clone(),
@@ -161,9 +179,11 @@ impl View {
         }
     }
 
+    /// The record at `off` of segment `seg`, if it passes its checks. Its prefix is empty if
+    /// the prefix table lacks its number: such a record is never served (see `find`).
     pub(super) fn record(&self, seg: u32, off: u32) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
         let map = self.map_at(seg, off)?;
-        let rec = record::decode(map.bytes(), off as usize).ok()?;
+        let rec = record::decode(map.bytes(), off as usize, &self.prefixes).ok()?;
         Some((map, rec))
     }
 
@@ -224,7 +244,7 @@ impl View {
             // A damaged record is a miss (see `find_indexed`).
             let (map, rec) = self.record(self.active, l.off)?;
             if key_eq(&rec, prefix, key) {
-                return Some((map, rec));
+                return known((map, rec));
             }
         }
         self.find_indexed(hash, prefix, key)
@@ -254,7 +274,7 @@ impl View {
     ) -> Option<Option<(&Arc<ReadMap>, RecordRef<'_>)>> {
         index.probe(hash, |s| match self.record(s.seg, s.off) {
             Some((map, rec)) => {
-                (rec.key_hash == hash && key_eq(&rec, prefix, key)).then_some(Some((map, rec)))
+                (rec.key_hash == hash && key_eq(&rec, prefix, key)).then(|| known((map, rec)))
             }
             None => Some(None),
         })
@@ -362,6 +382,7 @@ impl View {
         segment::scan(
             &log[..end.min(log.len())],
             self.log_start as usize,
+            &self.prefixes,
             |_, _| records += 1,
         );
         self.tail_records = records;
@@ -388,7 +409,9 @@ impl View {
         };
         let start = usize::try_from(self.scanned).unwrap_or(usize::MAX);
         if start < map.bytes().len() {
-            segment::scan(map.bytes(), start, |_, rec| changed(rec.key_hash));
+            segment::scan(map.bytes(), start, &self.prefixes, |_, rec| {
+                changed(rec.key_hash)
+            });
         }
         true
     }
@@ -414,15 +437,18 @@ impl View {
             .min(map.bytes().len());
         let log = map.bytes();
         let tail = &mut self.tail;
+        let prefixes = &*self.prefixes;
         let mut added = 0;
-        let (stop, why) = segment::scan(&log[..end], self.scanned as usize, |off, rec| {
-            let loc = TailLoc::new(off as u32, rec.len as u32, rec.kind == Kind::Tombstone);
-            tail.upsert(rec.key_hash, loc, |l| {
-                record::decode(log, l.off as usize).is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
+        let (stop, why) =
+            segment::scan(&log[..end], self.scanned as usize, prefixes, |off, rec| {
+                let loc = TailLoc::new(off as u32, rec.len as u32, rec.kind == Kind::Tombstone);
+                tail.upsert(rec.key_hash, loc, |l| {
+                    record::decode(log, l.off as usize, prefixes)
+                        .is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
+                });
+                added += 1;
+                changed(rec.key_hash);
             });
-            added += 1;
-            changed(rec.key_hash);
-        });
         if let Some(why) = why
             && (stop as u64) < committed
         {

@@ -1,0 +1,283 @@
+//! The prefix table `prefixes.tkp`: every prefix a cache has interned, numbered in the order
+//! they were added. A record of an interned prefix holds its number (1 byte) instead of its
+//! text (`docs/format.md`, "Prefix table"). The file only grows: a number, once given, names
+//! its prefix for good, in every process.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{IoContext, Result};
+use crate::hash::xxh3_64;
+use crate::segment::{self, Dir};
+
+pub(crate) const FILE_NAME: &str = "prefixes.tkp";
+const MAGIC: &[u8; 8] = b"TOKCPFX1";
+/// A table written in place of one that was lost while records still held its numbers: it
+/// takes no prefixes, so that no number is ever given a second meaning.
+const LOST: &[u8; 8] = b"TOKCPFX0";
+/// Numbers are one byte.
+pub(crate) const CAPACITY: usize = 256;
+/// An entry: its length byte, the prefix, and a 4-byte checksum.
+const ENTRY_OVERHEAD: usize = 5;
+
+/// What this process knows of the table. Numbers resolve without a lock (each name is set
+/// once); the reverse map serves writers.
+#[derive(Debug)]
+pub(crate) struct Prefixes {
+    dir: Dir,
+    path: PathBuf,
+    names: Box<[OnceLock<Box<str>>]>,
+    ids: RwLock<HashMap<Box<str>, u8>>,
+    /// How the file read last time: its intact length, and whether bytes past it were bad.
+    read: Mutex<Parsed>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Parsed {
+    /// Bytes of the file that hold whole, intact entries (0: no file yet).
+    len: u64,
+    count: usize,
+    /// Bytes past `len` that are not an intact entry: the table takes no new prefixes (a
+    /// number must never be given twice), and `verify` says so.
+    damaged: bool,
+    /// The file's length when it was read: it is read again only once that changed.
+    file_len: u64,
+}
+
+impl Prefixes {
+    /// The table of the cache in `dir`, read if it exists.
+    pub(crate) fn open(dir: &Dir) -> Result<Self> {
+        let table = Self {
+            dir: dir.clone(),
+            path: dir.join(FILE_NAME),
+            names: (0..CAPACITY).map(|_| OnceLock::new()).collect(),
+            ids: RwLock::new(HashMap::new()),
+            read: Mutex::new(Parsed::default()),
+        };
+        table.reload()?;
+        Ok(table)
+    }
+
+    /// The prefix numbered `id`, or `None` if the file does not hold it (yet: another process
+    /// may have just added it, so an unknown number rereads the file once).
+    #[inline]
+    pub(crate) fn name(&self, id: u8) -> Option<&str> {
+        let slot = &self.names[usize::from(id)];
+        if let Some(name) = slot.get() {
+            return Some(name);
+        }
+        self.reload().ok()?;
+        slot.get().map(|n| &**n)
+    }
+
+    /// The number of `prefix`, if this process knows it.
+    pub(crate) fn id(&self, prefix: &str) -> Option<u8> {
+        self.ids.read().get(prefix).copied()
+    }
+
+    /// The number of `prefix`, adding it to the file if it is new. `None` when the table is
+    /// full or damaged: the record then holds its prefix's text. The caller holds the write
+    /// lock, so that no other process adds one meanwhile.
+    pub(crate) fn intern(&self, prefix: &str) -> Result<Option<u8>> {
+        let parsed = self.reload()?;
+        if let Some(id) = self.id(prefix) {
+            return Ok(Some(id));
+        }
+        if parsed.damaged || parsed.count >= CAPACITY {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(MAGIC.len() + ENTRY_OVERHEAD + prefix.len());
+        if parsed.len == 0 {
+            bytes.extend_from_slice(MAGIC);
+        }
+        bytes.extend_from_slice(&entry(prefix));
+        let file = segment::file_options(self.dir.mode)
+            .create(true)
+            .open(&self.path)
+            .ctx("open", &self.path)?;
+        segment::append_at(&file, &self.path, parsed.len, &bytes)?;
+        // Durable before any record names it.
+        file.sync_all().ctx("sync", &self.path)?;
+        if parsed.len == 0 {
+            self.dir.sync()?;
+        }
+        let id = parsed.count as u8;
+        self.learn(id, prefix);
+        let len = parsed.len + bytes.len() as u64;
+        *self.read.lock() = Parsed {
+            len,
+            count: parsed.count + 1,
+            damaged: false,
+            file_len: len,
+        };
+        Ok(Some(id))
+    }
+
+    /// Whether the table has no file yet (the caller holds the write lock).
+    pub(crate) fn is_new(&self) -> Result<bool> {
+        Ok(self.reload()?.file_len < MAGIC.len() as u64)
+    }
+
+    /// Replaces a missing table with one that takes no prefixes (the caller holds the write
+    /// lock and found records that hold numbers).
+    pub(crate) fn mark_lost(&self) -> Result<()> {
+        log::warn!(
+            "{} is missing, but records name prefixes by number: they are unreadable, and new \
+             prefixes are stored in full",
+            self.path.display()
+        );
+        self.dir.write_file(FILE_NAME, LOST)?;
+        self.reload()?;
+        Ok(())
+    }
+
+    /// Whether the file holds bytes that are not an intact entry (for `verify`).
+    pub(crate) fn damage(&self) -> Option<String> {
+        let parsed = *self.read.lock();
+        parsed.damaged.then(|| {
+            format!(
+                "{}: damaged or lost past byte {} (prefixes after it are not known; new ones are stored in full)",
+                self.path.display(),
+                parsed.len
+            )
+        })
+    }
+
+    fn learn(&self, id: u8, name: &str) {
+        let _ = self.names[usize::from(id)].set(name.into());
+        self.ids.write().insert(name.into(), id);
+    }
+
+    /// Reads the entries past those already known.
+    fn reload(&self) -> Result<Parsed> {
+        let mut read = self.read.lock();
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.len() == read.file_len => return Ok(*read),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(*read),
+            Err(e) => return Err(crate::Error::io("stat", &self.path, e)),
+        }
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(*read),
+            Err(e) => return Err(crate::Error::io("read", &self.path, e)),
+        };
+        read.file_len = bytes.len() as u64;
+        if bytes.len() < MAGIC.len() {
+            // Cut short while it was being made: nothing in it was ever used.
+            return Ok(*read);
+        }
+        if &bytes[..MAGIC.len()] != MAGIC {
+            read.damaged = true;
+            return Ok(*read);
+        }
+        let mut at = (read.len as usize).max(MAGIC.len());
+        let mut count = read.count;
+        while let Some((name, len)) = bytes.get(at..).and_then(parse_entry) {
+            if count >= CAPACITY {
+                break;
+            }
+            self.learn(count as u8, name);
+            count += 1;
+            at += len;
+        }
+        *read = Parsed {
+            len: at as u64,
+            count,
+            damaged: at != bytes.len(),
+            file_len: bytes.len() as u64,
+        };
+        Ok(*read)
+    }
+}
+
+fn entry_sum(name: &[u8]) -> u32 {
+    xxh3_64(name) as u32
+}
+
+fn entry(name: &str) -> Vec<u8> {
+    let mut e = Vec::with_capacity(ENTRY_OVERHEAD + name.len());
+    e.push(name.len() as u8);
+    e.extend_from_slice(name.as_bytes());
+    e.extend_from_slice(&entry_sum(name.as_bytes()).to_le_bytes());
+    e
+}
+
+/// The entry at the start of `b` and its length, if it is whole and intact.
+fn parse_entry(b: &[u8]) -> Option<(&str, usize)> {
+    let len = usize::from(*b.first()?);
+    let name = b.get(1..1 + len)?;
+    let sum = b.get(1 + len..ENTRY_OVERHEAD + len)?;
+    if len == 0 || u32::from_le_bytes(sum.try_into().ok()?) != entry_sum(name) {
+        return None;
+    }
+    Some((std::str::from_utf8(name).ok()?, ENTRY_OVERHEAD + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(path: &std::path::Path) -> Dir {
+        Dir {
+            path: path.to_path_buf(),
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn numbers_are_given_once_and_seen_by_every_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let a = Prefixes::open(&d).unwrap();
+        let b = Prefixes::open(&d).unwrap();
+        assert_eq!(a.intern("token_count").unwrap(), Some(0));
+        assert_eq!(a.intern("scores").unwrap(), Some(1));
+        assert_eq!(a.intern("token_count").unwrap(), Some(0));
+        // `b` learns them from the file: by number on a read, by name under the lock.
+        assert_eq!(b.id("scores"), None);
+        assert_eq!(b.name(1), Some("scores"));
+        assert_eq!(b.intern("tokens").unwrap(), Some(2));
+        assert_eq!(a.name(2), Some("tokens"));
+        assert_eq!(a.name(3), None);
+        assert!(a.damage().is_none());
+    }
+
+    #[test]
+    fn a_damaged_table_keeps_what_precedes_the_damage_and_takes_no_new_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let a = Prefixes::open(&d).unwrap();
+        for p in ["p0", "p1", "p2"] {
+            a.intern(p).unwrap();
+        }
+        let path = tmp.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = MAGIC.len() + ENTRY_OVERHEAD + 2;
+        bytes[second + 1] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let b = Prefixes::open(&d).unwrap();
+        assert_eq!(b.name(0), Some("p0"));
+        assert_eq!((b.name(1), b.name(2)), (None, None));
+        assert_eq!(b.intern("new").unwrap(), None, "a number given twice");
+        assert!(b.damage().is_some());
+    }
+
+    #[test]
+    fn the_table_holds_256_prefixes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let a = Prefixes::open(&d).unwrap();
+        for i in 0..CAPACITY {
+            assert_eq!(a.intern(&format!("p{i}")).unwrap(), Some(i as u8));
+        }
+        assert_eq!(a.intern("one_more").unwrap(), None);
+        let b = Prefixes::open(&d).unwrap();
+        assert_eq!(b.name(255), Some("p255"));
+        assert!(b.damage().is_none());
+    }
+}
