@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -34,6 +35,8 @@ pub(crate) struct Prefixes {
     ids: RwLock<HashMap<Box<str>, u8>>,
     /// How the file read last time: its intact length, and whether bytes past it were bad.
     read: Mutex<Parsed>,
+    /// The table takes no more prefixes (full or damaged): writers need not ask again.
+    closed: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,6 +60,7 @@ impl Prefixes {
             names: (0..CAPACITY).map(|_| OnceLock::new()).collect(),
             ids: RwLock::new(HashMap::new()),
             read: Mutex::new(Parsed::default()),
+            closed: AtomicBool::new(false),
         };
         table.reload()?;
         Ok(table)
@@ -74,6 +78,11 @@ impl Prefixes {
         slot.get().map(|n| &**n)
     }
 
+    /// Whether the table was found full or damaged: it takes no more prefixes.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// The number of `prefix`, if this process knows it.
     pub(crate) fn id(&self, prefix: &str) -> Option<u8> {
         self.ids.read().get(prefix).copied()
@@ -88,6 +97,7 @@ impl Prefixes {
             return Ok(Some(id));
         }
         if parsed.damaged || parsed.count >= CAPACITY {
+            self.closed.store(true, Ordering::Relaxed);
             return Ok(None);
         }
         let mut bytes = Vec::with_capacity(MAGIC.len() + ENTRY_OVERHEAD + prefix.len());
@@ -264,6 +274,7 @@ mod tests {
         assert_eq!(b.name(0), Some("p0"));
         assert_eq!((b.name(1), b.name(2)), (None, None));
         assert_eq!(b.intern("new").unwrap(), None, "a number given twice");
+        assert!(b.is_closed());
         assert!(b.damage().is_some());
     }
 
@@ -275,7 +286,9 @@ mod tests {
         for i in 0..CAPACITY {
             assert_eq!(a.intern(&format!("p{i}")).unwrap(), Some(i as u8));
         }
+        assert!(!a.is_closed());
         assert_eq!(a.intern("one_more").unwrap(), None);
+        assert!(a.is_closed());
         let b = Prefixes::open(&d).unwrap();
         assert_eq!(b.name(255), Some("p255"));
         assert!(b.damage().is_none());

@@ -256,6 +256,9 @@ impl Store {
         if let Some(id) = self.prefixes.id(prefix) {
             return Ok(record::Prefix::Interned(id));
         }
+        if self.prefixes.is_closed() {
+            return Ok(record::Prefix::Text(prefix));
+        }
         let _w = self.writer.lock();
         let _l = self.lock()?;
         if self.prefixes.is_new()? && self.holds_prefix_numbers()? {
