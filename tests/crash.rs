@@ -27,6 +27,10 @@ fn open(dir: &str) -> Cache {
         .unwrap()
 }
 
+fn round_prefix(round: u64) -> String {
+    format!("round{round}")
+}
+
 #[test]
 #[ignore = "entry point of the writer processes that get killed"]
 fn crash_writer() {
@@ -36,9 +40,15 @@ fn crash_writer() {
     let (dir, round) = spec.split_once('|').unwrap();
     let round: u64 = round.parse().unwrap();
     let cache = open(dir);
+    // A prefix of its own: kills also hit the adding of a prefix to the prefix table (past its
+    // 256 prefixes, records hold the text).
+    let own = round_prefix(round);
     for i in 0..1_000_000u64 {
         let k = key(round, i);
         cache.set("token_count", &k, &value_of(&k)).unwrap();
+        if i % 3 == 0 {
+            cache.set(&own, &k, &value_of(&k)).unwrap();
+        }
         if i % 5 == 0 {
             // Overwrite an older key of an older round with the same derived value, and
             // remove one, so kills also hit overwrites and tombstones.
@@ -120,6 +130,13 @@ fn kill_rounds(rounds: u64, seed: u64) {
                     Some(value_of(&k)),
                     "round {r}: flushed entry {i} lost"
                 );
+                if i % 3 == 0 {
+                    assert_eq!(
+                        cache.get::<u64>(&round_prefix(r as u64), &k),
+                        Some(value_of(&k)),
+                        "round {r}: flushed entry {i} of its own prefix lost"
+                    );
+                }
             }
         }
         cache.set("test", "alive", &round).unwrap();
