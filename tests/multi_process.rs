@@ -20,6 +20,11 @@ fn open(dir: &str) -> Cache {
         .unwrap()
 }
 
+/// A prefix of worker `me`, a new one every 5 keys.
+fn worker_prefix(me: usize, i: usize) -> String {
+    format!("w{me}-p{}", i / 5)
+}
+
 /// Worker body: writes its own keys and the shared keys, reads everything it can, and exits
 /// non-zero on any wrong value.
 #[test]
@@ -35,6 +40,17 @@ fn worker() {
     for i in 0..KEYS {
         let own = format!("own-{me}-{i}");
         cache.set("test", &own, &value_of(&own)).unwrap();
+        // Prefixes new to the cache, added by the workers at the same time: each must get a
+        // number of its own (a shared number would show as another worker's value).
+        let mine = worker_prefix(me, i);
+        cache.set(&mine, &own, &value_of(&mine)).unwrap();
+        if i > 0 {
+            let other = worker_prefix((me + 1) % WORKERS, i - 1);
+            let k = format!("own-{}-{}", (me + 1) % WORKERS, i - 1);
+            if let Some(v) = cache.get::<u64>(&other, &k) {
+                wrong += usize::from(v != value_of(&other));
+            }
+        }
         let shared = format!("shared-{}", (i * 7 + me) % KEYS);
         cache.set("test", &shared, &value_of(&shared)).unwrap();
         if i % 3 == me % 3 {
@@ -93,6 +109,18 @@ fn four_processes(append: &[&str; WORKERS]) {
                 Some(value_of(&k)),
                 "lost write {k}"
             );
+            let p = worker_prefix(me, i);
+            assert_eq!(cache.get::<u64>(&p, &k), Some(value_of(&p)), "{p} {k}");
+        }
+    }
+    // 4 x 60 prefixes and `test`: 241 numbers, each given once.
+    let table = std::fs::read(std::path::Path::new(&dir).join("prefixes.tkp")).unwrap();
+    for me in 0..WORKERS {
+        for n in 0..KEYS / 5 {
+            let entry = format!("w{me}-p{n}");
+            let framed: Vec<u8> = [&[entry.len() as u8][..], entry.as_bytes()].concat();
+            let times = table.windows(framed.len()).filter(|w| *w == framed).count();
+            assert_eq!(times, 1, "{entry} is in the prefix table {times} times");
         }
     }
     for i in 0..KEYS {
