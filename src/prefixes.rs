@@ -90,11 +90,26 @@ impl Prefixes {
 
     /// The number of `prefix`, adding it to the file if it is new. `None` when the table is
     /// full or damaged: the record then holds its prefix's text. The caller holds the write
-    /// lock, so that no other process adds one meanwhile.
-    pub(crate) fn intern(&self, prefix: &str) -> Result<Option<u8>> {
-        let parsed = self.reload()?;
+    /// lock, so that no other process adds one meanwhile. Before the file is first written,
+    /// `holds_numbers` says whether any record names a prefix by number: then the table was
+    /// lost, and is replaced by one that takes no prefixes (a number is never given twice).
+    pub(crate) fn intern(
+        &self,
+        prefix: &str,
+        holds_numbers: impl FnOnce() -> Result<bool>,
+    ) -> Result<Option<u8>> {
+        let mut parsed = self.reload()?;
         if let Some(id) = self.id(prefix) {
             return Ok(Some(id));
+        }
+        if parsed.file_len < MAGIC.len() as u64 && holds_numbers()? {
+            log::warn!(
+                "{} is missing, but records name prefixes by number: they are unreadable, and \
+                 new prefixes are stored in full",
+                self.path.display()
+            );
+            self.dir.write_file(FILE_NAME, LOST)?;
+            parsed = self.reload()?;
         }
         if parsed.damaged || parsed.count >= CAPACITY {
             self.closed.store(true, Ordering::Relaxed);
@@ -125,24 +140,6 @@ impl Prefixes {
             file_len: len,
         };
         Ok(Some(id))
-    }
-
-    /// Whether the table has no file yet (the caller holds the write lock).
-    pub(crate) fn is_new(&self) -> Result<bool> {
-        Ok(self.reload()?.file_len < MAGIC.len() as u64)
-    }
-
-    /// Replaces a missing table with one that takes no prefixes (the caller holds the write
-    /// lock and found records that hold numbers).
-    pub(crate) fn mark_lost(&self) -> Result<()> {
-        log::warn!(
-            "{} is missing, but records name prefixes by number: they are unreadable, and new \
-             prefixes are stored in full",
-            self.path.display()
-        );
-        self.dir.write_file(FILE_NAME, LOST)?;
-        self.reload()?;
-        Ok(())
     }
 
     /// Whether the file holds bytes that are not an intact entry (for `verify`).
@@ -232,6 +229,10 @@ fn parse_entry(b: &[u8]) -> Option<(&str, usize)> {
 mod tests {
     use super::*;
 
+    fn no_numbers() -> Result<bool> {
+        Ok(false)
+    }
+
     fn dir(path: &std::path::Path) -> Dir {
         Dir {
             path: path.to_path_buf(),
@@ -245,13 +246,13 @@ mod tests {
         let d = dir(tmp.path());
         let a = Prefixes::open(&d).unwrap();
         let b = Prefixes::open(&d).unwrap();
-        assert_eq!(a.intern("token_count").unwrap(), Some(0));
-        assert_eq!(a.intern("scores").unwrap(), Some(1));
-        assert_eq!(a.intern("token_count").unwrap(), Some(0));
+        assert_eq!(a.intern("token_count", no_numbers).unwrap(), Some(0));
+        assert_eq!(a.intern("scores", no_numbers).unwrap(), Some(1));
+        assert_eq!(a.intern("token_count", no_numbers).unwrap(), Some(0));
         // `b` learns them from the file: by number on a read, by name under the lock.
         assert_eq!(b.id("scores"), None);
         assert_eq!(b.name(1), Some("scores"));
-        assert_eq!(b.intern("tokens").unwrap(), Some(2));
+        assert_eq!(b.intern("tokens", no_numbers).unwrap(), Some(2));
         assert_eq!(a.name(2), Some("tokens"));
         assert_eq!(a.name(3), None);
         assert!(a.damage().is_none());
@@ -263,7 +264,7 @@ mod tests {
         let d = dir(tmp.path());
         let a = Prefixes::open(&d).unwrap();
         for p in ["p0", "p1", "p2"] {
-            a.intern(p).unwrap();
+            a.intern(p, no_numbers).unwrap();
         }
         let path = tmp.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -273,9 +274,36 @@ mod tests {
         let b = Prefixes::open(&d).unwrap();
         assert_eq!(b.name(0), Some("p0"));
         assert_eq!((b.name(1), b.name(2)), (None, None));
-        assert_eq!(b.intern("new").unwrap(), None, "a number given twice");
+        assert_eq!(
+            b.intern("new", no_numbers).unwrap(),
+            None,
+            "a number given twice"
+        );
         assert!(b.is_closed());
         assert!(b.damage().is_some());
+    }
+
+    #[test]
+    fn a_table_lost_while_records_hold_numbers_takes_no_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let a = Prefixes::open(&d).unwrap();
+        assert_eq!(a.intern("lost", || Ok(true)).unwrap(), None);
+        assert!(a.is_closed() && a.damage().is_some());
+        assert_eq!(std::fs::read(tmp.path().join(FILE_NAME)).unwrap(), LOST);
+        // Once a file exists, records are not read again.
+        let b = Prefixes::open(&d).unwrap();
+        assert_eq!(
+            b.intern("new", || panic!("read the records")).unwrap(),
+            None
+        );
+        let other = tempfile::tempdir().unwrap();
+        let c = Prefixes::open(&dir(other.path())).unwrap();
+        assert_eq!(c.intern("first", no_numbers).unwrap(), Some(0));
+        assert_eq!(
+            c.intern("second", || panic!("read the records")).unwrap(),
+            Some(1)
+        );
     }
 
     #[test]
@@ -284,10 +312,13 @@ mod tests {
         let d = dir(tmp.path());
         let a = Prefixes::open(&d).unwrap();
         for i in 0..CAPACITY {
-            assert_eq!(a.intern(&format!("p{i}")).unwrap(), Some(i as u8));
+            assert_eq!(
+                a.intern(&format!("p{i}"), no_numbers).unwrap(),
+                Some(i as u8)
+            );
         }
         assert!(!a.is_closed());
-        assert_eq!(a.intern("one_more").unwrap(), None);
+        assert_eq!(a.intern("one_more", no_numbers).unwrap(), None);
         assert!(a.is_closed());
         let b = Prefixes::open(&d).unwrap();
         assert_eq!(b.name(255), Some("p255"));

@@ -248,7 +248,7 @@ mod tests {
             mode: 0o644,
         };
         let table = Prefixes::open(&dir).unwrap();
-        let id = table.intern("test").unwrap().unwrap();
+        let id = table.intern("test", || Ok(false)).unwrap().unwrap();
         let forms = [(Prefix::Text("test"), 4, 8), (Prefix::Interned(id), 0, 4)];
         for (prefix, stored, align) in forms {
             let mut buf = Vec::new();

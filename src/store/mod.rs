@@ -261,13 +261,15 @@ impl Store {
         }
         let _w = self.writer.lock();
         let _l = self.lock()?;
-        if self.prefixes.is_new()? && self.holds_prefix_numbers()? {
-            self.prefixes.mark_lost()?;
-        }
-        Ok(match self.prefixes.intern(prefix)? {
-            Some(id) => record::Prefix::Interned(id),
-            None => record::Prefix::Text(prefix),
-        })
+        Ok(
+            match self
+                .prefixes
+                .intern(prefix, || self.holds_prefix_numbers())?
+            {
+                Some(id) => record::Prefix::Interned(id),
+                None => record::Prefix::Text(prefix),
+            },
+        )
     }
 
     pub(crate) fn dir(&self) -> &std::path::Path {
