@@ -80,10 +80,7 @@ impl Control {
                 .unwrap_or_default(),
         );
         if version != VERSION {
-            return Err(Error::corrupt(
-                path,
-                format!("format version {version}, this build reads {VERSION}"),
-            ));
+            return Err(Error::unknown_version(path, version, VERSION));
         }
         let seed = u64::from_le_bytes(b[OFF_SEED..OFF_SEED + 8].try_into().unwrap_or_default());
         debug_assert_eq!(page.len(), PAGE_LEN);

@@ -31,6 +31,14 @@ pub enum Error {
     Decode(serde_json::Error),
     /// A file of the cache is damaged or of an unknown format.
     Corrupt { path: PathBuf, reason: String },
+    /// A file of the cache was written by a newer release, in a format this one does not
+    /// read. The directory is left as it is (a rebuild would lose what the newer release
+    /// wrote); [`crate::Cache::open`] then gives a RAM-only cache.
+    NewerFormat {
+        path: PathBuf,
+        version: u32,
+        supported: u32,
+    },
     /// The cache could not use its directory and works from RAM only (or read-only), so the
     /// operation cannot do what it promises (for example `flush`).
     Degraded { reason: String },
@@ -45,6 +53,23 @@ impl Error {
             op,
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// The error for a file of format `version`, if this build does not read that format:
+    /// [`Error::NewerFormat`] above `supported`, else [`Error::Corrupt`].
+    pub(crate) fn unknown_version(path: &Path, version: u32, supported: u32) -> Self {
+        if version > supported {
+            Error::NewerFormat {
+                path: path.to_path_buf(),
+                version,
+                supported,
+            }
+        } else {
+            Error::corrupt(
+                path,
+                format!("format version {version}, this build reads {supported}"),
+            )
         }
     }
 
@@ -84,6 +109,16 @@ impl fmt::Display for Error {
             Error::Corrupt { path, reason } => {
                 write!(f, "corrupt cache file {}: {reason}", path.display())
             }
+            Error::NewerFormat {
+                path,
+                version,
+                supported,
+            } => write!(
+                f,
+                "{} was written by a newer tokcache (format {version}; this one reads up to \
+                 {supported}): the directory is left as it is",
+                path.display()
+            ),
             Error::Degraded { reason } => write!(f, "cache is degraded: {reason}"),
         }
     }

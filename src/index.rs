@@ -275,10 +275,7 @@ impl Index {
         }
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if version != VERSION {
-            return Err(Error::corrupt(
-                path,
-                format!("format version {version}, this build reads {VERSION}"),
-            ));
+            return Err(Error::unknown_version(path, version, VERSION));
         }
         if xxh3_64(&b[..56]) != field(b, 56) {
             return Err(Error::corrupt(path, "header checksum mismatch"));

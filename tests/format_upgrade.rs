@@ -99,3 +99,68 @@ fn opens_with_every_entry(fixture: &str) {
     let report = again.verify(|_| ());
     assert!(report.problems.is_empty(), "{report:?}");
 }
+
+/// Every file of `dir` and its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    all.sort();
+    all
+}
+
+/// Sets the format version (bytes 8..12) of every file of `dir` whose name ends in `suffix`.
+fn set_version(dir: &Path, suffix: &str, version: u32) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.to_str().unwrap().ends_with(suffix) {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_directory_of_a_newer_format_is_left_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cache = Cache::open(dir).unwrap();
+    cache.set("token_count", "kept", &7u64).unwrap();
+    cache.compact().unwrap();
+    cache.set("token_count", "in the log", &8u64).unwrap();
+    drop(cache);
+    let index_version = u32::from_le_bytes(
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .find(|b| b.starts_with(b"TOKCIDX1"))
+            .unwrap()[8..12]
+            .try_into()
+            .unwrap(),
+    );
+    for (suffix, current) in [(".tki", index_version), (".ctl", 2)] {
+        // As a newer release would have left it: not rebuilt, not written, not served.
+        set_version(dir, suffix, current + 1);
+        let before = snapshot(dir);
+        let cache = Cache::open(dir).unwrap();
+        assert_eq!(cache.storage(), tokcache::Storage::RamOnly, "{suffix}");
+        assert_eq!(cache.get::<u64>("token_count", "kept"), None);
+        cache.set("token_count", "new", &9u64).unwrap();
+        assert!(matches!(
+            cache.flush(),
+            Err(tokcache::Error::Degraded { .. })
+        ));
+        drop(cache);
+        assert!(before == snapshot(dir), "{suffix}: the directory changed");
+        // Back to this release's format: everything is there.
+        set_version(dir, suffix, current);
+        let cache = Cache::open(dir).unwrap();
+        assert_eq!(cache.storage(), tokcache::Storage::Disk);
+        assert_eq!(cache.get::<u64>("token_count", "kept"), Some(7));
+        assert_eq!(cache.get::<u64>("token_count", "in the log"), Some(8));
+        assert_eq!(cache.get::<u64>("token_count", "new"), None);
+    }
+}

@@ -138,6 +138,11 @@ fn discard(old: View) {
     }
 }
 
+/// A file of a newer release: never rebuilt over.
+fn is_newer(e: &Error) -> bool {
+    matches!(e, Error::NewerFormat { .. })
+}
+
 fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
 }
@@ -169,7 +174,7 @@ impl Store {
         // `rebuild`: the control page was lost but segments remain.
         let (control, fresh, rebuild) = match Control::open(&ctl_path, writable) {
             Ok(c) => (c, false, false),
-            Err(e) if lock.is_none() => return Err(e),
+            Err(e) if lock.is_none() || is_newer(&e) => return Err(e),
             Err(first) => {
                 let held = lock.as_ref().map(LockFile::exclusive).transpose()?;
                 match Control::open(&ctl_path, true) {
@@ -426,7 +431,7 @@ impl Store {
             }
         }
         let e = last.unwrap_or_else(|| Error::corrupt(&self.ctl_path, "generation keeps changing"));
-        if !self.is_writable() {
+        if !self.is_writable() || is_newer(&e) {
             return Err(e);
         }
         log::warn!("{e}; rebuilding the index from the segments");
