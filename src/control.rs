@@ -80,7 +80,12 @@ impl Control {
                 .unwrap_or_default(),
         );
         if version != VERSION {
-            return Err(Error::unknown_version(path, version, VERSION));
+            // No checksum says whether this is damage or a newer release: the store tells by
+            // the indexes (see `index::check_not_newer`) before it rebuilds the page.
+            return Err(Error::corrupt(
+                path,
+                format!("format version {version}, this build reads {VERSION}"),
+            ));
         }
         let seed = u64::from_le_bytes(b[OFF_SEED..OFF_SEED + 8].try_into().unwrap_or_default());
         debug_assert_eq!(page.len(), PAGE_LEN);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rkyv::{Archive, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::hash::xxh3_64;
+use crate::hash::{xxh3_64, xxh3_64_with_seed};
 use crate::map::{ReadMap, access_validated};
 
 pub(crate) const HEADER_LEN: usize = 64;
@@ -227,6 +227,9 @@ impl IndexBody {
         let mut buf = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(self, buf)
             .map_err(|e| Error::InvalidValue(format!("cannot serialize index: {e}")))?;
         let archive = &buf[HEADER_LEN..];
+        let body = rkyv::access::<ArchivedIndexBody, rkyv::rancor::Error>(archive)
+            .map_err(|e| Error::InvalidValue(format!("cannot read back the index: {e}")))?;
+        let meta_sum = meta_sum(archive, body);
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_le_bytes());
@@ -235,12 +238,45 @@ impl IndexBody {
         header.extend_from_slice(&(archive.len() as u64).to_le_bytes());
         header.extend_from_slice(&xxh3_64(archive).to_le_bytes());
         header.extend_from_slice(&self.seed.to_le_bytes());
-        header.extend_from_slice(&self.entries.to_le_bytes());
+        header.extend_from_slice(&meta_sum.to_le_bytes());
         let header_sum = xxh3_64(&header);
         header.extend_from_slice(&header_sum.to_le_bytes());
         debug_assert_eq!(header.len(), HEADER_LEN);
         buf[..HEADER_LEN].copy_from_slice(&header);
         Ok(buf)
+    }
+}
+
+/// `xxh3_64` of the archive but its slots: the root and the segment and span lists, a few
+/// hundred bytes that say how to read everything else (where the tail starts, which segment
+/// is the log). Checked on every open, unlike the whole archive's sum (O(size)): a damaged
+/// `log_start` would hide records appended after it, a damaged slot only its own entry.
+fn meta_sum(archive: &[u8], body: &ArchivedIndexBody) -> u64 {
+    let slots = body.slots.as_slice();
+    let start = (slots.as_ptr() as usize).saturating_sub(archive.as_ptr() as usize);
+    let end = start + std::mem::size_of_val(slots);
+    let before = archive.get(..start).unwrap_or_default();
+    let after = archive.get(end..).unwrap_or_default();
+    xxh3_64_with_seed(after, xxh3_64(before))
+}
+
+/// [`Error::NewerFormat`] if the file at `path` is an index of a newer format (its magic, its
+/// version above this build's, and an intact header: every version keeps bytes 0..12 and the
+/// header checksum at 56..64 over 0..56, so that a damaged version field reads as damage).
+pub(crate) fn check_not_newer(path: &Path) -> Result<()> {
+    let mut b = [0u8; 64];
+    let Ok(mut file) = File::open(path) else {
+        return Ok(());
+    };
+    if std::io::Read::read_exact(&mut file, &mut b).is_err()
+        || &b[..8] != MAGIC
+        || xxh3_64(&b[..56]) != field(&b, 56)
+    {
+        return Ok(());
+    }
+    match u32::from_le_bytes([b[8], b[9], b[10], b[11]]) {
+        v if v > VERSION => Err(Error::unknown_version(path, v, VERSION)),
+        _ => Ok(()),
     }
 }
 
@@ -273,12 +309,12 @@ impl Index {
         if &b[..8] != MAGIC {
             return Err(Error::corrupt(path, "bad magic: not a tokcache index"));
         }
+        if xxh3_64(&b[..56]) != field(b, 56) {
+            return Err(Error::corrupt(path, "header checksum mismatch"));
+        }
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if version != VERSION {
             return Err(Error::unknown_version(path, version, VERSION));
-        }
-        if xxh3_64(&b[..56]) != field(b, 56) {
-            return Err(Error::corrupt(path, "header checksum mismatch"));
         }
         let (generation, archive_len, archive_sum, seed) = (
             field(b, 16),
@@ -303,6 +339,12 @@ impl Index {
             .map_err(|e| Error::corrupt(path, format!("invalid archive: {e}")))?;
         if body.slots.is_empty() || body.generation != generation || body.seed != seed {
             return Err(Error::corrupt(path, "archive disagrees with its header"));
+        }
+        if meta_sum(archive, body) != field(b, 48) {
+            return Err(Error::corrupt(
+                path,
+                "checksum of the index's root and lists mismatch",
+            ));
         }
         if !body.spans.is_sorted_by_key(|s| s.base.to_native()) {
             return Err(Error::corrupt(path, "location spans out of order"));

@@ -111,13 +111,19 @@ fn snapshot(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
     all
 }
 
-/// Sets the format version (bytes 8..12) of every file of `dir` whose name ends in `suffix`.
-fn set_version(dir: &Path, suffix: &str, version: u32) {
+/// Sets the format version (bytes 8..12) of every file of `dir` whose name ends in `suffix`;
+/// with `sign`, recomputes an index header's checksum (bytes 56..64, `xxh3_64` of 0..56), as
+/// a newer release would have written it; without, the change looks like damage.
+fn set_version(dir: &Path, suffix: &str, version: u32, sign: bool) {
     for e in std::fs::read_dir(dir).unwrap() {
         let path = e.unwrap().path();
         if path.to_str().unwrap().ends_with(suffix) {
             let mut bytes = std::fs::read(&path).unwrap();
             bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            if sign {
+                let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..56]);
+                bytes[56..64].copy_from_slice(&sum.to_le_bytes());
+            }
             std::fs::write(&path, bytes).unwrap();
         }
     }
@@ -141,12 +147,23 @@ fn a_directory_of_a_newer_format_is_left_as_it_is() {
             .try_into()
             .unwrap(),
     );
-    for (suffix, current) in [(".tki", index_version), (".ctl", 2)] {
-        // As a newer release would have left it: not rebuilt, not written, not served.
-        set_version(dir, suffix, current + 1);
+    let reads_everything = |dir: &Path| {
+        let cache = Cache::open(dir).unwrap();
+        assert_eq!(cache.storage(), tokcache::Storage::Disk);
+        assert_eq!(cache.get::<u64>("token_count", "kept"), Some(7));
+        assert_eq!(cache.get::<u64>("token_count", "in the log"), Some(8));
+        assert_eq!(cache.get::<u64>("token_count", "new"), None);
+    };
+    // A newer index, and a newer index with a newer control page: not rebuilt, not written,
+    // not served.
+    for newer_control in [false, true] {
+        set_version(dir, ".tki", index_version + 1, true);
+        if newer_control {
+            set_version(dir, ".ctl", 3, false);
+        }
         let before = snapshot(dir);
         let cache = Cache::open(dir).unwrap();
-        assert_eq!(cache.storage(), tokcache::Storage::RamOnly, "{suffix}");
+        assert_eq!(cache.storage(), tokcache::Storage::RamOnly);
         assert_eq!(cache.get::<u64>("token_count", "kept"), None);
         cache.set("token_count", "new", &9u64).unwrap();
         assert!(matches!(
@@ -154,13 +171,13 @@ fn a_directory_of_a_newer_format_is_left_as_it_is() {
             Err(tokcache::Error::Degraded { .. })
         ));
         drop(cache);
-        assert!(before == snapshot(dir), "{suffix}: the directory changed");
+        assert!(before == snapshot(dir), "the directory changed");
         // Back to this release's format: everything is there.
-        set_version(dir, suffix, current);
-        let cache = Cache::open(dir).unwrap();
-        assert_eq!(cache.storage(), tokcache::Storage::Disk);
-        assert_eq!(cache.get::<u64>("token_count", "kept"), Some(7));
-        assert_eq!(cache.get::<u64>("token_count", "in the log"), Some(8));
-        assert_eq!(cache.get::<u64>("token_count", "new"), None);
+        set_version(dir, ".tki", index_version, true);
+        set_version(dir, ".ctl", 2, false);
+        reads_everything(dir);
     }
+    // A version field damaged (the header's checksum says so) is damage: rebuilt.
+    set_version(dir, ".tki", index_version + 1, false);
+    reads_everything(dir);
 }

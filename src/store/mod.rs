@@ -174,16 +174,21 @@ impl Store {
         // `rebuild`: the control page was lost but segments remain.
         let (control, fresh, rebuild) = match Control::open(&ctl_path, writable) {
             Ok(c) => (c, false, false),
-            Err(e) if lock.is_none() || is_newer(&e) => return Err(e),
+            Err(e) if lock.is_none() => return Err(e),
             Err(first) => {
                 let held = lock.as_ref().map(LockFile::exclusive).transpose()?;
                 match Control::open(&ctl_path, true) {
                     Ok(c) => (c, false, false),
                     Err(_) => {
+                        let newest = Self::highest_index_generation(&dir)?;
+                        if let Some(g) = newest {
+                            // A control page a newer release wrote is not damage to repair.
+                            index::check_not_newer(&dir.join(&index::index_name(g)))?;
+                        }
                         if !is_not_found(&first) {
                             log::warn!("{first}; rebuilding the control page");
                         }
-                        let generation = Self::highest_index_generation(&dir)?.map_or(0, |g| g + 1);
+                        let generation = newest.map_or(0, |g| g + 1);
                         let seed = random_seed();
                         let empty = segment::list_segments(&dir.path)?.is_empty();
                         // The log of a rebuild is not known yet (0): it publishes one.
