@@ -166,11 +166,13 @@ impl Store {
         CompactionLock::take(&self.dir.path, self.dir.mode, wait)
     }
 
-    /// One compaction, by the holder of the compaction lock, in three steps: a snapshot of the
-    /// current generation under the write lock (an instant); the next index and the rewritten
-    /// segments built from it and written without the write lock (where the time goes); under
-    /// the write lock again, the new generation published (what was appended meanwhile is its
-    /// tail: the log goes on, or, sealed, has it copied to the new log). `None`: nothing done,
+    /// One compaction, by the holder of the compaction lock, in four steps (docs/format.md,
+    /// "Compaction"): a snapshot of the current generation under the write lock (an instant);
+    /// the next index and the rewritten segments built from it and written without the write
+    /// lock (where the time goes); their files renamed into place (an instant under the lock,
+    /// the directory fsync without it); under the write lock again, the new generation
+    /// published (what was appended meanwhile is its tail: the log goes on, or, sealed, has it
+    /// copied to the new log). `None`: nothing done,
     /// because the generation moved on in between (or, with `only_if_full`, the tail no longer
     /// needs it).
     fn compact_once(
@@ -197,8 +199,13 @@ impl Store {
         // clear_expired seals the log too: it promises the space of every expired entry back.
         // A compaction asked for merges everything into a full index; one started because
         // the tail is full may write a recent index instead.
-        let plan = self.plan(&snapshot, now, expire, expire, !only_if_full)?;
+        let mut plan = self.plan(&snapshot, now, expire, expire, !only_if_full)?;
         drop(snapshot);
+        if let Some(plan) = &mut plan
+            && !self.put_in_place(plan, built_from)?
+        {
+            return Ok(None);
+        }
         // What was appended meanwhile is scanned now, not under the write lock below (a large
         // merge takes long enough for tens of thousands of records to come in).
         self.refresh(on_change)?;
@@ -215,6 +222,29 @@ impl Store {
         drop((v, l, w));
         self.retire(&garbage)?;
         Ok(Some(report))
+    }
+
+    /// Renames the plan's staged files to their names and makes that durable, before the
+    /// commit: a directory fsync waits for the file system's journal (90-130 ms at times,
+    /// with a large log being written), and under the write lock it held up every writer. The
+    /// renames take the lock (a clear or rebuild under it may write the same index name), and
+    /// only if the generation is still the plan's (`false` otherwise: nothing renamed). Until
+    /// the commit publishes them, no generation names these files; if it never does (another
+    /// generation came in between, or the process died), the next compaction deletes them, as
+    /// it deletes anything a dead commit left.
+    fn put_in_place(&self, plan: &mut Plan, built_from: u64) -> Result<bool> {
+        {
+            let _w = self.writer.lock();
+            let _l = self.lock()?;
+            if self.control.state().generation != built_from {
+                return Ok(false);
+            }
+            for s in plan.staged.drain(..) {
+                s.publish()?;
+            }
+        }
+        self.dir.sync()?;
+        Ok(true)
     }
 
     /// Compaction by a caller that holds the write lock throughout (the log is about to
@@ -618,10 +648,15 @@ impl Store {
             }
             appended.len() as u64
         };
+        // Files not put in place yet (`compact_locked`), or a new log: made durable before
+        // the generation that names them is published.
+        let new_names = !plan.staged.is_empty() || plan.new_active != v.active;
         for s in plan.staged.drain(..) {
             s.publish()?;
         }
-        self.dir.sync()?;
+        if new_names {
+            self.dir.sync()?;
+        }
         self.control
             .publish_generation(plan.report.generation, committed, plan.new_active);
         let mut garbage: Vec<PathBuf> = plan
