@@ -161,6 +161,59 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The lengths a record header gives.
+struct Extent {
+    interned: bool,
+    key_len: usize,
+    value_len: usize,
+    prefix_len: usize,
+    /// Of the whole record, padding included.
+    len: usize,
+}
+
+/// Reads a header's magic and lengths (nothing else is checked).
+fn extent(h: &[u8]) -> Result<Extent, &'static str> {
+    let interned = match u16::from_le_bytes([h[OFF_MAGIC], h[OFF_MAGIC + 1]]) {
+        MAGIC => false,
+        MAGIC_INTERNED => true,
+        _ => return Err("bad record magic"),
+    };
+    let key_len = u32_at(h, OFF_KEY_LEN) as usize;
+    let value_len = u32_at(h, OFF_VALUE_LEN) as usize;
+    let (prefix_len, form) = if interned {
+        (0, Prefix::Interned(h[OFF_PREFIX_LEN]))
+    } else {
+        (h[OFF_PREFIX_LEN] as usize, Prefix::Text(""))
+    };
+    if key_len + value_len + prefix_len > MAX_RECORD_LEN {
+        return Err("record length over the limit");
+    }
+    Ok(Extent {
+        interned,
+        key_len,
+        value_len,
+        prefix_len,
+        len: padded(HEADER_LEN + value_len + prefix_len + key_len, form),
+    })
+}
+
+/// The number of records in `buf[start..end]`, walking their lengths only: for records this
+/// process has already checked (their bytes never change once published). Stops early at
+/// anything that is not a record header.
+pub(crate) fn count_checked(buf: &[u8], start: usize, end: usize) -> u64 {
+    let mut off = start;
+    let mut records = 0;
+    while off < end {
+        let Some(h) = buf.get(off..).and_then(|b| b.get(..HEADER_LEN)) else {
+            break;
+        };
+        let Ok(e) = extent(h) else { break };
+        off += e.len;
+        records += 1;
+    }
+    records
+}
+
 /// Decodes and checks the record at `off` of `buf`: bounds, magic, kind, and the checksum over
 /// header, value and prefix. Key bytes are not summed: a reader compares them with the key it
 /// asked for, and scans check them against `key_hash` when they need to. A prefix number that
@@ -177,28 +230,14 @@ pub(crate) fn decode<'a>(
     let Some(h) = buf.get(off..).and_then(|b| b.get(..HEADER_LEN)) else {
         return Err("record header past end of segment");
     };
-    let interned = match u16::from_le_bytes([h[OFF_MAGIC], h[OFF_MAGIC + 1]]) {
-        MAGIC => false,
-        MAGIC_INTERNED => true,
-        _ => return Err("bad record magic"),
-    };
+    let Extent {
+        interned,
+        key_len,
+        value_len,
+        prefix_len,
+        len,
+    } = extent(h)?;
     let kind = Kind::from_byte(h[OFF_KIND]).ok_or("unknown value kind")?;
-    let key_len = u32_at(h, OFF_KEY_LEN) as usize;
-    let value_len = u32_at(h, OFF_VALUE_LEN) as usize;
-    let prefix_len = if interned {
-        0
-    } else {
-        h[OFF_PREFIX_LEN] as usize
-    };
-    if key_len + value_len + prefix_len > MAX_RECORD_LEN {
-        return Err("record length over the limit");
-    }
-    let form = if interned {
-        Prefix::Interned(h[OFF_PREFIX_LEN])
-    } else {
-        Prefix::Text("")
-    };
-    let len = padded(HEADER_LEN + value_len + prefix_len + key_len, form);
     let Some(rec) = buf.get(off..off + len) else {
         return Err("record past end of segment");
     };
@@ -279,6 +318,22 @@ mod tests {
             }
             assert!(decode(&buf[..buf.len() - 8], 0, &table).is_err());
         }
+        // Counting by lengths: both forms, a stop at the given end and at bytes that are no
+        // record.
+        let mut run = Vec::new();
+        for prefix in [
+            Prefix::Text("test"),
+            Prefix::Interned(id),
+            Prefix::Text("t"),
+        ] {
+            encode(&mut run, Kind::Json, 1, 0.0, b"[1,2,3]", prefix, b"k");
+        }
+        let first = encoded_len(7, Prefix::Text("test"), 1);
+        assert_eq!(count_checked(&run, 0, run.len()), 3);
+        assert_eq!(count_checked(&run, first, run.len()), 2);
+        assert_eq!(count_checked(&run, 0, first), 1);
+        run.extend_from_slice(&[0; 64]);
+        assert_eq!(count_checked(&run, 0, run.len()), 3);
         // A number the table does not hold: the record is sound, its prefix unknown.
         let mut buf = Vec::new();
         encode(

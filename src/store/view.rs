@@ -378,14 +378,8 @@ impl View {
             .since(u32::try_from(self.log_start).unwrap_or(u32::MAX));
         let end = usize::try_from(prev.scanned).unwrap_or(usize::MAX);
         let log = prev.log_map.bytes();
-        let mut records = 0;
-        segment::scan(
-            &log[..end.min(log.len())],
-            self.log_start as usize,
-            &self.prefixes,
-            |_, _| records += 1,
-        );
-        self.tail_records = records;
+        // `prev` checked these records when it scanned them: only their lengths are read.
+        self.tail_records = record::count_checked(log, self.log_start as usize, end.min(log.len()));
         self.scanned = prev.scanned;
         true
     }
