@@ -264,20 +264,29 @@ fn meta_sum(archive: &[u8], body: &ArchivedIndexBody) -> u64 {
 /// version above this build's, and an intact header: every version keeps bytes 0..12 and the
 /// header checksum at 56..64 over 0..56, so that a damaged version field reads as damage).
 pub(crate) fn check_not_newer(path: &Path) -> Result<()> {
-    let mut b = [0u8; 64];
+    let mut b = [0u8; HEADER_LEN];
     let Ok(mut file) = File::open(path) else {
         return Ok(());
     };
-    if std::io::Read::read_exact(&mut file, &mut b).is_err()
-        || &b[..8] != MAGIC
-        || xxh3_64(&b[..56]) != field(&b, 56)
-    {
+    if std::io::Read::read_exact(&mut file, &mut b).is_err() {
         return Ok(());
     }
-    match u32::from_le_bytes([b[8], b[9], b[10], b[11]]) {
-        v if v > VERSION => Err(Error::unknown_version(path, v, VERSION)),
+    match header_version(&b) {
+        Ok(v) if v > VERSION => Err(Error::unknown_version(path, v, VERSION)),
         _ => Ok(()),
     }
+}
+
+/// The format version of an index header (at least `HEADER_LEN` bytes), once its magic and
+/// checksum hold, which every version keeps.
+fn header_version(b: &[u8]) -> std::result::Result<u32, &'static str> {
+    if &b[..8] != MAGIC {
+        return Err("bad magic: not a tokcache index");
+    }
+    if xxh3_64(&b[..56]) != field(b, 56) {
+        return Err("header checksum mismatch");
+    }
+    Ok(u32::from_le_bytes([b[8], b[9], b[10], b[11]]))
 }
 
 /// A mapped, validated index.
@@ -306,13 +315,7 @@ impl Index {
         }
         let map = ReadMap::new(&file, len).ctx("map index", path)?;
         let b = map.bytes();
-        if &b[..8] != MAGIC {
-            return Err(Error::corrupt(path, "bad magic: not a tokcache index"));
-        }
-        if xxh3_64(&b[..56]) != field(b, 56) {
-            return Err(Error::corrupt(path, "header checksum mismatch"));
-        }
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        let version = header_version(b).map_err(|why| Error::corrupt(path, why))?;
         if version != VERSION {
             return Err(Error::unknown_version(path, version, VERSION));
         }
