@@ -18,7 +18,7 @@ use crate::map::ReadMap;
 use crate::ram::RamTier;
 use crate::record::{self, Kind, MAX_RECORD_LEN, RecordRef};
 use crate::segment::Dir;
-use crate::store::{self, CompactReport, Store, VerifyReport};
+use crate::store::{self, CompactReport, Lookup, Store, VerifyReport};
 use crate::tally::{Found, Tally};
 use crate::value::Stored;
 
@@ -327,6 +327,7 @@ struct Asked<'a> {
     key: &'a str,
     hash: u64,
     count: bool,
+    lookup: Lookup,
 }
 
 /// Where a lookup found its value.
@@ -464,6 +465,7 @@ impl Cache {
             key,
             hash: self.hash(prefix, key),
             count,
+            lookup: Lookup::Alone,
         })
     }
 
@@ -495,7 +497,7 @@ impl Cache {
             return Some(extract(Hit::Ram(value, ts)));
         }
         let found = reader.and_then(|r| {
-            r.get(q.hash, q.prefix, q.key, |map, rec| {
+            r.get(q.hash, q.prefix, q.key, q.lookup, |map, rec| {
                 // The clock is read only for an entry found (a miss does not need it).
                 let fresh = !self.expired(rec.timestamp, self.clock.now_coarse());
                 fresh.then(|| extract(Hit::Disk(map, rec)))
@@ -587,6 +589,7 @@ impl Cache {
                     key,
                     hash,
                     count: true,
+                    lookup: Lookup::Batched,
                 };
                 let found =
                     self.lookup_in(reader.as_ref(), true, &q, |hit| self.decode_hit(&q, hit));
@@ -702,7 +705,7 @@ impl Cache {
         let hash = self.hash(prefix, key);
         let on_disk = self
             .reader()
-            .is_some_and(|r| r.get(hash, prefix, key, |_, _| ()).is_some());
+            .is_some_and(|r| r.get(hash, prefix, key, Lookup::Alone, |_, _| ()).is_some());
         let in_ram = self.ram.get(hash, prefix, key).is_some();
         if on_disk {
             self.write(

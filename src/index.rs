@@ -3,11 +3,13 @@
 //! place, mapped by every process. `docs/format.md` is the specification.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rkyv::{Archive, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::filter::{self, Filter};
 use crate::hash::{xxh3_64, xxh3_64_with_seed};
 use crate::map::{ReadMap, access_validated};
 
@@ -18,7 +20,14 @@ const MAGIC: &[u8; 8] = b"TOKCIDX1";
 /// Version 4: `base` (an index may be a recent index over a full one).
 /// Version 5: 12-byte slots (no record length: records say theirs); `record_bytes`.
 /// Version 6: 8-byte slots (a 28-bit slot hash and a 36-bit location); `spans`.
-const VERSION: u32 = 6;
+/// Version 7: a Bloom filter of the slot hashes after the archive, and a footer. The archive
+/// is version 6's: this build reads both.
+const VERSION: u32 = 7;
+/// The oldest version this build reads as it is (older ones are rebuilt from the segments).
+const OLDEST_READ: u32 = 6;
+/// The footer of a version 7 file: filter blocks, filter checksum, generation, and the
+/// checksum of those 24 bytes.
+const FOOTER_LEN: usize = 32;
 /// `SegmentInfo::len` of a segment valid to its end (a log sealed by the compaction that
 /// wrote the index, which trims it before publishing it).
 pub(crate) const WHOLE_FILE: u64 = u64::MAX;
@@ -243,8 +252,60 @@ impl IndexBody {
         header.extend_from_slice(&header_sum.to_le_bytes());
         debug_assert_eq!(header.len(), HEADER_LEN);
         buf[..HEADER_LEN].copy_from_slice(&header);
+        self.append_filter(&mut buf);
         Ok(buf)
     }
+
+    /// The filter section and footer after the archive: the filter of the slot hashes for
+    /// a full index (lookups that miss it stop there), none (0 blocks) for a recent one,
+    /// whose misses must go on to the full index anyway.
+    fn append_filter(&self, buf: &mut rkyv::util::AlignedVec) {
+        let occupied = || self.slots.iter().filter(|&&s| s != EMPTY);
+        let blocks = if self.base == self.generation {
+            filter::blocks_for(occupied().count())
+        } else {
+            0
+        };
+        let bytes = filter::build(occupied().map(|&s| (s >> LOC_BITS) as u32), blocks);
+        let padding = buf.len().next_multiple_of(filter::BLOCK) - buf.len();
+        buf.extend_from_slice(&[0; filter::BLOCK][..padding]);
+        buf.extend_from_slice(&bytes);
+        let mut footer = Vec::with_capacity(FOOTER_LEN);
+        footer.extend_from_slice(&(blocks as u64).to_le_bytes());
+        footer.extend_from_slice(&xxh3_64(&bytes).to_le_bytes());
+        footer.extend_from_slice(&self.generation.to_le_bytes());
+        footer.extend_from_slice(&xxh3_64(&footer).to_le_bytes());
+        buf.extend_from_slice(&footer);
+    }
+}
+
+/// Where the filter of a version 7 file lies (`b` is the whole file) and its checksum, from
+/// the footer, which must be intact and agree with the file's length and generation.
+fn filter_section(
+    b: &[u8],
+    archive_end: usize,
+    generation: u64,
+) -> std::result::Result<(Range<usize>, u64), &'static str> {
+    let at = b
+        .len()
+        .checked_sub(FOOTER_LEN)
+        .filter(|&at| at >= archive_end)
+        .ok_or("no room for the filter footer")?;
+    let footer = &b[at..];
+    if xxh3_64(&footer[..24]) != field(footer, 24) {
+        return Err("filter footer checksum mismatch");
+    }
+    if field(footer, 16) != generation {
+        return Err("filter footer of another generation");
+    }
+    let start = archive_end.next_multiple_of(filter::BLOCK);
+    let len = usize::try_from(field(footer, 0))
+        .ok()
+        .and_then(|blocks| blocks.checked_mul(filter::BLOCK));
+    if len.and_then(|len| start.checked_add(len)) != Some(at) {
+        return Err("filter length does not match file length");
+    }
+    Ok((start..at, field(footer, 8)))
 }
 
 /// `xxh3_64` of the archive but its slots: the root and the segment and span lists, a few
@@ -295,6 +356,9 @@ pub(crate) struct Index {
     map: ReadMap,
     archive_len: usize,
     archive_sum: u64,
+    /// The filter's bytes in the map (empty: none), and their checksum.
+    filter: Range<usize>,
+    filter_sum: u64,
     pub path: PathBuf,
 }
 
@@ -316,7 +380,7 @@ impl Index {
         let map = ReadMap::new(&file, len).ctx("map index", path)?;
         let b = map.bytes();
         let version = header_version(b).map_err(|why| Error::corrupt(path, why))?;
-        if version != VERSION {
+        if !(OLDEST_READ..=VERSION).contains(&version) {
             return Err(Error::unknown_version(path, version, VERSION));
         }
         let (generation, archive_len, archive_sum, seed) = (
@@ -331,13 +395,20 @@ impl Index {
                 "index belongs to another generation or cache",
             ));
         }
-        if Some(len) != HEADER_LEN.checked_add(archive_len) {
+        let archive_end = HEADER_LEN.saturating_add(archive_len);
+        // Version 6 ends with the archive; 7 goes on with the filter and its footer.
+        let (filter, filter_sum) = if version == OLDEST_READ {
+            (archive_end..archive_end, xxh3_64(&[]))
+        } else {
+            filter_section(b, archive_end, generation).map_err(|why| Error::corrupt(path, why))?
+        };
+        if archive_end > len || (version == OLDEST_READ && archive_end != len) {
             return Err(Error::corrupt(
                 path,
                 format!("archive length {archive_len} does not match file length {len}"),
             ));
         }
-        let archive = &b[HEADER_LEN..];
+        let archive = &b[HEADER_LEN..archive_end];
         let body = rkyv::access::<ArchivedIndexBody, rkyv::rancor::Error>(archive)
             .map_err(|e| Error::corrupt(path, format!("invalid archive: {e}")))?;
         if body.slots.is_empty() || body.generation != generation || body.seed != seed {
@@ -356,6 +427,8 @@ impl Index {
             map,
             archive_len,
             archive_sum,
+            filter,
+            filter_sum,
             path: path.to_path_buf(),
         })
     }
@@ -366,8 +439,34 @@ impl Index {
         )
     }
 
+    /// Whether the archive and the filter match their checksums (O(size)).
     pub(crate) fn verify_checksum(&self) -> bool {
-        xxh3_64(&self.map.bytes()[HEADER_LEN..HEADER_LEN + self.archive_len]) == self.archive_sum
+        let b = self.map.bytes();
+        xxh3_64(&b[HEADER_LEN..HEADER_LEN + self.archive_len]) == self.archive_sum
+            && xxh3_64(&b[self.filter.clone()]) == self.filter_sum
+    }
+
+    fn filter(&self) -> Filter<'_> {
+        Filter(&self.map.bytes()[self.filter.clone()])
+    }
+
+    /// `false` only if no slot of this index carries the slot hash of `hash`: a lookup of a
+    /// key the index does not hold then reads no slot. (An index without a filter: `true`.)
+    #[inline]
+    pub(crate) fn may_hold(&self, hash: u64) -> bool {
+        self.filter().may_hold(slot_hash(hash))
+    }
+
+    /// Whether this index has a filter (a full index of format 7 with entries).
+    #[cfg(test)]
+    fn has_filter(&self) -> bool {
+        !self.filter.is_empty()
+    }
+
+    /// Starts reading the filter block [`Index::may_hold`] reads for `hash`.
+    #[inline]
+    pub(crate) fn touch_filter(&self, hash: u64) {
+        self.filter().touch(slot_hash(hash));
     }
 
     /// Starts reading the slot a probe for `hash` reads first, so that it arrives while the
@@ -542,6 +641,57 @@ mod tests {
             None::<()>
         });
         assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn a_full_index_has_a_filter_that_answers_misses() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let hashes: Vec<u64> = (0..20_000).map(|_| next()).collect();
+        let entries: Vec<Slot> = (0..hashes.len())
+            .map(|i| slot(hashes[i], i as u32))
+            .collect();
+        let body = IndexBody::build(3, 5, 3, 9, 0, Vec::new(), entries).unwrap();
+        let (dir, index) = open_body(&body);
+        assert!(index.has_filter() && index.verify_checksum());
+        assert!(hashes.iter().all(|&h| index.may_hold(h)));
+        let absent: Vec<u64> = (0..20_000).map(|_| next()).collect();
+        let passed = absent.iter().filter(|&&h| index.may_hold(h)).count();
+        assert!(
+            passed < absent.len() / 20,
+            "{passed} of 20000 absent hashes passed"
+        );
+
+        // A recent index has none: its misses go on to the full index anyway.
+        let entries = vec![slot(hashes[0], 0)];
+        let recent = IndexBody::build(4, 5, 3, 9, 0, Vec::new(), entries).unwrap();
+        let (_d, recent) = open_body(&recent.over(3, 1, 0));
+        assert!(!recent.has_filter() && recent.may_hold(absent[0]));
+
+        // A damaged filter fails the checksum; a damaged footer, the open.
+        let path = dir.path().join("i.tki");
+        let good = std::fs::read(&path).unwrap();
+        let n = good.len();
+        let mut bad = good.clone();
+        bad[n - FOOTER_LEN - 100] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        let damaged = Index::open(&path, 3, 5).unwrap();
+        assert!(!damaged.verify_checksum());
+        for at in [n - 1, n - FOOTER_LEN] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let err = Index::open(&path, 3, 5).unwrap_err();
+            assert!(err.to_string().contains("filter"), "{err}");
+        }
+        // A file cut after its archive reads as a version 6 file would, but says version 7.
+        std::fs::write(&path, &good[..HEADER_LEN + index.archive_len]).unwrap();
+        assert!(Index::open(&path, 3, 5).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod clock;
 mod control;
 mod entry;
 mod error;
+mod filter;
 mod hash;
 mod index;
 pub mod keys;

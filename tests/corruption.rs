@@ -329,17 +329,80 @@ fn a_damaged_record_under_a_recent_index_is_a_miss_not_its_older_value() {
 fn a_damaged_index_root_is_rebuilt_and_hides_nothing() {
     // The root of an index's archive (at its end) says where the tail starts and which
     // segment is the log: a flipped bit there once let a write made after the damage vanish
-    // on the next open (bit 0 of byte 552 of a recent index). Each byte of it, flipped.
+    // on the next open (bit 0 of byte 552 of a recent index). Each byte of it, flipped, and
+    // each byte of the footer that says where the filter is (the file's last 32 bytes).
     let src = tempfile::tempdir().unwrap();
     build(src.path());
     for index in our_files(src.path())
         .into_iter()
         .filter(|f| f.ends_with(".tki"))
     {
-        let len = std::fs::metadata(src.path().join(&index)).unwrap().len() as usize;
-        for at in (64..len).rev().take(128) {
+        let bytes = std::fs::read(src.path().join(&index)).unwrap();
+        let archive_end = 64 + u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+        let root = (64..archive_end).rev().take(128);
+        for at in root.chain(bytes.len() - 32..bytes.len()) {
             let tmp = damaged_copy(src.path(), &index, |b| b[at] ^= 1);
             check_no_wrong_values(tmp.path());
         }
     }
+}
+
+#[test]
+fn a_damaged_filter_makes_misses_never_wrong_values_and_compaction_repairs_it() {
+    let src = tempfile::tempdir().unwrap();
+    build(src.path());
+    let expected = (0..KEYS).filter(|i| i % 7 != 0).count();
+    assert_eq!(check_no_wrong_values(src.path()), expected);
+    // The full index is the one with filter blocks (footer bytes 0..8); a recent one has none.
+    let with_blocks: Vec<(String, usize, usize)> = our_files(src.path())
+        .into_iter()
+        .filter(|f| f.ends_with(".tki"))
+        .filter_map(|f| {
+            let b = std::fs::read(src.path().join(&f)).unwrap();
+            let footer = b.len() - 32;
+            let blocks = u64::from_le_bytes(b[footer..footer + 8].try_into().unwrap()) as usize;
+            (blocks > 0).then_some((f, footer - blocks * 32, footer))
+        })
+        .collect();
+    assert_eq!(with_blocks.len(), 1, "one full index with a filter");
+    let (full, start, end) = with_blocks[0].clone();
+    // Every bit cleared: keys that only the full index holds now read as misses to `get`
+    // (so lookups do ask the filter), and nothing reads as another value. (`get_many` does
+    // not ask the filter: it would find them.)
+    let tmp = damaged_copy(src.path(), &full, |b| b[start..end].fill(0));
+    let cache = Cache::open(tmp.path()).unwrap();
+    let mut hits = 0;
+    for i in 0..KEYS {
+        if let Some(v) = cache.get::<String>("test", &key(i)) {
+            assert_eq!(v, value_of(&key(i)), "wrong value for key {i}");
+            hits += 1;
+        }
+    }
+    assert!(
+        hits < expected / 2,
+        "{hits} of {expected} hits with an empty filter"
+    );
+    let keys: Vec<String> = (0..KEYS).map(key).collect();
+    for (i, v) in cache
+        .get_many::<String>("test", &keys)
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            v.is_none_or(|v| v == value_of(&key(i))),
+            "wrong value for key {i}"
+        );
+    }
+    let problems = cache.verify(|_| {}).problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("missing from the index's filter")),
+        "{problems:?}"
+    );
+    cache.compact().unwrap();
+    let problems = cache.verify(|_| {}).problems;
+    assert!(problems.is_empty(), "after repair: {problems:?}");
+    drop(cache);
+    assert_eq!(check_no_wrong_values(tmp.path()), expected);
 }

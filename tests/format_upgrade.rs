@@ -1,8 +1,9 @@
-//! Directories written by format versions 1 to 5 (`tests/fixtures/format1` .. `format5`, made
+//! Directories written by format versions 1 to 6 (`tests/fixtures/format1` .. `format6`, made
 //! by those releases: five entries, a compaction, then a removal, an overwrite and a new entry
-//! in the log; in `format4` and `format5` the new entry is in a recent index) open with every
-//! entry as it was (docs/format.md: rebuilt from the segments on first open). The logs of the
-//! version 2 to 5 fixtures were cut to their committed length (the rest was preallocated zeros).
+//! in the log; from `format4` on the new entry is in a recent index) open with every entry as
+//! it was (docs/format.md: rebuilt from the segments on first open, but for format 6, whose
+//! indexes are read as they are). The logs of the version 2 to 6 fixtures were cut to their
+//! committed length (the rest was preallocated zeros).
 
 use std::path::Path;
 
@@ -41,6 +42,36 @@ fn a_format_4_directory_opens_with_every_entry() {
 #[test]
 fn a_format_5_directory_opens_with_every_entry() {
     opens_with_every_entry("format5");
+}
+
+#[test]
+fn a_format_6_directory_opens_with_every_entry() {
+    opens_with_every_entry("format6");
+}
+
+/// Format 7 only added a filter after the index archive: a format 6 index is used as it is,
+/// without the filter, until the next full compaction writes one.
+#[test]
+fn a_format_6_index_is_read_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_fixture("format6", dir);
+    let before = snapshot(dir);
+    let cache = Cache::open(dir).unwrap();
+    let hello = "tokenizer:cl100k_base:hello world";
+    assert_eq!(cache.get::<u64>("token_count", hello), Some(2));
+    assert_eq!(cache.get::<f64>("scores", "pi"), Some(3.5));
+    assert_eq!(cache.get::<u64>("test", "removed"), None);
+    assert_eq!(cache.get::<u64>("test", "absent"), None);
+    assert_eq!(cache.get_stats().index_generation, 2);
+    drop(cache);
+    let indexes = |files: Vec<(std::ffi::OsString, Vec<u8>)>| {
+        files
+            .into_iter()
+            .filter(|(name, _)| name.to_string_lossy().ends_with(".tki"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(indexes(snapshot(dir)), indexes(before));
 }
 
 fn opens_with_every_entry(fixture: &str) {

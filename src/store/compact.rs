@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::path::PathBuf;
 
 use super::tail::TailLoc;
-use super::{OnChange, Store, View, key_eq};
+use super::{Lookup, OnChange, Store, View, key_eq};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Index, IndexBody, SegmentInfo, Slot};
 use crate::keys::{key_hash, random_seed};
@@ -984,7 +984,7 @@ impl<'a> Rewriter<'a> {
         });
         for (off, len, hash, prefix, key) in found {
             let absent = v
-                .find(hash, prefix, key)
+                .find(hash, prefix, key, Lookup::Alone)
                 .is_none_or(|(_, r)| r.kind == Kind::Tombstone);
             if absent && moved.insert((hash, prefix, key)) {
                 self.copy(&valid[off..off + len], false)?;

@@ -29,6 +29,7 @@ mod view;
 pub use compact::CompactReport;
 use tail::Tail;
 pub use verify::VerifyReport;
+pub(crate) use view::Lookup;
 use view::{SegmentMaps, View, key_eq};
 
 /// How far the old view `cur` must read its log for the keys that changed when `new`, the
@@ -53,9 +54,12 @@ impl Reader<'_> {
         hash: u64,
         prefix: &str,
         key: &str,
+        lookup: Lookup,
         f: impl FnOnce(&Arc<ReadMap>, &RecordRef<'_>) -> R,
     ) -> Option<R> {
-        let (map, rec) = self.0.find(hash, prefix.as_bytes(), key.as_bytes())?;
+        let (map, rec) = self
+            .0
+            .find(hash, prefix.as_bytes(), key.as_bytes(), lookup)?;
         (rec.kind != Kind::Tombstone).then(|| f(map, &rec))
     }
 

@@ -156,7 +156,10 @@ impl Store {
                         .then(|| "disagrees with its record's key hash".to_string())
                 }
             };
-            if let Some(p) = problem {
+            // The filter must hold every slot's hash, or lookups of that key would stop at it.
+            let unfiltered = (!index.may_hold(index::lowest_hash(hash)))
+                .then(|| "its hash is missing from the index's filter".to_string());
+            for p in problem.into_iter().chain(unfiltered) {
                 report
                     .problems
                     .push(format!("index slot -> segment {seg} offset {off}: {p}"));
