@@ -11,7 +11,8 @@
 //! - `get-2t`, `ram-2t`, `get-ram-2t`, `many-2t`: `get`, `ram`, `get-ram` and `many` in two
 //!   threads at once, ns per get in each;
 //! - `many`, `many-miss`: the same keys through `get_many`, 64 at a time, ns per key;
-//! - `latency`: the same gets timed one by one (key formatted just before each), median and p99;
+//! - `latency`, `miss-latency`: the gets of `get` and `miss` timed one by one (key formatted just
+//!   before each), median and p99;
 //! - `ram`: 1000 hot keys from the RAM tier, ns per get;
 //! - `set`: 300,000 sets of new keys on a copy of the cache, each timed, median / p99 / mean
 //!   (the mean carries the compactions);
@@ -169,20 +170,22 @@ fn main() {
             });
             println!("{op} at {n} entries: {ns:.1} ns per key (get_many of 64 keys)");
         }
-        "latency" => {
+        "latency" | "miss-latency" => {
             let c = open(&dir, 0);
+            let absent = op == "miss-latency";
             let ns = (0..200_000)
                 .map(|_| {
                     let i = rng.below(n);
-                    let k = key(i);
+                    let k = key(if absent { n + 1 + i } else { i });
                     let t = Instant::now();
                     let got = std::hint::black_box(c.get::<u64>(PREFIX, &k));
                     let ns = t.elapsed().as_nanos() as u64;
-                    assert_eq!(got, Some(i));
+                    assert_eq!(got, (!absent).then_some(i));
                     ns
                 })
                 .collect();
-            println!("get at {n} entries, one by one: {}", summary(ns));
+            let what = if absent { "miss" } else { "get" };
+            println!("{what} at {n} entries, one by one: {}", summary(ns));
         }
         "ram" => {
             let c = open(&dir, 100_000);
