@@ -1,7 +1,7 @@
 //! The Bloom filter of a full index (format 7): a miss of a key the index does not hold reads
 //! one 32-byte block of this filter, 1 byte per entry, instead of the index's slots, 11 bytes
-//! per entry. At 1M entries the filter is 1 MB, which stays in the CPU cache of a process
-//! that looks up keys; the slots (11 MB) do not.
+//! per entry. At 1M entries the filter is 1 MB, far likelier than the slots (11 MB) to be in
+//! the CPU cache.
 //!
 //! A split-block Bloom filter: the filter is an array of 256-bit blocks, each eight 32-bit
 //! words; an entry picks a block and sets one bit in each word of it. It holds *slot hashes*
@@ -12,43 +12,39 @@
 
 /// Bytes of a block: one 32-byte half of a cache line.
 pub(crate) const BLOCK: usize = 32;
+/// Bits of a slot hash.
+const SLOT_HASH_BITS: u32 = 28;
 /// Bits of filter per entry.
 const BITS_PER_ENTRY: usize = 8;
 /// Entries per block.
 const PER_BLOCK: usize = BLOCK * 8 / BITS_PER_ENTRY;
-/// Odd multipliers that pick each word's bit (those of Parquet's split-block filter).
-const SALT: [u32; 8] = [
-    0x47b6_137b,
-    0x4497_4d91,
-    0x8824_ad5b,
-    0xa2b7_289d,
-    0x7054_95c7,
-    0x2df1_424b,
-    0x9efc_4947,
-    0x5c6b_fb31,
-];
 
 /// Blocks of a filter of `entries` entries (0 for none: no filter).
 pub(crate) fn blocks_for(entries: usize) -> usize {
     entries.div_ceil(PER_BLOCK)
 }
 
-/// The block of a slot hash, and its eight bits, one per word. The slot hash is mixed first
-/// (murmur3's finalizer): slot hashes of one block would otherwise be neighbours.
+/// The block of a slot hash, and the mixed hash that picks its bits ([`bit`]). The block
+/// grows with the slot hash, as its home slot does, so that building the filter from an
+/// index's slots (in slot hash order) fills it front to back; the bits come from the slot
+/// hash mixed (murmur3's finalizer), as neighbours in one block differ only in their low bits.
 #[inline]
-fn locate(slot_hash: u32, blocks: usize) -> (usize, [u32; 8]) {
+fn locate(slot_hash: u32, blocks: usize) -> (usize, u64) {
+    let block = (u64::from(slot_hash) * blocks as u64) >> SLOT_HASH_BITS;
     let mut m = u64::from(slot_hash);
     m ^= m >> 33;
     m = m.wrapping_mul(0xff51_afd7_ed55_8ccd);
     m ^= m >> 33;
     m = m.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     m ^= m >> 33;
-    let block = ((m >> 32) * blocks as u64) >> 32;
-    let key = m as u32;
-    (
-        block as usize,
-        SALT.map(|s| 1 << (key.wrapping_mul(s) >> 27)),
-    )
+    (block as usize, m)
+}
+
+/// The bit of word `i` of its block that the mixed hash `m` sets: bits `5i..5i + 5` of `m`
+/// say which.
+#[inline]
+fn bit(m: u64, i: usize) -> u32 {
+    1 << ((m >> (5 * i)) & 31)
 }
 
 /// The filter of these slot hashes, `blocks_for(count)` blocks, in its file form (words
@@ -57,17 +53,23 @@ pub(crate) fn build(slot_hashes: impl Iterator<Item = u32>, blocks: usize) -> Ve
     let mut words = vec![[0u32; 8]; blocks];
     if blocks > 0 {
         for h in slot_hashes {
-            let (block, bits) = locate(h, blocks);
-            for (w, b) in words[block].iter_mut().zip(bits) {
-                *w |= b;
-            }
+            let (block, key) = locate(h, blocks);
+            let w = &mut words[block];
+            w[0] |= bit(key, 0);
+            w[1] |= bit(key, 1);
+            w[2] |= bit(key, 2);
+            w[3] |= bit(key, 3);
+            w[4] |= bit(key, 4);
+            w[5] |= bit(key, 5);
+            w[6] |= bit(key, 6);
+            w[7] |= bit(key, 7);
         }
     }
-    words
-        .iter()
-        .flatten()
-        .flat_map(|w| w.to_le_bytes())
-        .collect()
+    let mut bytes = Vec::with_capacity(words.len() * BLOCK);
+    for w in words.iter().flatten() {
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    bytes
 }
 
 /// The filter section of an index, its length a multiple of [`BLOCK`] (an empty one: no
@@ -80,20 +82,20 @@ impl Filter<'_> {
         self.0.len() / BLOCK
     }
 
-    fn block(&self, slot_hash: u32) -> Option<(&[u8], [u32; 8])> {
-        let (block, bits) = locate(slot_hash, self.blocks());
-        Some((self.0.get(block * BLOCK..(block + 1) * BLOCK)?, bits))
+    fn block(&self, slot_hash: u32) -> Option<(&[u8], u64)> {
+        let (block, key) = locate(slot_hash, self.blocks());
+        Some((self.0.get(block * BLOCK..(block + 1) * BLOCK)?, key))
     }
 
     /// `false` only if no slot carries this slot hash.
     #[inline]
     pub(crate) fn may_hold(&self, slot_hash: u32) -> bool {
-        let Some((block, bits)) = self.block(slot_hash) else {
+        let Some((block, key)) = self.block(slot_hash) else {
             return true;
         };
-        block.chunks_exact(4).zip(bits).all(|(w, b)| {
+        block.chunks_exact(4).enumerate().all(|(i, w)| {
             let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            w & b == b
+            w & bit(key, i) != 0
         })
     }
 
@@ -118,7 +120,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                (x >> 36) as u32
+                (x >> 36) as u32 // the top 28 bits
             })
             .collect()
     }

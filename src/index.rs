@@ -226,11 +226,15 @@ impl IndexBody {
     /// the header, into a buffer sized for it (a 1M-entry index is ~21 MB: no regrowth, no
     /// copy); rkyv's pointers are relative, so the archive is the same wherever it starts.
     pub(crate) fn to_file_bytes(&self) -> Result<rkyv::util::AlignedVec> {
+        let filter = self.filter();
         let estimate = HEADER_LEN
             + self.slots.len() * std::mem::size_of::<u64>()
             + self.segments.len() * std::mem::size_of::<ArchivedSegmentInfo>()
             + self.spans.len() * std::mem::size_of::<ArchivedSpan>()
-            + 256;
+            + 256
+            + filter::BLOCK
+            + filter.len()
+            + FOOTER_LEN;
         let mut buf = rkyv::util::AlignedVec::with_capacity(estimate);
         buf.extend_from_slice(&[0; HEADER_LEN]);
         let mut buf = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(self, buf)
@@ -252,27 +256,31 @@ impl IndexBody {
         header.extend_from_slice(&header_sum.to_le_bytes());
         debug_assert_eq!(header.len(), HEADER_LEN);
         buf[..HEADER_LEN].copy_from_slice(&header);
-        self.append_filter(&mut buf);
+        self.append_filter(&mut buf, &filter);
         Ok(buf)
     }
 
-    /// The filter section and footer after the archive: the filter of the slot hashes for
-    /// a full index (lookups that miss it stop there), none (0 blocks) for a recent one,
-    /// whose misses must go on to the full index anyway.
-    fn append_filter(&self, buf: &mut rkyv::util::AlignedVec) {
+    /// The filter of the slot hashes for a full index (lookups that miss it stop there), none
+    /// (0 blocks) for a recent one, whose misses must go on to the full index anyway.
+    fn filter(&self) -> Vec<u8> {
         let occupied = || self.slots.iter().filter(|&&s| s != EMPTY);
         let blocks = if self.base == self.generation {
             filter::blocks_for(occupied().count())
         } else {
             0
         };
-        let bytes = filter::build(occupied().map(|&s| (s >> LOC_BITS) as u32), blocks);
+        filter::build(occupied().map(|&s| (s >> LOC_BITS) as u32), blocks)
+    }
+
+    /// The filter section and the footer, after the archive.
+    fn append_filter(&self, buf: &mut rkyv::util::AlignedVec, filter: &[u8]) {
         let padding = buf.len().next_multiple_of(filter::BLOCK) - buf.len();
         buf.extend_from_slice(&[0; filter::BLOCK][..padding]);
-        buf.extend_from_slice(&bytes);
+        buf.extend_from_slice(filter);
+        let blocks = filter.len() / filter::BLOCK;
         let mut footer = Vec::with_capacity(FOOTER_LEN);
         footer.extend_from_slice(&(blocks as u64).to_le_bytes());
-        footer.extend_from_slice(&xxh3_64(&bytes).to_le_bytes());
+        footer.extend_from_slice(&xxh3_64(filter).to_le_bytes());
         footer.extend_from_slice(&self.generation.to_le_bytes());
         footer.extend_from_slice(&xxh3_64(&footer).to_le_bytes());
         buf.extend_from_slice(&footer);
