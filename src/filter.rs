@@ -136,6 +136,32 @@ mod tests {
         }
     }
 
+    /// The bits that docs/format.md specifies, computed as it says: files written by one
+    /// release are read by the next, so a change here needs a new format version.
+    #[test]
+    fn layout_is_the_specified_one() {
+        let blocks = 5u64;
+        let hashes = [0u32, 1, 77, 0x00ab_cdef, 0x0800_0000, 0x0fff_ffff];
+        let bytes = build(hashes.iter().copied(), blocks as usize);
+        let mut expected = vec![0u8; blocks as usize * BLOCK];
+        for &h in &hashes {
+            let block = (u64::from(h) * blocks) >> 28;
+            let mut m = u64::from(h);
+            m ^= m >> 33;
+            m = m.wrapping_mul(0xff51afd7ed558ccd);
+            m ^= m >> 33;
+            m = m.wrapping_mul(0xc4ceb9fe1a85ec53);
+            m ^= m >> 33;
+            for i in 0..8 {
+                let bit = (m >> (5 * i)) & 31;
+                let byte = block as usize * BLOCK + 4 * i + bit as usize / 8;
+                expected[byte] |= 1 << (bit % 8);
+            }
+        }
+        assert_eq!(bytes, expected);
+        assert_eq!(locate(0x0fff_ffff, 5).0, 4, "the last block");
+    }
+
     #[test]
     fn false_positive_rate() {
         let n = 200_000;
