@@ -18,6 +18,15 @@ fn key(i: u64) -> String {
     format!("tokenizer:cl100k_base:{i:039}") // 61 characters, like the anchors' keys
 }
 
+/// Absent key `j` (`j < n` for `n` present keys): as long as a present key, and sorting among
+/// them (the 38 leading digits of a present key, then a letter), so that an ordered store
+/// (LMDB, redb) searches its tree for it as for any prompt it has not seen. (`key(n + j)`
+/// would sort after every present key: always the same, cached, path down the tree.)
+fn absent_key(j: u64) -> String {
+    let letter = char::from(b'a' + (j % 10) as u8);
+    format!("tokenizer:cl100k_base:{:038}{letter}", j / 10)
+}
+
 fn big_key(i: u64) -> String {
     format!(
         "tokenizer:cl100k_base:{i:08}:{}",
@@ -373,8 +382,9 @@ fn measure<E: Engine>(
 
     let e = E::open(&dir, false);
     let mut t = Timings::default();
-    for i in 0..100_000u64 {
-        let k = key(n + 1 + i);
+    let mut rng = Rng(11);
+    for _ in 0..100_000u64 {
+        let k = absent_key(rng.next() % n);
         assert!(t.time(|| e.get(&k)).is_none());
     }
     push("get, miss", t);
