@@ -141,6 +141,12 @@ impl Store {
                 index.path.display()
             ));
         }
+        if !index.filter_intact() {
+            report.problems.push(format!(
+                "{}: filter checksum mismatch (the next full compaction rebuilds it)",
+                index.path.display()
+            ));
+        }
         for s in index.slots() {
             report.slots_checked += 1;
             let (seg, off, hash) = (s.seg, s.off, s.hash);
