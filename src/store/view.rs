@@ -15,9 +15,10 @@ use crate::segment;
 use super::tail::{Tail, TailLoc};
 
 /// How a lookup is made. `Alone`: one key at a time, which asks the full index's filter before
-/// its slots, so that a miss reads a block of the filter (1 byte per entry, likelier cached) instead of a
-/// slot (11 bytes per entry). `Batched`: keys whose slots and records [`View::prefetch`] began
-/// reading together; their reads overlap, and the filter's would be one more each.
+/// its slots, so that a miss reads a block of the filter (1 byte per entry, likelier to be
+/// cached) instead of a slot (11 bytes per entry). `Batched`: keys whose slots and records
+/// [`View::prefetch`] began reading together; their reads overlap, and the filter's would be
+/// one more each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lookup {
     Alone,
