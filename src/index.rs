@@ -226,7 +226,7 @@ impl IndexBody {
     /// the header, into a buffer sized for it (a 1M-entry index is ~21 MB: no regrowth, no
     /// copy); rkyv's pointers are relative, so the archive is the same wherever it starts.
     pub(crate) fn to_file_bytes(&self) -> Result<rkyv::util::AlignedVec> {
-        let filter = self.filter();
+        let filter = self.build_filter();
         let estimate = HEADER_LEN
             + self.slots.len() * std::mem::size_of::<u64>()
             + self.segments.len() * std::mem::size_of::<ArchivedSegmentInfo>()
@@ -261,15 +261,16 @@ impl IndexBody {
     }
 
     /// The filter of the slot hashes for a full index (lookups that miss it stop there), none
-    /// (0 blocks) for a recent one, whose misses must go on to the full index anyway.
-    fn filter(&self) -> Vec<u8> {
-        let occupied = || self.slots.iter().filter(|&&s| s != EMPTY);
+    /// (0 blocks) for a recent one, whose misses must go on to the full index anyway. (A full
+    /// index's `entries` are its occupied slots.)
+    fn build_filter(&self) -> Vec<u8> {
         let blocks = if self.base == self.generation {
-            filter::blocks_for(occupied().count())
+            filter::blocks_for(self.entries as usize)
         } else {
             0
         };
-        filter::build(occupied().map(|&s| (s >> LOC_BITS) as u32), blocks)
+        let occupied = self.slots.iter().filter(|&&s| s != EMPTY);
+        filter::build(occupied.map(|&s| (s >> LOC_BITS) as u32), blocks)
     }
 
     /// The filter section and the footer, after the archive.
