@@ -6,8 +6,22 @@
 //! committed length (the rest was preallocated zeros).
 
 use std::path::Path;
+use std::sync::Arc;
 
-use tokcache::Cache;
+use tokcache::{Cache, ManualClock};
+
+/// The fixtures' entries were written on 2026-11-26 between 03:24 and 21:18 UTC; their tests
+/// read them at 21:20 that day, so that with the default 24 h TTL all are fresh whatever the
+/// date the suite runs on.
+const FIXTURES_READ_AT: f64 = 1_795_728_000.0;
+
+/// Opens a fixture copy with the clock at [`FIXTURES_READ_AT`].
+fn open_fixture(dir: &Path) -> Cache {
+    Cache::builder(dir)
+        .clock(Arc::new(ManualClock::at(FIXTURES_READ_AT)))
+        .open()
+        .unwrap()
+}
 
 fn copy_fixture(name: &str, to: &Path) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,7 +71,7 @@ fn a_format_6_index_is_read_as_it_is() {
     let dir = tmp.path();
     copy_fixture("format6", dir);
     let before = snapshot(dir);
-    let cache = Cache::open(dir).unwrap();
+    let cache = open_fixture(dir);
     let hello = "tokenizer:cl100k_base:hello world";
     assert_eq!(cache.get::<u64>("token_count", hello), Some(2));
     assert_eq!(cache.get::<f64>("scores", "pi"), Some(3.5));
@@ -79,7 +93,7 @@ fn opens_with_every_entry(fixture: &str) {
     let dir = tmp.path();
     copy_fixture(fixture, dir);
 
-    let cache = Cache::open(dir).unwrap();
+    let cache = open_fixture(dir);
     assert_eq!(cache.storage(), tokcache::Storage::Disk);
     let hello = "tokenizer:cl100k_base:hello world";
     assert_eq!(cache.get::<u64>("token_count", hello), Some(2));
@@ -116,7 +130,7 @@ fn opens_with_every_entry(fixture: &str) {
     cache.compact().unwrap();
     cache.set("scores", "pi", &4.5f64).unwrap();
     drop(cache);
-    let again = Cache::open(dir).unwrap();
+    let again = open_fixture(dir);
     assert_eq!(again.get::<u64>("test", "new"), Some(9));
     assert_eq!(again.get::<f64>("scores", "pi"), Some(4.5));
     assert_eq!(again.get::<u64>("token_count", hello), Some(20));
