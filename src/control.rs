@@ -3,6 +3,7 @@
 //! lock's word (see `lock.rs`).
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -57,6 +58,7 @@ impl Control {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .ctx("open control page", path)?;
         let len = file.metadata().ctx("stat control page", path)?.len();

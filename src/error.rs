@@ -33,12 +33,15 @@ pub enum Error {
     Corrupt { path: PathBuf, reason: String },
     /// A file of the cache was written by a newer release, in a format this one does not
     /// read. The directory is left as it is (a rebuild would lose what the newer release
-    /// wrote); [`crate::Cache::open`] then gives a RAM-only cache.
+    /// wrote); [`crate::Cache::open`] fails with it ([`crate::CacheBuilder::open_or_ram_only`]
+    /// gives a RAM-only cache).
     NewerFormat {
         path: PathBuf,
         version: u32,
         supported: u32,
     },
+    /// A setting of [`crate::CacheBuilder`] that is not valid (a NaN or negative TTL, say).
+    InvalidSetting { name: &'static str, reason: String },
     /// The cache could not use its directory and works from RAM only (or read-only), so the
     /// operation cannot do what it promises (for example `flush`).
     Degraded { reason: String },
@@ -119,6 +122,7 @@ impl fmt::Display for Error {
                  {supported}): the directory is left as it is",
                 path.display()
             ),
+            Error::InvalidSetting { name, reason } => write!(f, "invalid {name}: {reason}"),
             Error::Degraded { reason } => write!(f, "cache is degraded: {reason}"),
         }
     }

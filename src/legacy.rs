@@ -6,7 +6,10 @@ use std::fs;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
+use crate::keys::key_hash;
 use crate::keys::{md5_hex, validate_prefix};
+use crate::record::{self, Kind};
+use crate::store::Store;
 use crate::value::legacy_entry;
 
 /// Splits `{prefix}_{32 lowercase hex}.json` into prefix and digest.
@@ -80,6 +83,47 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Brings the original's `{prefix}_{md5}.json` files into a newly created store; expired and
+/// damaged ones are left alone.
+pub(crate) fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
+    let files = list_files(store.dir())?;
+    let mut buf = Vec::new();
+    let mut taken = 0usize;
+    for path in files {
+        match read_file(&path) {
+            Ok(e) if now - e.timestamp > ttl_secs => {}
+            Ok(e) => {
+                let hash = key_hash(store.seed(), &e.prefix, e.key.as_bytes());
+                record::encode(
+                    &mut buf,
+                    Kind::Legacy,
+                    hash,
+                    e.timestamp,
+                    &e.bytes,
+                    store.prefix_field(&e.prefix)?,
+                    e.key.as_bytes(),
+                );
+                taken += 1;
+            }
+            Err(err) => log::warn!("not migrated: {err}"),
+        }
+        if buf.len() >= 4 << 20 {
+            store.append(&buf, &|_| {}, || {})?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        store.append(&buf, &|_| {}, || {})?;
+    }
+    if taken > 0 {
+        log::info!(
+            "migrated {taken} entries of the original format from {}",
+            store.dir().display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod control;
 mod entry;
 mod error;
 mod filter;
+mod fork;
 mod hash;
 mod index;
 pub mod keys;
@@ -60,6 +61,6 @@ pub fn get_persistent_cache() -> &'static Cache {
     static GLOBAL: OnceLock<Cache> = OnceLock::new();
     GLOBAL.get_or_init(|| {
         let dir = std::env::var_os("TOKCACHE_DIR").unwrap_or_else(|| "temp".into());
-        Cache::builder(dir).open_or_ram_only()
+        Cache::builder(dir).open_or_ram_only().0
     })
 }

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
+use crate::fork::Held;
 use crate::map;
 
 pub(crate) const FILE_NAME: &str = "tokcache.lock";
@@ -41,6 +42,8 @@ const SUSPECT_AFTER: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 pub(crate) struct LockFile {
+    /// Registered so that a forked child lets go of this process's locks (before `file` closes).
+    _held: Held,
     file: File,
     path: PathBuf,
     /// The byte this process holds in the lock file; `None` where the kernel cannot lock bytes
@@ -58,7 +61,12 @@ impl LockFile {
     pub(crate) fn open(dir: &Path, mode: u32) -> Result<Self> {
         let (file, path) = open_lock_file(dir, FILE_NAME, mode)?;
         let token = claim_token(&file, &path)?;
-        Ok(Self { file, path, token })
+        Ok(Self {
+            _held: Held::register(&file),
+            file,
+            path,
+            token,
+        })
     }
 
     /// Whether appends in this directory may go through a writable mapping.
@@ -100,10 +108,9 @@ impl LockFile {
             }
             match watched {
                 Some((o, since)) if o == owner && since.elapsed() >= SUSPECT_AFTER => {
-                    // Our own token in the word is a forked twin holding the lock (we hold no
-                    // lock here: the writer mutex serialises our threads), whose byte is ours
-                    // too, so it cannot be judged: wait. (A dead process that drew the same
-                    // token, a 2^-31 chance, would then be waited for as well.)
+                    // Our own token in the word cannot be judged by its byte, which we hold:
+                    // a dead process that drew the same token (a 2^-31 chance), or a forked
+                    // twin where fork() could not be watched (fork.rs). Wait for it.
                     if owner != token && !self.alive(owner)? {
                         let taken = word.compare_exchange(
                             seen | WAITING,
@@ -140,6 +147,7 @@ impl LockFile {
 /// compacts; released when dropped, or by the kernel when the process dies.
 #[derive(Debug)]
 pub(crate) struct CompactionLock {
+    _held: Held,
     file: File,
     path: PathBuf,
 }
@@ -159,7 +167,11 @@ impl CompactionLock {
             }
             return Err(crate::Error::io("lock", &path, e));
         }
-        Ok(Some(Self { file, path }))
+        Ok(Some(Self {
+            _held: Held::register(&file),
+            file,
+            path,
+        }))
     }
 }
 

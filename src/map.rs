@@ -250,6 +250,45 @@ pub(crate) fn byte_is_locked(file: &File, byte: u64) -> io::Result<bool> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
+/// Registers `child` to run in the child process after every `fork()` (`pthread_atfork`).
+/// `child` must be async-signal-safe: it runs before the child returns from `fork`.
+pub(crate) fn on_fork_child(child: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: only the child handler is registered, a function that lives for the whole
+    // program; the caller promises it is async-signal-safe.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    match rc {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Makes each descriptor of `fds` (in this process) refer to `/dev/null` instead of its open
+/// file description: the locks held through that description are no longer held by this
+/// process's references, and are not released either (the other processes that share the
+/// description keep them). Async-signal-safe: `open`, `dup2` and `close` only.
+pub(crate) fn detach_fds(fds: impl Iterator<Item = i32>) {
+    // SAFETY: the path is a NUL-terminated static string; `open` reads nothing else.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    for fd in fds {
+        if null < 0 {
+            // SAFETY: closing a descriptor number is defined whatever it refers to; the
+            // `File` that owns it is never used or dropped in this process (see fork.rs).
+            unsafe { libc::close(fd) };
+        } else {
+            // SAFETY: as above; `dup2` keeps the number valid, pointing at /dev/null, with
+            // O_CLOEXEC set again (dup2 clears it, and the original had it).
+            unsafe {
+                libc::dup2(null, fd);
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+    if null >= 0 {
+        // SAFETY: `null` was opened above and is closed once.
+        unsafe { libc::close(null) };
+    }
+}
+
 /// The shared control page: a few `AtomicU64`s at fixed 8-aligned offsets of a mapped file.
 #[derive(Debug)]
 pub(crate) struct SharedPage {

@@ -33,6 +33,26 @@ pub(crate) struct Dir {
 }
 
 impl Dir {
+    /// Creates the directory and its missing parents (with [`Dir::dir_mode`]), or checks that
+    /// it is one: a regular file or a path under one is an error, not a directory to work in.
+    pub(crate) fn create(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(self.dir_mode())
+            .create(&self.path)
+            .ctx("create directory", &self.path)?;
+        // `recursive` accepts an existing directory, and also a symlink to one (the user's
+        // choice of path); anything else has failed above.
+        Ok(())
+    }
+
+    /// The permission bits of a directory the cache creates: the files' bits, plus search
+    /// (`x`) for every class that may read.
+    pub(crate) fn dir_mode(&self) -> u32 {
+        self.mode | (self.mode & 0o444) >> 2
+    }
+
     pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }

@@ -161,9 +161,9 @@ fn unprivileged_child() {
     if is_root() {
         become_nobody();
     }
-    let cache = Cache::open(dir).unwrap();
     match mode {
         "read-only" => {
+            let cache = Cache::open(dir).unwrap();
             assert_eq!(cache.storage(), Storage::ReadOnly);
             assert_eq!(
                 cache.get::<u64>("test", "k"),
@@ -179,6 +179,15 @@ fn unprivileged_child() {
             assert!(matches!(cache.flush(), Err(Error::Degraded { .. })));
         }
         "forbidden" => {
+            match Cache::open(dir) {
+                Err(Error::Io { op, path, .. }) => {
+                    assert_eq!(op, "create directory");
+                    assert_eq!(path, Path::new(dir));
+                }
+                other => panic!("a directory it cannot create opened: {other:?}"),
+            }
+            let (cache, why) = Cache::builder(dir).open_or_ram_only();
+            assert!(matches!(why, Some(Error::Io { .. })), "{why:?}");
             assert_eq!(cache.storage(), Storage::RamOnly);
             cache.set("test", "k", &2u64).unwrap();
             assert_eq!(cache.get::<u64>("test", "k"), Some(2));
@@ -199,7 +208,13 @@ fn open_world_readable_tempdir() -> tempfile::TempDir {
 fn read_only_directory_still_serves_reads() {
     let tmp = open_world_readable_tempdir();
     let dir = tmp.path().join("cache");
-    Cache::open(&dir).unwrap().set("test", "k", &7u64).unwrap();
+    // Shared with other users on purpose (the default, 0o600, keeps them out).
+    Cache::builder(&dir)
+        .file_mode(0o644)
+        .open()
+        .unwrap()
+        .set("test", "k", &7u64)
+        .unwrap();
     if !is_root() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
         for e in std::fs::read_dir(&dir).unwrap() {
@@ -217,7 +232,7 @@ fn read_only_directory_still_serves_reads() {
 }
 
 #[test]
-fn forbidden_directory_gives_a_ram_only_cache() {
+fn forbidden_directory_is_an_error_or_a_ram_only_cache_by_name() {
     let tmp = open_world_readable_tempdir();
     let locked = tmp.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
@@ -303,8 +318,12 @@ fn planted_symlinks_are_never_followed_to_write() {
     let lock = dir.join("tokcache.lock");
     std::fs::remove_file(&lock).unwrap();
     std::os::unix::fs::symlink(&victim, &lock).unwrap();
-    let cache = Cache::open(&dir).unwrap();
-    let _ = cache.set("test", "new2", &1u64);
+    match Cache::open(&dir) {
+        Err(Error::Io { op, path, .. }) => {
+            assert_eq!((op, path), ("open lock file", lock));
+        }
+        other => panic!("opened through a symlinked lock file: {other:?}"),
+    }
     assert_eq!(
         std::fs::read(&victim).unwrap(),
         b"precious",
@@ -312,32 +331,161 @@ fn planted_symlinks_are_never_followed_to_write() {
     );
 }
 
+/// The process's umask, from /proc (reading it with umask(2) would change it meanwhile).
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
+/// Permission bits of every file in `dir`, and of `dir`.
+fn modes(dir: &Path) -> (u32, Vec<(String, u32)>) {
+    let mode = |m: std::fs::Metadata| m.permissions().mode() & 0o777;
+    let files = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                mode(e.metadata().unwrap()),
+            )
+        })
+        .collect();
+    (mode(std::fs::metadata(dir).unwrap()), files)
+}
+
+/// The keys are users' prompts: by default a cache's directory is 0700 and its files 0600;
+/// `file_mode` opens them to a group (the directory gets search where reading is allowed).
 #[test]
 fn file_modes() {
     let tmp = tempfile::tempdir().unwrap();
-    let private = tmp.path().join("private");
-    let cache = Cache::builder(&private)
-        .file_mode(0o600)
-        .compact_after_records(5)
-        .open()
-        .unwrap();
-    for i in 0..20u64 {
-        cache.set("test", &format!("k{i}"), &i).unwrap();
+    let fill = |cache: &Cache| {
+        for i in 0..20u64 {
+            cache.set("test", &format!("k{i}"), &i).unwrap();
+        }
+        cache.compact().unwrap();
+    };
+    let private = tmp.path().join("a/b/private");
+    fill(
+        &Cache::builder(&private)
+            .compact_after_records(5)
+            .open()
+            .unwrap(),
+    );
+    let (dir_mode, files) = modes(&private);
+    assert_eq!(dir_mode, 0o700 & !umask());
+    assert!(files.len() >= 5, "{files:?}");
+    for (name, mode) in files {
+        assert_eq!(mode, 0o600 & !umask(), "{name} is {mode:o}");
     }
-    for e in std::fs::read_dir(&private).unwrap() {
-        let e = e.unwrap();
-        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode & 0o077, 0, "{:?} is {mode:o}", e.file_name());
+    let group = tmp.path().join("group");
+    fill(&Cache::builder(&group).file_mode(0o660).open().unwrap());
+    let (dir_mode, files) = modes(&group);
+    assert_eq!(dir_mode, 0o770 & !umask());
+    for (name, mode) in files {
+        assert_eq!(mode, 0o660 & !umask(), "{name} is {mode:o}");
     }
-    let shared = tmp.path().join("shared");
-    let cache = Cache::open(&shared).unwrap();
+}
+
+/// A directory that cannot be a cache's is an error naming the operation and the path, not a
+/// cache that silently keeps nothing.
+#[test]
+fn open_fails_where_the_directory_cannot_be_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    for dir in [file.clone(), file.join("under")] {
+        match Cache::open(&dir) {
+            Err(Error::Io { op, path, source }) => {
+                assert_eq!(op, "create directory", "{dir:?}");
+                assert_eq!(path, dir);
+                let msg = Error::Io { op, path, source }.to_string();
+                assert!(msg.contains("a-file"), "{msg}");
+            }
+            other => panic!("{dir:?} opened: {other:?}"),
+        }
+        let (cache, why) = Cache::builder(&dir).open_or_ram_only();
+        assert!(why.is_some());
+        assert_eq!(cache.storage(), Storage::RamOnly);
+        cache.set("test", "k", &1u64).unwrap();
+        assert_eq!(cache.get::<u64>("test", "k"), Some(1));
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+}
+
+#[test]
+fn invalid_ttls_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for hours in [f64::NAN, -1.0, f64::INFINITY, f64::NEG_INFINITY, 1e300] {
+        let err = Cache::builder(tmp.path())
+            .ttl_hours(hours)
+            .open()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidSetting { name: "ttl", .. }),
+            "{hours}: {err}"
+        );
+    }
+    let cache = Cache::builder(tmp.path()).ttl_hours(0.001).open().unwrap();
     cache.set("test", "k", &1u64).unwrap();
-    for e in std::fs::read_dir(&shared).unwrap() {
-        let mode = e.unwrap().metadata().unwrap().permissions().mode() & 0o777;
-        assert_eq!(
-            mode & 0o133,
-            0,
-            "never executable or group/other-writable: {mode:o}"
+    assert_eq!(cache.get::<u64>("test", "k"), Some(1));
+    assert!(Cache::builder(tmp.path()).ttl_hours(0.0).open().is_ok());
+}
+
+/// Every file a cache creates, replaced by a symlink to a copy of itself elsewhere: opening,
+/// writing, compacting and clearing never write through it.
+#[test]
+fn no_file_of_the_cache_is_written_through_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    {
+        let cache = Cache::builder(&model)
+            .compact_after_records(10)
+            .open()
+            .unwrap();
+        for i in 0..30u64 {
+            cache.set("test", &format!("k{i}"), &i).unwrap();
+        }
+        cache.compact().unwrap();
+        cache.set("test", "in the log", &1u64).unwrap();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for n in [
+        "tokcache.ctl",
+        "tokcache.lock",
+        "compact.lock",
+        "prefixes.tkp",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
+    }
+    assert!(names.iter().any(|x| x.ends_with(".tks")) && names.iter().any(|x| x.ends_with(".tki")));
+    for name in &names {
+        let dir = tmp.path().join(format!("with-link-{name}"));
+        std::fs::create_dir(&dir).unwrap();
+        for n in &names {
+            std::fs::copy(model.join(n), dir.join(n)).unwrap();
+        }
+        let victim = tmp.path().join(format!("victim-{name}"));
+        std::fs::rename(dir.join(name), &victim).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+        let before = std::fs::read(&victim).unwrap();
+        // The cache may refuse the link (an error) or work around it; either way the victim
+        // is not written.
+        if let Ok(cache) = Cache::open(&dir) {
+            for i in 0..40u64 {
+                let _ = cache.set("test", &format!("new{i}"), &i);
+            }
+            let _ = cache.compact();
+            let _ = cache.clear_expired();
+            let _ = cache.flush();
+        }
+        assert!(
+            std::fs::read(&victim).unwrap() == before,
+            "{name}: written through a symlink"
         );
     }
 }

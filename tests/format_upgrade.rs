@@ -207,7 +207,10 @@ fn a_directory_of_a_newer_format_is_left_as_it_is() {
             set_version(dir, ".ctl", 3, false);
         }
         let before = snapshot(dir);
-        let cache = Cache::open(dir).unwrap();
+        let err = Cache::open(dir).unwrap_err();
+        assert!(matches!(err, tokcache::Error::NewerFormat { .. }), "{err}");
+        let (cache, why) = Cache::builder(dir).open_or_ram_only();
+        assert!(matches!(why, Some(tokcache::Error::NewerFormat { .. })));
         assert_eq!(cache.storage(), tokcache::Storage::RamOnly);
         assert_eq!(cache.get::<u64>("token_count", "kept"), None);
         cache.set("token_count", "new", &9u64).unwrap();

@@ -113,17 +113,10 @@ fn open(cli: &Cli, must_exist: bool) -> Result<Cache, (u8, String)> {
     if !(cli.ttl_hours.is_finite() && cli.ttl_hours > 0.0) {
         return Err(fail("--ttl-hours must be a positive number"));
     }
-    let cache = Cache::builder(&cli.dir)
+    Cache::builder(&cli.dir)
         .ttl_hours(cli.ttl_hours)
         .open()
-        .map_err(fail)?;
-    if cache.storage() == Storage::RamOnly {
-        return Err(fail(format!(
-            "cannot use {} as a cache directory",
-            cli.dir.display()
-        )));
-    }
-    Ok(cache)
+        .map_err(fail)
 }
 
 fn writable(cache: &Cache) -> CliResult {

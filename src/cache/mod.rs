@@ -1,23 +1,24 @@
 //! The public cache: RAM tier in front of the shared disk tier.
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use parking_lot::Mutex;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+mod builder;
+mod process;
 
-use crate::clock::{Clock, SystemClock};
+pub use builder::CacheBuilder;
+use process::{Process, invalidate};
+
+use crate::clock::Clock;
 use crate::entry::{Entry, ValueRef};
 use crate::error::{Error, Result};
-use crate::keys::{HashKeyed, key_hash, random_seed, validate_prefix};
+use crate::keys::{key_hash, validate_prefix};
 use crate::legacy;
 use crate::map::ReadMap;
-use crate::ram::RamTier;
 use crate::record::{self, Kind, MAX_RECORD_LEN, RecordRef};
-use crate::segment::Dir;
 use crate::store::{self, CompactReport, Lookup, Store, VerifyReport};
 use crate::tally::{Found, Tally};
 use crate::value::Stored;
@@ -64,258 +65,27 @@ pub struct Stats {
     pub storage: Storage,
 }
 
-/// Builds a [`Cache`]. Every setting has a default; see each method.
-#[must_use]
-#[derive(Clone)]
-pub struct CacheBuilder {
-    dir: PathBuf,
-    max_ram_entries: usize,
-    ttl: Duration,
-    file_mode: u32,
-    compact_records: u64,
-    compact_bytes: u64,
-    gc_min_dead: u64,
-    background: bool,
-    clock: Arc<dyn Clock>,
-}
-
-impl CacheBuilder {
-    /// Entries kept decoded in RAM (default 1000, as the original). 0 disables the RAM tier.
-    pub fn max_ram_entries(mut self, n: usize) -> Self {
-        self.max_ram_entries = n;
-        self
-    }
-
-    /// Age after which an entry is a miss (default 24 hours). Fractions of a second work.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// The original's `cache_ttl_hours`, fractional hours allowed.
-    pub fn ttl_hours(self, hours: f64) -> Self {
-        let secs = if hours.is_finite() && hours > 0.0 {
-            hours * 3600.0
-        } else {
-            0.0
-        };
-        self.ttl(Duration::from_secs_f64(secs))
-    }
-
-    /// Permission bits of new files before the umask (default `0o644`; `0o600` keeps other
-    /// users out).
-    pub fn file_mode(mut self, mode: u32) -> Self {
-        self.file_mode = mode & 0o777;
-        self
-    }
-
-    /// Index the records appended since the last compaction when there are this many (default
-    /// 32768): this bounds the records a process scans when it opens the cache. A large cache
-    /// writes them to a small recent index over its full index, and rewrites the full index
-    /// only when the recent one reaches 1/32 of its entries (docs/format.md, "Recent or full").
-    pub fn compact_after_records(mut self, n: u64) -> Self {
-        self.compact_records = n.max(1);
-        self
-    }
-
-    /// Rebuild the index when the active segment reaches this many bytes (default 64 MiB).
-    pub fn compact_after_bytes(mut self, n: u64) -> Self {
-        self.compact_bytes = n.max(1);
-        self
-    }
-
-    /// Rewrite a segment during compaction once it has at least this many dead bytes and
-    /// they are at least half of it (default 16 MiB).
-    pub fn rewrite_segments_with_dead_bytes(mut self, n: u64) -> Self {
-        self.gc_min_dead = n;
-        self
-    }
-
-    /// Run the compactions that writes start on a thread of their own (default `true`), so
-    /// that no `set` waits for one, unless writes outrun compaction by a whole threshold (then
-    /// the `set` that finds the log half again past it waits). `false`: the `set` that fills the
-    /// log compacts before it returns. Dropping the cache waits for a compaction under way.
-    pub fn compact_in_background(mut self, yes: bool) -> Self {
-        self.background = yes;
-        self
-    }
-
-    /// The clock used for timestamps and expiry (default: the system clock).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Opens the cache. A directory that cannot be created or written gives a RAM-only (or
-    /// read-only) cache and a warning, as the original did; [`Cache::storage`] tells which.
-    /// Damaged files are rebuilt from what is intact.
-    pub fn open(self) -> Result<Cache> {
-        Ok(self.open_or_ram_only())
-    }
-
-    pub(crate) fn open_or_ram_only(self) -> Cache {
-        let ttl_secs = self.ttl.as_secs_f64();
-        let opts = store::Options {
-            mode: self.file_mode,
-            compact_records: self.compact_records,
-            compact_bytes: self.compact_bytes,
-            gc_min_dead: self.gc_min_dead,
-            ttl_secs,
-        };
-        let clock = Arc::clone(&self.clock);
-        let dir = Dir {
-            path: self.dir.clone(),
-            mode: self.file_mode,
-        };
-        let store = std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::io("create directory", &self.dir, e))
-            .and_then(|()| {
-                Store::open(dir, opts, &|s: &Store| {
-                    migrate_original_files(s, ttl_secs, clock.now())
-                })
-            });
-        let (store, storage) = match store.map(Arc::new) {
-            Ok(s) if s.is_writable() => (Some(s), Storage::Disk),
-            Ok(s) => {
-                log::warn!(
-                    "{} is read-only: new entries stay in RAM",
-                    self.dir.display()
-                );
-                (Some(s), Storage::ReadOnly)
-            }
-            Err(e) => {
-                log::warn!("{e}; the cache works from RAM only");
-                (None, Storage::RamOnly)
-            }
-        };
-        let cache = Cache {
-            dir: self.dir,
-            store,
-            storage,
-            ram: Arc::new(RamTier::new(self.max_ram_entries)),
-            background: self.background,
-            compactor: Arc::default(),
-            ttl_secs,
-            clock: self.clock,
-            local_seed: random_seed(),
-            tally: Tally::default(),
-            saves: AtomicU64::new(0),
-            flights: Mutex::new(HashKeyed::default()),
-        };
-        if log::log_enabled!(log::Level::Info) {
-            for line in cache.banner().lines() {
-                log::info!("{line}");
-            }
-        }
-        cache
-    }
-}
-
-/// Drops from the RAM tier what another process changed (`None`: anything may have changed).
-fn invalidate(ram: &RamTier, changed: Option<u64>) {
-    match changed {
-        Some(h) => ram.remove(h),
-        None => ram.clear(),
-    }
-}
-
-/// The compaction a write asked for; a failure leaves the old generation and is retried later.
-fn compact_full_log(store: &Store, ram: &RamTier) {
-    if let Err(e) = store.compact_when_full(false, &|c| invalidate(ram, c)) {
-        log::warn!("compaction failed, will retry: {e}");
-    }
-}
-
-/// Brings the original's `{prefix}_{md5}.json` files into a newly created store; expired and
-/// damaged ones are left alone.
-fn migrate_original_files(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
-    let files = legacy::list_files(store.dir())?;
-    let mut buf = Vec::new();
-    let mut taken = 0usize;
-    for path in files {
-        match legacy::read_file(&path) {
-            Ok(e) if now - e.timestamp > ttl_secs => {}
-            Ok(e) => {
-                let hash = key_hash(store.seed(), &e.prefix, e.key.as_bytes());
-                record::encode(
-                    &mut buf,
-                    Kind::Legacy,
-                    hash,
-                    e.timestamp,
-                    &e.bytes,
-                    store.prefix_field(&e.prefix)?,
-                    e.key.as_bytes(),
-                );
-                taken += 1;
-            }
-            Err(err) => log::warn!("not migrated: {err}"),
-        }
-        if buf.len() >= 4 << 20 {
-            store.append(&buf, &|_| {}, || {})?;
-            buf.clear();
-        }
-    }
-    if !buf.is_empty() {
-        store.append(&buf, &|_| {}, || {})?;
-    }
-    if taken > 0 {
-        log::info!(
-            "migrated {taken} entries of the original format from {}",
-            store.dir().display()
-        );
-    }
-    Ok(())
-}
-
 /// A persistent cache of JSON values (token counts above all), shared by the processes that
 /// open the same directory. `Send + Sync`: share one per process.
 pub struct Cache {
     dir: PathBuf,
-    store: Option<Arc<Store>>,
-    storage: Storage,
-    /// Shared with the compaction thread, which tells it of keys other processes changed.
-    ram: Arc<RamTier>,
-    background: bool,
-    /// The compaction thread, shared with it.
-    compactor: Arc<Mutex<Compactor>>,
+    /// The settings it was opened with: a forked child opens its own state with them.
+    settings: CacheBuilder,
+    /// The state of the process that opened it (and of forked children: [`Process::current`]).
+    process: Process,
     ttl_secs: f64,
     clock: Arc<dyn Clock>,
     local_seed: u64,
     /// Hits and misses.
     tally: Tally,
     saves: AtomicU64,
-    /// One mutex per key being computed by `get_or_insert_with` (per key, not striped, so that
-    /// a computation may itself call `get_or_insert_with` for other keys).
-    flights: Mutex<HashKeyed<Arc<Mutex<()>>>>,
-}
-
-/// A cache's compaction thread: its handle, until joined, whether it runs, and whether a write
-/// asked for a compaction while it ran. It then compacts again before it ends: the write that
-/// filled the tail just as it finished would otherwise be left without one (if no write
-/// follows, as at the end of a bulk load, the next process to open the cache scans that tail).
-#[derive(Default)]
-struct Compactor {
-    thread: Option<std::thread::JoinHandle<()>>,
-    running: bool,
-    asked_again: bool,
-}
-
-impl Drop for Cache {
-    /// Waits for a compaction under way, so that a short-lived process finishes what it
-    /// started (a process killed meanwhile leaves files the next compaction removes).
-    fn drop(&mut self) {
-        let thread = self.compactor.lock().thread.take();
-        if let Some(t) = thread {
-            let _ = t.join();
-        }
-    }
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
             .field("dir", &self.dir)
-            .field("storage", &self.storage)
+            .field("storage", &self.local().storage)
             .finish_non_exhaustive()
     }
 }
@@ -337,24 +107,15 @@ enum Hit<'a> {
 }
 
 impl Cache {
-    /// Opens `dir` with the defaults: 1000 RAM entries, 24 h TTL.
+    /// Opens `dir` with the defaults: 1000 RAM entries, 24 h TTL (see [`CacheBuilder::open`]
+    /// for the errors).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         Self::builder(dir).open()
     }
 
     /// A builder for `dir`, with the defaults its methods document.
     pub fn builder(dir: impl AsRef<Path>) -> CacheBuilder {
-        CacheBuilder {
-            dir: dir.as_ref().to_path_buf(),
-            max_ram_entries: 1000,
-            ttl: Duration::from_secs(24 * 3600),
-            file_mode: 0o644,
-            compact_records: 32 * 1024,
-            compact_bytes: 64 << 20,
-            gc_min_dead: 16 << 20,
-            background: true,
-            clock: Arc::new(SystemClock),
-        }
+        CacheBuilder::new(dir.as_ref().to_path_buf())
     }
 
     pub fn dir(&self) -> &Path {
@@ -362,7 +123,7 @@ impl Cache {
     }
 
     pub fn storage(&self) -> Storage {
-        self.storage
+        self.local().storage
     }
 
     /// The original's start-up banner.
@@ -375,14 +136,18 @@ impl Cache {
         if s.disk_files > 0 {
             b.push_str("\n  Existing cache files found - lazy loading enabled");
         }
-        if self.storage != Storage::Disk {
-            b.push_str(&format!("\n  Storage degraded: {:?}", self.storage));
+        if self.local().storage != Storage::Disk {
+            b.push_str(&format!("\n  Storage degraded: {:?}", self.local().storage));
         }
         b
     }
 
     fn hash(&self, prefix: &str, key: &str) -> u64 {
-        let seed = self.store.as_ref().map_or(self.local_seed, |s| s.seed());
+        let seed = self
+            .local()
+            .store
+            .as_ref()
+            .map_or(self.local_seed, |s| s.seed());
         key_hash(seed, prefix, key.as_bytes())
     }
 
@@ -391,57 +156,19 @@ impl Cache {
     }
 
     fn invalidate(&self, changed: Option<u64>) {
-        invalidate(&self.ram, changed);
+        invalidate(&self.local().ram, changed);
     }
 
-    /// Runs the compaction a write asked for: on the compaction thread (started unless one
-    /// runs), or here when the cache compacts inline or no thread can be started.
-    fn compact_when_full(&self, store: &Arc<Store>) {
-        if !self.background {
-            return compact_full_log(store, &self.ram);
-        }
-        let mut c = self.compactor.lock();
-        if c.running {
-            c.asked_again = true;
-            return;
-        }
-        if let Some(done) = c.thread.take() {
-            let _ = done.join();
-        }
-        let (s, ram, state) = (
-            Arc::clone(store),
-            Arc::clone(&self.ram),
-            Arc::clone(&self.compactor),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("tokcache-compact".into())
-            .spawn(move || {
-                loop {
-                    compact_full_log(&s, &ram);
-                    let mut c = state.lock();
-                    if !std::mem::take(&mut c.asked_again) {
-                        c.running = false;
-                        break;
-                    }
-                }
-            });
-        match spawned {
-            Ok(t) => {
-                c.thread = Some(t);
-                c.running = true;
-            }
-            Err(e) => {
-                drop(c);
-                log::debug!("compacting inline: {e}");
-                compact_full_log(store, &self.ram);
-            }
-        }
+    /// This process's state of the cache (made anew in a forked child: fork.rs).
+    fn local(&self) -> &Process {
+        self.process
+            .current(|| self.settings.reopen_here(self.ttl_secs))
     }
 
     /// The disk tier's view, caught up with other processes' writes (a failure to catch up
     /// leaves the last good view in use). Hold it only for lookups: a write would wait for it.
     fn reader(&self) -> Option<store::Reader<'_>> {
-        let store = self.store.as_ref()?;
+        let store = self.local().store.as_ref()?;
         Some(store.reader(&|c| self.invalidate(c)).unwrap_or_else(|e| {
             log::warn!("cannot follow the cache's changes: {e}");
             store.last_view()
@@ -450,7 +177,7 @@ impl Cache {
 
     /// Follows other processes' writes; a failure leaves the last good view in use.
     fn refresh(&self) {
-        if let Some(store) = &self.store
+        if let Some(store) = &self.local().store
             && let Err(e) = store.refresh(&|c| self.invalidate(c))
         {
             log::warn!("cannot follow the cache's changes: {e}");
@@ -474,7 +201,7 @@ impl Cache {
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
         // Either way it is asked once. One read guard serves catching up and the disk tier.
-        let unchanged = self.store.as_ref().is_none_or(|s| s.unchanged());
+        let unchanged = self.local().store.as_ref().is_none_or(|s| s.unchanged());
         if unchanged && let Some((value, ts)) = self.in_ram(q) {
             self.count(q, Found::RamHit);
             return Some(extract(Hit::Ram(value, ts)));
@@ -515,9 +242,9 @@ impl Cache {
 
     /// The RAM tier's live value of the key (an expired one is dropped).
     fn in_ram(&self, q: &Asked<'_>) -> Option<(Stored, f64)> {
-        let (value, ts) = self.ram.get(q.hash, q.prefix, q.key)?;
+        let (value, ts) = self.local().ram.get(q.hash, q.prefix, q.key)?;
         if self.expired(ts, self.clock.now_coarse()) {
-            self.ram.remove(q.hash);
+            self.local().ram.remove(q.hash);
             return None;
         }
         Some((value, ts))
@@ -609,7 +336,8 @@ impl Cache {
             Hit::Disk(_, rec) => {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
                 let value = stored.to_value()?;
-                self.ram
+                self.local()
+                    .ram
                     .insert(q.hash, q.prefix, q.key, stored, rec.timestamp);
                 Ok(value)
             }
@@ -651,7 +379,7 @@ impl Cache {
         // The RAM tier is updated under the write, so that two threads setting one key leave
         // the RAM tier with the value that is last on disk.
         self.write(hash, prefix, key, kind, &bytes, now, || {
-            self.ram.insert(hash, prefix, key, value, now)
+            self.local().ram.insert(hash, prefix, key, value, now)
         })?;
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -678,7 +406,7 @@ impl Cache {
                 max: MAX_RECORD_LEN,
             });
         }
-        let Some(store) = self.store.as_ref().filter(|s| s.is_writable()) else {
+        let Some(store) = self.local().store.as_ref().filter(|s| s.is_writable()) else {
             published();
             return Ok(());
         };
@@ -694,7 +422,7 @@ impl Cache {
             key.as_bytes(),
         );
         if store.append(&buf, &|c| self.invalidate(c), published)? {
-            self.compact_when_full(store);
+            self.local().compact_when_full(store);
         }
         Ok(())
     }
@@ -706,7 +434,7 @@ impl Cache {
         let on_disk = self
             .reader()
             .is_some_and(|r| r.get(hash, prefix, key, Lookup::Alone, |_, _| ()).is_some());
-        let in_ram = self.ram.get(hash, prefix, key).is_some();
+        let in_ram = self.local().ram.get(hash, prefix, key).is_some();
         if on_disk {
             self.write(
                 hash,
@@ -718,7 +446,7 @@ impl Cache {
                 || {},
             )?;
         }
-        self.ram.remove(hash);
+        self.local().ram.remove(hash);
         Ok(on_disk || in_ram)
     }
 
@@ -733,7 +461,7 @@ impl Cache {
             return Ok(v);
         }
         let hash = self.hash(prefix, key);
-        let flight = Arc::clone(self.flights.lock().entry(hash).or_default());
+        let flight = Arc::clone(self.local().flights.lock().entry(hash).or_default());
         let result = {
             let _computing = flight.lock();
             match self.get_counted(prefix, key, false) {
@@ -745,7 +473,7 @@ impl Cache {
                 Err(e) => Err(e),
             }
         };
-        let mut flights = self.flights.lock();
+        let mut flights = self.local().flights.lock();
         if Arc::strong_count(&flight) == 2 {
             flights.remove(&hash); // nobody else is waiting on this key
         }
@@ -755,7 +483,12 @@ impl Cache {
     /// Counters and sizes.
     pub fn get_stats(&self) -> Stats {
         self.refresh();
-        let disk = self.store.as_ref().map(|s| s.stats()).unwrap_or_default();
+        let disk = self
+            .local()
+            .store
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default();
         let (ram_hits, disk_hits, misses) = (
             self.tally.get(Found::RamHit),
             self.tally.get(Found::DiskHit),
@@ -768,13 +501,13 @@ impl Cache {
             ((ram_hits + disk_hits) as f64 / lookups as f64 * 10_000.0).round() / 100.0
         };
         Stats {
-            ram_entries: self.ram.len() as u64,
+            ram_entries: self.local().ram.len() as u64,
             disk_files: disk.entries,
             ram_hits,
             disk_hits,
             misses,
             saves: self.saves.load(Ordering::Relaxed),
-            evictions: self.ram.evictions(),
+            evictions: self.local().ram.evictions(),
             hit_rate_percent,
             temp_dir: self.dir.display().to_string(),
             live_bytes: disk.live_bytes,
@@ -783,19 +516,20 @@ impl Cache {
             index_generation: disk.generation,
             recent_index_records: disk.recent_records,
             tail_records: disk.tail_records,
-            storage: self.storage,
+            storage: self.local().storage,
         }
     }
 
     fn writable_store(&self) -> Result<&Store> {
-        self.store
+        self.local()
+            .store
             .as_deref()
             .filter(|s| s.is_writable())
             .ok_or_else(|| Error::Degraded {
                 reason: format!(
                     "{} is not writable ({:?})",
                     self.dir.display(),
-                    self.storage
+                    self.local().storage
                 ),
             })
     }
@@ -818,7 +552,7 @@ impl Cache {
     /// Removes every entry from RAM and disk, the original-format entry files included.
     /// Files that are not entries are left alone.
     pub fn clear_all(&self) -> Result<()> {
-        self.ram.clear();
+        self.local().ram.clear();
         if let Ok(store) = self.writable_store() {
             store.clear(&|c| self.invalidate(c))?;
             for path in legacy::list_files(&self.dir)? {
@@ -834,13 +568,13 @@ impl Cache {
     /// number of records checked so far. Waits for a compaction under way in any process, and
     /// holds new ones off until it is done (their files in flight would look like leftovers).
     pub fn verify(&self, progress: impl FnMut(u64)) -> VerifyReport {
-        match &self.store {
+        match &self.local().store {
             Some(s) => s.verify(&|c| self.invalidate(c), progress),
             None => VerifyReport {
                 problems: vec![format!(
                     "{} holds no cache ({:?})",
                     self.dir.display(),
-                    self.storage
+                    self.local().storage
                 )],
                 ..VerifyReport::default()
             },
@@ -857,7 +591,9 @@ impl Cache {
     /// this cache.
     pub fn for_each_entry(&self, mut f: impl FnMut(&Entry<'_>)) {
         self.refresh();
-        let Some(store) = &self.store else { return };
+        let Some(store) = &self.local().store else {
+            return;
+        };
         let now = self.clock.now();
         store.for_each(|rec| {
             if let Some(e) = Entry::new(rec, now, self.ttl_secs) {
@@ -894,7 +630,7 @@ impl Cache {
             e.timestamp,
             || {},
         )?;
-        self.ram.remove(hash);
+        self.local().ram.remove(hash);
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }

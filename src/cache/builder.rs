@@ -1,0 +1,231 @@
+//! [`CacheBuilder`]: the settings of a cache, and opening it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use super::process::Process;
+use super::{Cache, Storage};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::keys::random_seed;
+use crate::legacy;
+use crate::segment::Dir;
+use crate::store::{self, Store};
+use crate::tally::Tally;
+
+/// Builds a [`Cache`]. Every setting has a default; see each method.
+#[must_use]
+#[derive(Clone)]
+pub struct CacheBuilder {
+    pub(super) dir: PathBuf,
+    pub(super) max_ram_entries: usize,
+    /// The TTL, or why the one asked for is not one.
+    pub(super) ttl: std::result::Result<Duration, String>,
+    pub(super) file_mode: u32,
+    pub(super) compact_records: u64,
+    pub(super) compact_bytes: u64,
+    pub(super) gc_min_dead: u64,
+    pub(super) background: bool,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+impl CacheBuilder {
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            max_ram_entries: 1000,
+            ttl: Ok(Duration::from_secs(24 * 3600)),
+            file_mode: 0o600,
+            compact_records: 32 * 1024,
+            compact_bytes: 64 << 20,
+            gc_min_dead: 16 << 20,
+            background: true,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Entries kept decoded in RAM (default 1000, as the original). 0 disables the RAM tier.
+    pub fn max_ram_entries(mut self, n: usize) -> Self {
+        self.max_ram_entries = n;
+        self
+    }
+
+    /// Age after which an entry is a miss (default 24 hours). Fractions of a second work;
+    /// zero makes every entry a miss.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Ok(ttl);
+        self
+    }
+
+    /// The original's `cache_ttl_hours`, fractional hours allowed. A negative, NaN or infinite
+    /// number (or one too large for a [`Duration`]) makes [`CacheBuilder::open`] fail.
+    pub fn ttl_hours(mut self, hours: f64) -> Self {
+        self.ttl = if hours.is_finite() && hours >= 0.0 {
+            Duration::try_from_secs_f64(hours * 3600.0).map_err(|e| format!("{hours} h: {e}"))
+        } else {
+            Err(format!(
+                "{hours} h is not a TTL (a finite number of hours >= 0)"
+            ))
+        };
+        self
+    }
+
+    /// Permission bits of new files before the umask (default `0o600`: the keys are users'
+    /// prompts, so other users are kept out). A directory the cache creates gets the same
+    /// bits plus search (`x`) where reading is allowed: `0o600` gives `0o700`, `0o660` (a pool
+    /// whose processes run as several users of one group) gives `0o770`.
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = mode & 0o777;
+        self
+    }
+
+    /// Index the records appended since the last compaction when there are this many (default
+    /// 32768): this bounds the records a process scans when it opens the cache. A large cache
+    /// writes them to a small recent index over its full index, and rewrites the full index
+    /// only when the recent one reaches 1/32 of its entries (docs/format.md, "Recent or full").
+    pub fn compact_after_records(mut self, n: u64) -> Self {
+        self.compact_records = n.max(1);
+        self
+    }
+
+    /// Rebuild the index when the active segment reaches this many bytes (default 64 MiB).
+    pub fn compact_after_bytes(mut self, n: u64) -> Self {
+        self.compact_bytes = n.max(1);
+        self
+    }
+
+    /// Rewrite a segment during compaction once it has at least this many dead bytes and
+    /// they are at least half of it (default 16 MiB).
+    pub fn rewrite_segments_with_dead_bytes(mut self, n: u64) -> Self {
+        self.gc_min_dead = n;
+        self
+    }
+
+    /// Run the compactions that writes start on a thread of their own (default `true`), so
+    /// that no `set` waits for one, unless writes outrun compaction by a whole threshold (then
+    /// the `set` that finds the log half again past it waits). `false`: the `set` that fills the
+    /// log compacts before it returns. Dropping the cache waits for a compaction under way.
+    pub fn compact_in_background(mut self, yes: bool) -> Self {
+        self.background = yes;
+        self
+    }
+
+    /// The clock used for timestamps and expiry (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Opens the cache, creating the directory (and its parents) if needed. Damaged files are
+    /// rebuilt from what is intact. A directory that can be read but not written gives a
+    /// read-only cache ([`Cache::storage`] says [`Storage::ReadOnly`]: entries on disk are
+    /// served, new ones stay in RAM).
+    ///
+    /// # Errors
+    ///
+    /// An invalid setting; a directory that cannot be created or used (a path under a regular
+    /// file, a regular file, no permission: [`Error::Io`] with the operation and the path); a
+    /// directory written by a newer release ([`Error::NewerFormat`]). To keep going from RAM
+    /// instead, as the original did, use [`CacheBuilder::open_or_ram_only`].
+    pub fn open(self) -> Result<Cache> {
+        let ttl_secs = self.ttl_secs()?;
+        let (process, err) = self.open_process(ttl_secs);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(self.into_cache(process, ttl_secs)),
+        }
+    }
+
+    /// Opens the cache as [`CacheBuilder::open`] does, but never fails: where `open` returns
+    /// an error, this returns a cache that works from RAM only ([`Storage::RamOnly`]; an
+    /// invalid TTL counts as 24 hours) and the error that made it so. The original's
+    /// forgiving behaviour; [`crate::get_persistent_cache`] uses it.
+    pub fn open_or_ram_only(self) -> (Cache, Option<Error>) {
+        let (ttl_secs, ttl_err) = match self.ttl_secs() {
+            Ok(t) => (t, None),
+            Err(e) => (24.0 * 3600.0, Some(e)),
+        };
+        let (process, err) = self.open_process(ttl_secs);
+        let err = ttl_err.or(err);
+        if let Some(e) = &err {
+            log::warn!("{e}; the cache works from RAM only");
+        }
+        (self.into_cache(process, ttl_secs), err)
+    }
+
+    fn ttl_secs(&self) -> Result<f64> {
+        self.ttl
+            .as_ref()
+            .map(Duration::as_secs_f64)
+            .map_err(|why| Error::InvalidSetting {
+                name: "ttl",
+                reason: why.clone(),
+            })
+    }
+
+    fn into_cache(self, process: Process, ttl_secs: f64) -> Cache {
+        let cache = Cache {
+            dir: self.dir.clone(),
+            process,
+            ttl_secs,
+            clock: Arc::clone(&self.clock),
+            local_seed: random_seed(),
+            tally: Tally::default(),
+            saves: AtomicU64::new(0),
+            settings: self,
+        };
+        if log::log_enabled!(log::Level::Info) {
+            for line in cache.banner().lines() {
+                log::info!("{line}");
+            }
+        }
+        cache
+    }
+
+    /// The per-process state of the cache: the disk tier, or `None` and why not.
+    pub(super) fn open_process(&self, ttl_secs: f64) -> (Process, Option<Error>) {
+        let (store, storage, err) = match self.open_store(ttl_secs) {
+            Ok(s) if s.is_writable() => (Some(Arc::new(s)), Storage::Disk, None),
+            Ok(s) => {
+                log::warn!(
+                    "{} is read-only: new entries stay in RAM",
+                    self.dir.display()
+                );
+                (Some(Arc::new(s)), Storage::ReadOnly, None)
+            }
+            Err(e) => (None, Storage::RamOnly, Some(e)),
+        };
+        let p = Process::new(store, storage, self.max_ram_entries, self.background);
+        (p, err)
+    }
+
+    fn open_store(&self, ttl_secs: f64) -> Result<Store> {
+        let opts = store::Options {
+            mode: self.file_mode,
+            compact_records: self.compact_records,
+            compact_bytes: self.compact_bytes,
+            gc_min_dead: self.gc_min_dead,
+            ttl_secs,
+        };
+        let dir = Dir {
+            path: self.dir.clone(),
+            mode: self.file_mode,
+        };
+        dir.create()?;
+        let now = self.clock.now();
+        Store::open(dir, opts, &|s: &Store| legacy::migrate(s, ttl_secs, now))
+    }
+
+    /// A new handle of the same settings for the process that runs this: used in a forked
+    /// child, where the parent's state must not be used. Never fails (RAM only, with a
+    /// warning, if the directory cannot be opened there).
+    pub(super) fn reopen_here(&self, ttl_secs: f64) -> Process {
+        let (p, err) = self.open_process(ttl_secs);
+        if let Some(e) = err {
+            log::warn!("{e}; after fork(), this process's cache works from RAM only");
+        }
+        p
+    }
+}
