@@ -8,7 +8,9 @@ use std::path::Path;
 use crate::error::{Error, IoContext, Result};
 use crate::keys::key_hash;
 use crate::keys::{md5_hex, validate_prefix};
+use crate::lock::FileLock;
 use crate::record::{self, Kind};
+use crate::segment::{Dir, sync_dir};
 use crate::store::Store;
 use crate::value::legacy_entry;
 
@@ -85,14 +87,62 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
-/// Brings the original's `{prefix}_{md5}.json` files into a newly created store; expired and
-/// damaged ones are left alone.
-pub(crate) fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
+/// The file that marks a directory whose original entry files are still to be brought into
+/// its cache (docs/format.md, "Migration of the original's files").
+pub(crate) const MARKER: &str = "tokcache.migrating";
+
+/// Called when a new cache is created in `dir`, under its lock and before another process can
+/// see it: if the original's entry files are there, marks them for migration (durably, before
+/// the cache exists, so that a process killed at any point leaves the mark behind).
+pub(crate) fn mark(dir: &Dir) -> Result<()> {
+    let mut entries = fs::read_dir(&dir.path).ctx("list directory", &dir.path)?;
+    let any = entries
+        .any(|e| e.is_ok_and(|e| e.file_name().to_str().and_then(parse_file_name).is_some()));
+    if any {
+        dir.write_file(
+            MARKER,
+            b"the original's entry files here are being migrated\n",
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether the original's files of `dir` are marked for migration (one `stat`).
+pub(crate) fn migration_pending(dir: &Path) -> bool {
+    dir.join(MARKER).exists()
+}
+
+/// Brings the original's files into the cache if the directory is marked for it and no other
+/// process is doing so (one that holds the mark's lock: this one then goes on without waiting,
+/// and keys not migrated yet are misses meanwhile). Removes the mark when done; a process
+/// killed before that leaves it for the next one to open the cache.
+pub(crate) fn resume(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
+    let path = store.dir().join(MARKER);
+    let Some(lock) = FileLock::try_existing(&path)? else {
+        return Ok(());
+    };
+    if !lock.still_linked() {
+        return Ok(()); // finished by the process that held the lock before
+    }
+    migrate(store, ttl_secs, now)?;
+    fs::remove_file(&path).ctx("remove", &path)?;
+    sync_dir(store.dir())?;
+    drop(lock);
+    Ok(())
+}
+
+/// Brings the original's `{prefix}_{md5}.json` files in; expired and damaged ones are left
+/// alone, and so is every key that has a record already (set, removed, or migrated by a
+/// process killed before it finished): the original's files are older than anything written
+/// through the cache, and a migration may run again over what it did.
+fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
+    /// Records appended under one hold of the write lock.
+    const BATCH: usize = 1 << 20;
     let files = list_files(store.dir())?;
     let mut buf = Vec::new();
-    let mut taken = 0usize;
-    for path in files {
-        match read_file(&path) {
+    let mut taken = 0;
+    for (i, path) in files.iter().enumerate() {
+        match read_file(path) {
             Ok(e) if now - e.timestamp > ttl_secs => {}
             Ok(e) => {
                 let hash = key_hash(store.seed(), &e.prefix, e.key.as_bytes());
@@ -105,17 +155,13 @@ pub(crate) fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
                     store.prefix_field(&e.prefix)?,
                     e.key.as_bytes(),
                 );
-                taken += 1;
             }
             Err(err) => log::warn!("not migrated: {err}"),
         }
-        if buf.len() >= 4 << 20 {
-            store.append(&buf, &|_| {}, || {})?;
+        if buf.len() >= BATCH || (i + 1 == files.len() && !buf.is_empty()) {
+            taken += store.append_absent(&buf, &|_| {})?.0;
             buf.clear();
         }
-    }
-    if !buf.is_empty() {
-        store.append(&buf, &|_| {}, || {})?;
     }
     if taken > 0 {
         log::info!(

@@ -143,20 +143,40 @@ impl LockFile {
     }
 }
 
-/// Held by the one process (and thread: each attempt opens its own file description) that
-/// compacts; released when dropped, or by the kernel when the process dies.
+/// An `flock` held by one process (and thread: each attempt opens its own file description)
+/// for the whole of a long task: the compaction (`compact.lock`), the migration of the
+/// original's files (the migration marker, legacy.rs). Released when dropped, or by the kernel
+/// when the process dies.
 #[derive(Debug)]
-pub(crate) struct CompactionLock {
+pub(crate) struct FileLock {
     _held: Held,
     file: File,
     path: PathBuf,
 }
 
-impl CompactionLock {
+/// The compaction lock.
+pub(crate) type CompactionLock = FileLock;
+
+impl FileLock {
     /// Takes the compaction lock of `dir`: `None` if another compaction holds it and `wait` is
     /// false.
     pub(crate) fn take(dir: &Path, mode: u32, wait: bool) -> Result<Option<Self>> {
         let (file, path) = open_lock_file(dir, COMPACT_FILE_NAME, mode)?;
+        Self::lock(file, path, wait)
+    }
+
+    /// Takes the lock of an existing file `path` without waiting: `None` if another holds it
+    /// or the file is gone.
+    pub(crate) fn try_existing(path: &Path) -> Result<Option<Self>> {
+        let file = match crate::segment::file_options(0o600).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(crate::Error::io("open", path, e)),
+        };
+        Self::lock(file, path.to_path_buf(), false)
+    }
+
+    fn lock(file: File, path: PathBuf, wait: bool) -> Result<Option<Self>> {
         if wait {
             fs2::FileExt::lock_exclusive(&file).ctx("lock", &path)?;
         } else if let Err(e) = fs2::FileExt::try_lock_exclusive(&file) {
@@ -173,9 +193,19 @@ impl CompactionLock {
             path,
         }))
     }
+
+    /// Whether the locked file is still the one at its path (not removed, nor replaced, by
+    /// a holder that finished before this one took the lock).
+    pub(crate) fn still_linked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
 }
 
-impl Drop for CompactionLock {
+impl Drop for FileLock {
     fn drop(&mut self) {
         if let Err(e) = fs2::FileExt::unlock(&self.file) {
             log::warn!("cannot unlock {}: {e}", self.path.display());

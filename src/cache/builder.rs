@@ -214,8 +214,14 @@ impl CacheBuilder {
             mode: self.file_mode,
         };
         dir.create()?;
-        let now = self.clock.now();
-        Store::open(dir, opts, &|s: &Store| legacy::migrate(s, ttl_secs, now))
+        let store = Store::open(dir, opts, &legacy::mark)?;
+        if store.is_writable()
+            && let Err(e) = legacy::resume(&store, ttl_secs, self.clock.now())
+        {
+            // The mark stays: the next process to open the cache goes on with it.
+            log::warn!("migration of the original's files stopped: {e}");
+        }
+        Ok(store)
     }
 
     /// A new handle of the same settings for the process that runs this: used in a forked

@@ -427,7 +427,8 @@ impl Cache {
         Ok(())
     }
 
-    /// Removes `key`; `true` if it was there.
+    /// Removes `key`; `true` if it was there (an entry of the original's files that a migration
+    /// under way has not brought in yet is removed too, and counts as not there).
     pub fn remove(&self, prefix: &str, key: &str) -> Result<bool> {
         validate_prefix(prefix)?;
         let hash = self.hash(prefix, key);
@@ -435,7 +436,9 @@ impl Cache {
             .reader()
             .is_some_and(|r| r.get(hash, prefix, key, Lookup::Alone, |_, _| ()).is_some());
         let in_ram = self.local().ram.get(hash, prefix, key).is_some();
-        if on_disk {
+        // While the original's files are migrated, a key not in yet may still come: the
+        // removal is written all the same, so that the migration leaves the key out.
+        if on_disk || legacy::migration_pending(&self.dir) {
             self.write(
                 hash,
                 prefix,

@@ -152,12 +152,13 @@ fn is_not_found(e: &Error) -> bool {
 }
 
 impl Store {
-    /// Opens the store in `dir`, creating it if needed. `migrate` is called once, under the
-    /// write lock, when the store is created, to bring in entries of the original format.
+    /// Opens the store in `dir`, creating it if needed. `on_create` is called when this process
+    /// creates a new, empty store, under the lock and before any other process can see it
+    /// (legacy.rs marks the original's files for migration there).
     pub(crate) fn open(
         dir: Dir,
         opts: Options,
-        migrate: &dyn Fn(&Store) -> Result<()>,
+        on_create: &dyn Fn(&Dir) -> Result<()>,
     ) -> Result<Self> {
         let lock = match LockFile::open(&dir.path, opts.mode) {
             Ok(l) => Some(l),
@@ -173,16 +174,16 @@ impl Store {
         };
         let ctl_path = dir.join(control::FILE_NAME);
         let writable = lock.is_some();
-        // `fresh`: this process made the control page and the first, empty generation (all
-        // under the write lock, so no other process sees a generation without its files);
-        // `rebuild`: the control page was lost but segments remain.
-        let (control, fresh, rebuild) = match Control::open(&ctl_path, writable) {
-            Ok(c) => (c, false, false),
+        // A new store's control page and first, empty generation are made under the write
+        // lock, so no other process sees a generation without its files; `rebuild`: the
+        // control page was lost but segments remain.
+        let (control, rebuild) = match Control::open(&ctl_path, writable) {
+            Ok(c) => (c, false),
             Err(e) if lock.is_none() => return Err(e),
             Err(first) => {
                 let held = lock.as_ref().map(LockFile::exclusive).transpose()?;
                 match Control::open(&ctl_path, true) {
-                    Ok(c) => (c, false, false),
+                    Ok(c) => (c, false),
                     Err(_) => {
                         let newest = Self::highest_index_generation(&dir)?;
                         if let Some(g) = newest {
@@ -197,13 +198,14 @@ impl Store {
                         let empty = segment::list_segments(&dir.path)?.is_empty();
                         // The log of a rebuild is not known yet (0): it publishes one.
                         let log = if empty {
+                            on_create(&dir)?;
                             Self::write_empty_generation(&dir, seed, generation)?
                         } else {
                             0
                         };
                         Control::create(&dir, seed, generation, log)?;
                         drop(held);
-                        (Control::open(&ctl_path, true)?, empty, !empty)
+                        (Control::open(&ctl_path, true)?, !empty)
                     }
                 }
             }
@@ -237,9 +239,6 @@ impl Store {
             )?;
         } else {
             store.reload(&|_| {}, false)?;
-        }
-        if fresh {
-            migrate(&store)?;
         }
         Ok(store)
     }
@@ -615,10 +614,61 @@ impl Store {
         on_change: OnChange<'_>,
         published: impl FnOnce(),
     ) -> Result<bool> {
+        self.append_with(on_change, |_| bytes.into(), published)
+    }
+
+    /// Appends those of the encoded `records` whose key has no record yet in any process (no
+    /// value, no removal, expired or not), checked under the write lock, so that a record
+    /// another process wrote first is never superseded by them: how entries of the original's
+    /// files come in (a value written through the cache is newer than any such file). Returns
+    /// how many were appended, and whether to start a compaction (as [`Store::append`]).
+    pub(crate) fn append_absent(
+        &self,
+        records: &[u8],
+        on_change: OnChange<'_>,
+    ) -> Result<(u64, bool)> {
+        let mut appended = 0;
+        let full = self.append_with(
+            on_change,
+            |v| {
+                let mut kept = Vec::with_capacity(records.len());
+                let mut off = 0;
+                while off < records.len() {
+                    let Ok(rec) = record::decode(records, off, &self.prefixes) else {
+                        break;
+                    };
+                    if v.find(rec.key_hash, rec.prefix, rec.key, Lookup::Alone)
+                        .is_none()
+                    {
+                        kept.extend_from_slice(&records[off..off + rec.len]);
+                        appended += 1;
+                    }
+                    off += rec.len;
+                }
+                kept.into()
+            },
+            || {},
+        )?;
+        Ok((appended, full))
+    }
+
+    /// Appends what `records` makes of the caught-up view, under the lock, and publishes it;
+    /// returns whether the log is full.
+    fn append_with<'r>(
+        &self,
+        on_change: OnChange<'_>,
+        records: impl FnOnce(&View) -> std::borrow::Cow<'r, [u8]>,
+        published: impl FnOnce(),
+    ) -> Result<bool> {
         self.follow_generation(on_change)?;
         let w = self.writer.lock();
         let l = self.lock()?;
         let mut v = self.locked_view(on_change)?;
+        let bytes = records(&v);
+        if bytes.is_empty() {
+            published();
+            return Ok(false);
+        }
         if v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
             self.compact_locked(&mut v, f64::NEG_INFINITY, false, on_change)?;
         }
@@ -642,10 +692,10 @@ impl Store {
                 committed,
             )?;
         }
-        if !self.write_mapped(view, off, bytes)?
+        if !self.write_mapped(view, off, &bytes)?
             && let Some(file) = &view.log
         {
-            segment::append_at(file, &view.log_path, off, bytes)?;
+            segment::append_at(file, &view.log_path, off, &bytes)?;
         }
         self.control.publish_committed(committed);
         v.scan_log(committed, |_| {})?;
