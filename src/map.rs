@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -31,40 +32,74 @@ fn prefer_huge_pages(len: usize, advise: impl FnOnce() -> io::Result<()>) {
     }
 }
 
-/// A read-only shared mapping of the first `len` bytes of a file.
+/// A read-only shared mapping of the first `len` bytes of a file, of which the first
+/// `visible` can be borrowed as `&[u8]`. A log is mapped with the space reserved past its
+/// committed length, which this process's writer fills through a [`WriteMap`] while lookups
+/// run: only the committed part, whose bytes never change again, is ever made visible.
 #[derive(Debug)]
 pub(crate) struct ReadMap {
-    map: Option<Mmap>,
+    map: Option<Arc<Mmap>>,
+    visible: usize,
 }
 
 impl ReadMap {
-    /// Maps `len` bytes of `file`. The caller has checked that the file is at least `len` long;
-    /// the crate never shrinks such a file afterwards (module docs).
+    /// Maps `len` bytes of `file`, all visible. The caller has checked that the file is at
+    /// least `len` long; the crate never shrinks such a file afterwards (module docs).
     pub(crate) fn new(file: &File, len: usize) -> io::Result<Self> {
         if len == 0 {
-            return Ok(Self { map: None });
+            return Ok(Self::empty());
         }
         // SAFETY: the mapping is read-only and covers bytes that exist in the file now. Our files
-        // are append-only or immutable, so those bytes are never truncated away or rewritten by
-        // this crate while mapped; another program doing so is the documented mmap hazard.
+        // are append-only or immutable, so those bytes are never truncated away by this crate
+        // while mapped; another program doing so is the documented mmap hazard. Which of them
+        // may be borrowed is `visible`'s business (`bytes`).
         let map = unsafe { MmapOptions::new().len(len).map(file)? };
         prefer_huge_pages(len, || map.advise(Advice::HugePage));
-        Ok(Self { map: Some(map) })
+        Ok(Self {
+            map: Some(Arc::new(map)),
+            visible: len,
+        })
     }
 
     pub(crate) fn empty() -> Self {
-        Self { map: None }
+        Self {
+            map: None,
+            visible: 0,
+        }
     }
 
+    /// The same mapping with its first `len` bytes visible (at most what is mapped): no
+    /// system call, no new mapping.
+    pub(crate) fn visible_to(&self, len: u64) -> Self {
+        let mapped = self.map.as_ref().map_or(0, |m| m.len());
+        Self {
+            map: self.map.clone(),
+            visible: usize::try_from(len).unwrap_or(usize::MAX).min(mapped),
+        }
+    }
+
+    /// Bytes mapped, visible or not.
+    pub(crate) fn mapped_len(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// The visible bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.map {
+            // SAFETY: `visible <= m.len()` (both constructors and `visible_to` ensure it), so
+            // the slice lies in the live mapping, which `self` keeps alive. Those bytes are
+            // published records or immutable files: nothing writes them while borrowed (the
+            // writer writes past the committed length, never visible; module docs).
+            Some(m) => unsafe { std::slice::from_raw_parts(m.as_ptr(), self.visible) },
+            None => &[],
+        }
     }
 }
 
 /// A writable shared mapping of the active segment, through which the writer (holding the
 /// write lock) copies records past the committed length. It is a separate mapping from the
-/// read-only ones: no `&[u8]` of this process ever covers the bytes written through it, just
-/// as with `pwrite`. Only space that [`allocate`] reserved is mapped, so a full disk is an
+/// read-only ones, and no `&[u8]` of this process ever covers the bytes written through it
+/// ([`ReadMap::bytes`] stops at the committed length), just as with `pwrite`. Only space that [`allocate`] reserved is mapped, so a full disk is an
 /// error from `allocate`, never a `SIGBUS` on a write.
 #[derive(Debug)]
 pub(crate) struct WriteMap {

@@ -406,3 +406,69 @@ fn a_damaged_filter_makes_misses_never_wrong_values_and_compaction_repairs_it() 
     drop(cache);
     assert_eq!(check_no_wrong_values(tmp.path()), expected);
 }
+
+/// A log whose tail was damaged (a machine crash) is never shrunk below the length other
+/// processes were told about: a reader still holding a value borrowed from its map past the
+/// damage reads it (a shrunk file would kill it with SIGBUS), after a writer appended past the
+/// damage and a compaction gave the log's spare space back.
+#[test]
+fn a_damaged_log_is_never_shrunk_under_its_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let value = |i: usize| format!("{i}:{}", "x".repeat(1000 + i));
+    let reader = Cache::builder(dir).max_ram_entries(0).open().unwrap();
+    for i in 0..50 {
+        reader.set("test", &format!("k{i}"), &value(i)).unwrap();
+    }
+    reader.flush().unwrap();
+    // Borrowed from the log's map, 40 KB past where the damage will be.
+    let borrowed = reader.get_ref("test", "k49").unwrap();
+    let log = dir.join(
+        our_files(dir)
+            .into_iter()
+            .find(|f| f.ends_with(".tks"))
+            .unwrap(),
+    );
+    let mut bytes = std::fs::read(&log).unwrap();
+    let last_key_end = find(&bytes, b"k49").unwrap() + 3;
+    let damage = find(&bytes, b"\"10:xxx").unwrap() + 20;
+    bytes[damage] ^= 0xff;
+    write_in_place(&log, damage, bytes[damage]);
+
+    let writer = Cache::open(dir).unwrap();
+    assert_eq!(writer.get::<String>("test", "k9"), Some(value(9)));
+    assert_eq!(
+        writer.get::<String>("test", "k10"),
+        None,
+        "the damaged record"
+    );
+    writer.set("test", "after", &1u64).unwrap();
+    writer.compact().unwrap();
+    writer.set("test", "after 2", &2u64).unwrap();
+    assert!(
+        std::fs::metadata(&log).map_or(true, |m| m.len() >= last_key_end as u64),
+        "the log was shrunk below its committed length"
+    );
+    assert_eq!(
+        borrowed.as_json_str().map(str::len),
+        Some(value(49).len() + 2)
+    );
+    assert_eq!(writer.get::<u64>("test", "after"), Some(1));
+    assert_eq!(writer.get::<u64>("test", "after 2"), Some(2));
+    assert_eq!(reader.get::<u64>("test", "after 2"), Some(2));
+    for i in 0..50 {
+        let got = reader.get::<String>("test", &format!("k{i}"));
+        assert!(got.is_none() || got == Some(value(i)), "k{i}");
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes one byte at `at` without truncating or replacing the file (as a bit flip on disk).
+fn write_in_place(path: &Path, at: usize, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&[byte], at as u64).unwrap();
+}

@@ -10,7 +10,8 @@ mod builder;
 mod process;
 
 pub use builder::CacheBuilder;
-use process::{Process, invalidate};
+use parking_lot::Mutex;
+use process::{Flights, Process, invalidate};
 
 use crate::clock::Clock;
 use crate::entry::{Entry, ValueRef};
@@ -87,6 +88,34 @@ impl std::fmt::Debug for Cache {
             .field("dir", &self.dir)
             .field("storage", &self.local().storage)
             .finish_non_exhaustive()
+    }
+}
+
+/// A caller of `get_or_insert_with` for a key: it holds the key's mutex entry for as long
+/// as it computes or waits, and the last one to leave (returning or unwinding) removes it.
+struct Flight<'a> {
+    flights: &'a Flights,
+    hash: u64,
+    mutex: Arc<Mutex<()>>,
+}
+
+impl<'a> Flight<'a> {
+    fn join(flights: &'a Flights, hash: u64) -> Self {
+        let mutex = Arc::clone(flights.lock().entry(hash).or_default());
+        Self {
+            flights,
+            hash,
+            mutex,
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock();
+        if Arc::strong_count(&self.mutex) == 2 {
+            flights.remove(&self.hash); // nobody else is waiting on this key
+        }
     }
 }
 
@@ -454,7 +483,8 @@ impl Cache {
     }
 
     /// The value of `key`, computed by `compute` and stored on a miss. Concurrent callers in
-    /// this process asking for the same key compute it once.
+    /// this process asking for the same key compute it once (if `compute` panics, the panic
+    /// goes to its caller, and the next caller waiting computes it).
     pub fn get_or_insert_with<T, F>(&self, prefix: &str, key: &str, compute: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
@@ -464,23 +494,18 @@ impl Cache {
             return Ok(v);
         }
         let hash = self.hash(prefix, key);
-        let flight = Arc::clone(self.local().flights.lock().entry(hash).or_default());
-        let result = {
-            let _computing = flight.lock();
-            match self.get_counted(prefix, key, false) {
-                Ok(Some(v)) => Ok(v),
-                Ok(None) => {
-                    let value = compute();
-                    self.set(prefix, key, &value).map(|()| value)
-                }
-                Err(e) => Err(e),
+        let flights = &self.local().flights;
+        let flight = Flight::join(flights, hash);
+        let _computing = flight.mutex.lock();
+        match self.get_counted(prefix, key, false)? {
+            Some(v) => Ok(v),
+            None => {
+                // A panic here unwinds through `_computing` and `flight`: the next caller
+                // waiting for this key computes it, and the entry goes with the last one.
+                let value = compute();
+                self.set(prefix, key, &value).map(|()| value)
             }
-        };
-        let mut flights = self.local().flights.lock();
-        if Arc::strong_count(&flight) == 2 {
-            flights.remove(&hash); // nobody else is waiting on this key
         }
-        result
     }
 
     /// Counters and sizes.
@@ -636,5 +661,43 @@ impl Cache {
         self.local().ram.remove(hash);
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+
+    /// A `compute` that panics: its caller gets the panic, a caller waiting for the same key
+    /// computes it, and no in-flight entry is left behind.
+    #[test]
+    fn a_panicking_computation_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let started = Barrier::new(2);
+        std::thread::scope(|s| {
+            let panicked = s.spawn(|| {
+                cache.get_or_insert_with("test", "k", || -> u64 {
+                    started.wait();
+                    // Long enough for the other caller to be waiting on the key.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    panic!("compute failed")
+                })
+            });
+            started.wait();
+            let waited = cache.get_or_insert_with("test", "k", || 7u64);
+            assert!(panicked.join().is_err());
+            assert_eq!(waited.unwrap(), 7);
+        });
+        assert!(cache.local().flights.lock().is_empty(), "an entry leaked");
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.get_or_insert_with("test", "other", || -> u64 { panic!("again") })
+        }));
+        assert!(again.is_err());
+        assert!(cache.local().flights.lock().is_empty(), "an entry leaked");
+        assert_eq!(cache.get::<u64>("test", "k"), Some(7));
+        assert_eq!(cache.get::<u64>("test", "other"), None);
     }
 }

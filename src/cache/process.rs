@@ -13,6 +13,9 @@ use crate::keys::HashKeyed;
 use crate::ram::RamTier;
 use crate::store::Store;
 
+/// One mutex per key being computed by `get_or_insert_with`.
+pub(super) type Flights = Mutex<HashKeyed<Arc<Mutex<()>>>>;
+
 pub(super) struct Process {
     /// The fork generation ([`fork::generation`]) of the process this state belongs to.
     forks: u64,
@@ -26,7 +29,7 @@ pub(super) struct Process {
     background: bool,
     /// One mutex per key being computed by `get_or_insert_with` (per key, not striped, so that
     /// a computation may itself call `get_or_insert_with` for other keys).
-    pub(super) flights: Mutex<HashKeyed<Arc<Mutex<()>>>>,
+    pub(super) flights: Flights,
     /// The state of a child process forked from this one, made there when first needed.
     child: OnceLock<Box<Process>>,
 }

@@ -309,6 +309,10 @@ impl Store {
         let Some(index) = v.index.as_ref() else {
             return Ok(None);
         };
+        // A log with a damaged tail (records past the intact part were published, then lost
+        // in a machine crash) is sealed, never continued: going on would write over bytes
+        // that other processes were told about, and may have scanned.
+        let seal = seal || v.damaged_tail();
         if v.recent.as_ref().is_some_and(|r| !r.verify_checksum()) {
             return Ok(None);
         }
@@ -626,7 +630,8 @@ impl Store {
                     v.scanned
                 } else {
                     segment::huge_aligned(v.scanned)
-                };
+                }
+                .max(v.seen_committed);
                 if keep < len {
                     log.set_len(keep).ctx("trim segment", &v.log_path)?;
                 }
@@ -643,8 +648,14 @@ impl Store {
                 segment::append_at(&log, &log_path, 0, appended)?;
             }
             if let (Some(old), true) = (&v.log, plan.keeps_log) {
-                // Seal: trim the space reserved past the published length (nobody reads it).
-                old.set_len(v.scanned).ctx("seal segment", &v.log_path)?;
+                // Seal: trim the space reserved past the published length (nobody reads it),
+                // never below it (a damaged tail stays, as dead bytes, until the segment is
+                // rewritten into a new file).
+                let keep = v.scanned.max(v.seen_committed);
+                let len = old.metadata().ctx("stat segment", &v.log_path)?.len();
+                if keep < len {
+                    old.set_len(keep).ctx("seal segment", &v.log_path)?;
+                }
             }
             appended.len() as u64
         };

@@ -525,7 +525,8 @@ impl Store {
             }
         };
         v.log_len = file.metadata().ctx("stat segment", &v.log_path)?.len();
-        v.log_map = Arc::new(segment::map_segment(&file, &v.log_path, v.log_len)?);
+        // Nothing visible until a scan of the committed records (`View::scan_log`).
+        v.log_map = Arc::new(segment::map_segment(&file, &v.log_path, v.log_len)?.visible_to(0));
         v.log = Some(file);
         Ok(())
     }
@@ -669,16 +670,17 @@ impl Store {
             published();
             return Ok(false);
         }
-        if v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
-            self.compact_locked(&mut v, f64::NEG_INFINITY, false, on_change)?;
-        }
-        if v.scanned < v.seen_committed {
-            // A damaged tail (after a machine crash): new records go after the intact part.
+        if v.damaged_tail() {
+            // Published records lost in a machine crash: new ones go to a new log (the
+            // compaction seals this one), never over bytes other processes were told about.
             log::warn!(
-                "{}: truncating the committed length to the intact {} bytes",
+                "{}: damaged past its intact {} bytes; sealing it",
                 v.log_path.display(),
                 v.scanned
             );
+        }
+        if v.damaged_tail() || v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
+            self.compact_locked(&mut v, f64::NEG_INFINITY, false, on_change)?;
         }
         let off = v.scanned;
         let committed = off + bytes.len() as u64;

@@ -438,20 +438,31 @@ impl View {
         true
     }
 
+    /// Whether the log holds published records past its intact part (lost in a machine
+    /// crash): the scan stopped short of the committed length.
+    pub(super) fn damaged_tail(&self) -> bool {
+        self.scanned < self.seen_committed
+    }
+
     /// Maps the log up to `committed` and adds its new records to the tail table. Calls
     /// `changed` with the hash of each key that changed.
     pub(super) fn scan_log(&mut self, committed: u64, mut changed: impl FnMut(u64)) -> Result<()> {
         self.seen_committed = committed;
-        if committed <= self.scanned {
-            return Ok(());
-        }
-        if (self.log_map.bytes().len() as u64) < committed {
-            let Some(file) = &self.log else {
-                return Ok(());
-            };
+        // Only published records are borrowed: past them, this process's writer may be
+        // writing through its own mapping.
+        let visible = committed.max(self.scanned);
+        if (self.log_map.mapped_len() as u64) < visible
+            && let Some(file) = &self.log
+        {
             let len = file.metadata().ctx("stat segment", &self.log_path)?.len();
             self.log_len = len;
             self.log_map = Arc::new(segment::map_segment(file, &self.log_path, len)?);
+        }
+        if self.log_map.bytes().len() as u64 != visible {
+            self.log_map = Arc::new(self.log_map.visible_to(visible));
+        }
+        if committed <= self.scanned {
+            return Ok(());
         }
         let map = Arc::clone(&self.log_map);
         let end = usize::try_from(committed)
