@@ -23,6 +23,7 @@ static FORKS: AtomicU64 = AtomicU64::new(0);
 static HELD: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
 
 /// Forks between the program's start and this process (0 in the process that started it).
+#[inline]
 pub(crate) fn generation() -> u64 {
     FORKS.load(Ordering::Relaxed)
 }

@@ -39,6 +39,8 @@ fn prefer_huge_pages(len: usize, advise: impl FnOnce() -> io::Result<()>) {
 #[derive(Debug)]
 pub(crate) struct ReadMap {
     map: Option<Arc<Mmap>>,
+    /// The mapping's address, kept here so that borrowing its bytes is no pointer chase.
+    addr: usize,
     visible: usize,
 }
 
@@ -56,6 +58,7 @@ impl ReadMap {
         let map = unsafe { MmapOptions::new().len(len).map(file)? };
         prefer_huge_pages(len, || map.advise(Advice::HugePage));
         Ok(Self {
+            addr: map.as_ptr() as usize,
             map: Some(Arc::new(map)),
             visible: len,
         })
@@ -64,6 +67,7 @@ impl ReadMap {
     pub(crate) fn empty() -> Self {
         Self {
             map: None,
+            addr: 0,
             visible: 0,
         }
     }
@@ -74,6 +78,7 @@ impl ReadMap {
         let mapped = self.map.as_ref().map_or(0, |m| m.len());
         Self {
             map: self.map.clone(),
+            addr: self.addr,
             visible: usize::try_from(len).unwrap_or(usize::MAX).min(mapped),
         }
     }
@@ -84,15 +89,17 @@ impl ReadMap {
     }
 
     /// The visible bytes.
+    #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
-        match &self.map {
-            // SAFETY: `visible <= m.len()` (both constructors and `visible_to` ensure it), so
-            // the slice lies in the live mapping, which `self` keeps alive. Those bytes are
-            // published records or immutable files: nothing writes them while borrowed (the
-            // writer writes past the committed length, never visible; module docs).
-            Some(m) => unsafe { std::slice::from_raw_parts(m.as_ptr(), self.visible) },
-            None => &[],
+        if self.visible == 0 {
+            return &[];
         }
+        // SAFETY: `addr` is the start of the mapping `self.map` keeps alive, and
+        // `visible <= its length` (both constructors and `visible_to` ensure it), so the slice
+        // lies in it. Those bytes are published records or immutable files: nothing writes
+        // them while borrowed (the writer writes past the committed length, never visible;
+        // module docs).
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.visible) }
     }
 }
 

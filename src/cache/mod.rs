@@ -189,6 +189,7 @@ impl Cache {
     }
 
     /// This process's state of the cache (made anew in a forked child: fork.rs).
+    #[inline]
     fn local(&self) -> &Process {
         self.process
             .current(|| self.settings.reopen_here(self.ttl_secs))

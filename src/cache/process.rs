@@ -82,8 +82,17 @@ impl Process {
 
     /// This process's state: `self` in the process that made it, else the state of the child
     /// process it was copied into, made by `open` the first time (once, whatever the threads).
+    #[inline]
     pub(super) fn current(&self, open: impl Fn() -> Process) -> &Process {
         let forks = fork::generation();
+        if self.forks == forks {
+            return self;
+        }
+        self.in_child(forks, open)
+    }
+
+    #[cold]
+    fn in_child(&self, forks: u64, open: impl Fn() -> Process) -> &Process {
         let mut p = self;
         while p.forks != forks {
             p = p.child.get_or_init(|| Box::new(open()));
