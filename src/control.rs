@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::{Error, IoContext, Result};
+use crate::files::Dir;
 use crate::map::SharedPage;
-use crate::segment::Dir;
 
 pub(crate) const FILE_NAME: &str = "tokcache.ctl";
 pub(crate) const PAGE_LEN: usize = 4096;

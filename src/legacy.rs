@@ -6,11 +6,11 @@ use std::fs;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
+use crate::files::{Dir, sync_dir};
 use crate::keys::key_hash;
 use crate::keys::{md5_hex, validate_prefix};
 use crate::lock::FileLock;
 use crate::record::{self, Kind};
-use crate::segment::{Dir, sync_dir};
 use crate::store::Store;
 use crate::value::legacy_entry;
 

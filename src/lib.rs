@@ -25,6 +25,7 @@ mod clock;
 mod control;
 mod entry;
 mod error;
+mod files;
 mod filter;
 mod fork;
 mod hash;

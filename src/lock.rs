@@ -168,7 +168,7 @@ impl FileLock {
     /// Takes the lock of an existing file `path` without waiting: `None` if another holds it
     /// or the file is gone.
     pub(crate) fn try_existing(path: &Path) -> Result<Option<Self>> {
-        let file = match crate::segment::file_options(0o600).open(path) {
+        let file = match crate::files::file_options(0o600).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(crate::Error::io("open", path, e)),
@@ -216,7 +216,7 @@ impl Drop for FileLock {
 /// Opens (creating if needed, never through a symlink) a file that is only ever locked.
 fn open_lock_file(dir: &Path, name: &str, mode: u32) -> Result<(File, PathBuf)> {
     let path = dir.join(name);
-    let file = crate::segment::file_options(mode)
+    let file = crate::files::file_options(mode)
         .create(true)
         .open(&path)
         .ctx("open lock file", &path)?;

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{IoContext, Result};
+use crate::files::{self, Dir};
 use crate::hash::xxh3_64;
-use crate::segment::{self, Dir};
+use crate::record::PrefixNames;
 
 pub(crate) const FILE_NAME: &str = "prefixes.tkp";
 const MAGIC: &[u8; 8] = b"TOKCPFX1";
@@ -120,11 +121,11 @@ impl Prefixes {
             bytes.extend_from_slice(MAGIC);
         }
         bytes.extend_from_slice(&entry(prefix));
-        let file = segment::file_options(self.dir.mode)
+        let file = files::file_options(self.dir.mode)
             .create(true)
             .open(&self.path)
             .ctx("open", &self.path)?;
-        segment::append_at(&file, &self.path, parsed.len, &bytes)?;
+        files::append_at(&file, &self.path, parsed.len, &bytes)?;
         // Durable before any record names it.
         file.sync_all().ctx("sync", &self.path)?;
         if parsed.len == 0 {
@@ -223,6 +224,13 @@ fn parse_entry(b: &[u8]) -> Option<(&str, usize)> {
         return None;
     }
     Some((std::str::from_utf8(name).ok()?, ENTRY_OVERHEAD + len))
+}
+
+impl PrefixNames for Prefixes {
+    #[inline]
+    fn name(&self, id: u8) -> Option<&str> {
+        Prefixes::name(self, id)
+    }
 }
 
 #[cfg(test)]

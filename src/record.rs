@@ -2,7 +2,6 @@
 //! of files, maps or types beyond the value kind byte.
 
 use crate::hash::xxh3_64;
-use crate::prefixes::Prefixes;
 
 /// Size of the fixed record header.
 pub(crate) const HEADER_LEN: usize = 32;
@@ -75,6 +74,20 @@ impl Prefix<'_> {
             Prefix::Text(t) => t.len(),
             Prefix::Interned(_) => 0,
         }
+    }
+}
+
+/// The names of interned prefixes, by number: what a record that names its prefix by number
+/// is decoded with (the prefix table, `prefixes.rs`, is the one implementation).
+pub(crate) trait PrefixNames {
+    /// The prefix of number `id`, if there is one.
+    fn name(&self, id: u8) -> Option<&str>;
+}
+
+impl<T: PrefixNames + ?Sized> PrefixNames for std::sync::Arc<T> {
+    #[inline]
+    fn name(&self, id: u8) -> Option<&str> {
+        (**self).name(id)
     }
 }
 
@@ -219,10 +232,10 @@ pub(crate) fn count_checked(buf: &[u8], start: usize, end: usize) -> u64 {
 /// asked for, and scans check them against `key_hash` when they need to. A prefix number that
 /// `prefixes` does not hold is no error here (the record's extent is sound, so a scan goes on
 /// past it): its `prefix` is empty, which no lookup asks for.
-pub(crate) fn decode<'a>(
+pub(crate) fn decode<'a, P: PrefixNames + ?Sized>(
     buf: &'a [u8],
     off: usize,
-    prefixes: &'a Prefixes,
+    prefixes: &'a P,
 ) -> Result<RecordRef<'a>, &'static str> {
     if !off.is_multiple_of(ALIGN) {
         return Err("misaligned record offset");
@@ -277,7 +290,8 @@ pub(crate) fn decode<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::Dir;
+    use crate::files::Dir;
+    use crate::prefixes::Prefixes;
 
     #[test]
     fn round_trip_and_damage() {

@@ -9,9 +9,9 @@ use super::process::Process;
 use super::{Cache, Storage};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::files::Dir;
 use crate::keys::random_seed;
 use crate::legacy;
-use crate::segment::Dir;
 use crate::store::{self, Store};
 use crate::tally::Tally;
 

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 mod builder;
 mod process;
+mod stats;
 
 pub use builder::CacheBuilder;
 use parking_lot::Mutex;
 use process::{Flights, Process, invalidate};
+pub use stats::{Stats, Storage};
 
 use crate::clock::Clock;
 use crate::entry::{Entry, ValueRef};
@@ -23,48 +25,6 @@ use crate::record::{self, Kind, MAX_RECORD_LEN, RecordRef};
 use crate::store::{self, CompactReport, Lookup, Store, VerifyReport};
 use crate::tally::{Found, Tally};
 use crate::value::Stored;
-
-/// How the cache keeps its entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Storage {
-    /// Shared disk tier and RAM tier.
-    Disk,
-    /// The directory could not be written: existing entries are served, new ones kept in RAM.
-    ReadOnly,
-    /// The directory could not be used at all: RAM only.
-    RamOnly,
-}
-
-/// Counters and sizes, with the original's field names first.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Stats {
-    pub ram_entries: u64,
-    /// Entries on disk (not files), expired ones included until `clear_expired`.
-    pub disk_files: u64,
-    pub ram_hits: u64,
-    pub disk_hits: u64,
-    pub misses: u64,
-    pub saves: u64,
-    pub evictions: u64,
-    /// Hits / lookups x 100, rounded to 2 decimals; 0.0 before the first lookup.
-    pub hit_rate_percent: f64,
-    pub temp_dir: String,
-    /// Bytes of records that belong to live entries.
-    pub live_bytes: u64,
-    /// Bytes of superseded, removed or expired records not yet reclaimed.
-    pub dead_bytes: u64,
-    /// Bytes of all segment files.
-    pub disk_bytes: u64,
-    pub index_generation: u64,
-    /// Records in the recent index: the newest of each key written since the full index was
-    /// last rewritten, removals included (0 when the generation has none; docs/format.md).
-    pub recent_index_records: u64,
-    /// Records appended since the last compaction: what a process scans when it opens the
-    /// cache.
-    pub tail_records: u64,
-    pub storage: Storage,
-}
 
 /// A persistent cache of JSON values (token counts above all), shared by the processes that
 /// open the same directory. `Send + Sync`: share one per process.
@@ -153,22 +113,6 @@ impl Cache {
 
     pub fn storage(&self) -> Storage {
         self.local().storage
-    }
-
-    /// The original's start-up banner.
-    pub fn banner(&self) -> String {
-        let s = self.get_stats();
-        let mut b = format!(
-            "Persistent token cache initialized\n  Cache directory: {}\n  Cache files: {}, RAM entries: {}",
-            s.temp_dir, s.disk_files, s.ram_entries
-        );
-        if s.disk_files > 0 {
-            b.push_str("\n  Existing cache files found - lazy loading enabled");
-        }
-        if self.local().storage != Storage::Disk {
-            b.push_str(&format!("\n  Storage degraded: {:?}", self.local().storage));
-        }
-        b
     }
 
     fn hash(&self, prefix: &str, key: &str) -> u64 {
@@ -506,46 +450,6 @@ impl Cache {
                 let value = compute();
                 self.set(prefix, key, &value).map(|()| value)
             }
-        }
-    }
-
-    /// Counters and sizes.
-    pub fn get_stats(&self) -> Stats {
-        self.refresh();
-        let disk = self
-            .local()
-            .store
-            .as_ref()
-            .map(|s| s.stats())
-            .unwrap_or_default();
-        let (ram_hits, disk_hits, misses) = (
-            self.tally.get(Found::RamHit),
-            self.tally.get(Found::DiskHit),
-            self.tally.get(Found::Miss),
-        );
-        let lookups = ram_hits + disk_hits + misses;
-        let hit_rate_percent = if lookups == 0 {
-            0.0
-        } else {
-            ((ram_hits + disk_hits) as f64 / lookups as f64 * 10_000.0).round() / 100.0
-        };
-        Stats {
-            ram_entries: self.local().ram.len() as u64,
-            disk_files: disk.entries,
-            ram_hits,
-            disk_hits,
-            misses,
-            saves: self.saves.load(Ordering::Relaxed),
-            evictions: self.local().ram.evictions(),
-            hit_rate_percent,
-            temp_dir: self.dir.display().to_string(),
-            live_bytes: disk.live_bytes,
-            dead_bytes: disk.disk_bytes - disk.live_bytes,
-            disk_bytes: disk.disk_bytes,
-            index_generation: disk.generation,
-            recent_index_records: disk.recent_records,
-            tail_records: disk.tail_records,
-            storage: self.local().storage,
         }
     }
 

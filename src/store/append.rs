@@ -1,0 +1,171 @@
+//! Appending records to the log: under the write lock, after catching up, at the committed
+//! length (through the writer's mapping or `pwrite`), then publishing the new length.
+
+use std::sync::atomic::Ordering;
+
+use super::{Lookup, OnChange, Store, View};
+use crate::error::{IoContext, Result};
+use crate::files;
+use crate::map::WriteMap;
+use crate::record;
+use crate::segment;
+
+impl Store {
+    /// Appends encoded records (under the lock) and publishes them. `true`: the log is past its
+    /// thresholds, and the caller should start a compaction ([`Store::compact_when_full`]).
+    /// (Half again past the thresholds, this waits for one itself.)
+    /// `published` runs once the records are visible, before any other writer of this process
+    /// can append: the place to update the RAM tier without racing another thread's write.
+    pub(crate) fn append(
+        &self,
+        bytes: &[u8],
+        on_change: OnChange<'_>,
+        published: impl FnOnce(),
+    ) -> Result<bool> {
+        self.append_with(on_change, |_| bytes.into(), published)
+    }
+
+    /// Appends those of the encoded `records` whose key has no record yet in any process (no
+    /// value, no removal, expired or not), checked under the write lock, so that a record
+    /// another process wrote first is never superseded by them: how entries of the original's
+    /// files come in (a value written through the cache is newer than any such file). Returns
+    /// how many were appended, and whether to start a compaction (as [`Store::append`]).
+    pub(crate) fn append_absent(
+        &self,
+        records: &[u8],
+        on_change: OnChange<'_>,
+    ) -> Result<(u64, bool)> {
+        let mut appended = 0;
+        let full = self.append_with(
+            on_change,
+            |v| {
+                let mut kept = Vec::with_capacity(records.len());
+                let mut off = 0;
+                while off < records.len() {
+                    let Ok(rec) = record::decode(records, off, &self.prefixes) else {
+                        break;
+                    };
+                    if v.find(rec.key_hash, rec.prefix, rec.key, Lookup::Alone)
+                        .is_none()
+                    {
+                        kept.extend_from_slice(&records[off..off + rec.len]);
+                        appended += 1;
+                    }
+                    off += rec.len;
+                }
+                kept.into()
+            },
+            || {},
+        )?;
+        Ok((appended, full))
+    }
+
+    /// Appends what `records` makes of the caught-up view, under the lock, and publishes it;
+    /// returns whether the log is full.
+    pub(super) fn append_with<'r>(
+        &self,
+        on_change: OnChange<'_>,
+        records: impl FnOnce(&View) -> std::borrow::Cow<'r, [u8]>,
+        published: impl FnOnce(),
+    ) -> Result<bool> {
+        self.follow_generation(on_change)?;
+        let w = self.writer.lock();
+        let l = self.lock()?;
+        let mut v = self.locked_view(on_change)?;
+        let bytes = records(&v);
+        if bytes.is_empty() {
+            published();
+            return Ok(false);
+        }
+        if v.damaged_tail() {
+            // Published records lost in a machine crash: new ones go to a new log (the
+            // compaction seals this one), never over bytes other processes were told about.
+            log::warn!(
+                "{}: damaged past its intact {} bytes; sealing it",
+                v.log_path.display(),
+                v.scanned
+            );
+        }
+        if v.damaged_tail() || v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
+            self.compact_locked(&mut v, f64::NEG_INFINITY, false, on_change)?;
+        }
+        let off = v.scanned;
+        let committed = off + bytes.len() as u64;
+        let view = &mut *v;
+        if let Some(file) = &view.log {
+            view.log_len = segment::reserve(
+                file,
+                &view.log_path,
+                view.log_start,
+                view.log_len,
+                committed,
+            )?;
+        }
+        if !self.write_mapped(view, off, &bytes)?
+            && let Some(file) = &view.log
+        {
+            files::append_at(file, &view.log_path, off, &bytes)?;
+        }
+        self.control.publish_committed(committed);
+        v.scan_log(committed, |_| {})?;
+        published();
+        let (full, wait) = self.wants_compaction(&v);
+        drop((v, l, w));
+        if wait {
+            // The record is published; a failed compaction (disk full, say) leaves the old
+            // generation in place and is tried again later.
+            if let Err(e) = self.compact_when_full(true, on_change) {
+                log::warn!("compaction failed, will retry: {e}");
+            }
+            return Ok(false);
+        }
+        Ok(full)
+    }
+
+    /// Copies records into the log through the writable mapping, (re)mapping it after growth.
+    /// `false`: not done, the caller writes them with `pwrite` (file system without safe mapped
+    /// writes, or space that cannot be allocated: the write then reports a full disk itself).
+    pub(super) fn write_mapped(&self, v: &mut View, off: u64, bytes: &[u8]) -> Result<bool> {
+        if !self.mapped_writes.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let end = off + bytes.len() as u64;
+        if v.log_write.as_ref().is_none_or(|m| !m.covers(off, end)) {
+            v.log_write = None;
+            let Some(file) = &v.log else {
+                return Ok(false);
+            };
+            // From the 2 MiB boundary below the append to the space reserved: appends go on
+            // from there until the log grows again.
+            let start = off - off % crate::map::HUGE_PAGE;
+            // Space another process reserved may be sparse (its file system call failed, say):
+            // everything mapped for writing must be allocated.
+            if let Err(e) = crate::map::allocate(file, start, v.log_len.saturating_sub(start)) {
+                log::debug!("{}: appends use pwrite ({e})", v.log_path.display());
+                self.mapped_writes.store(false, Ordering::Relaxed);
+                return Ok(false);
+            }
+            let map = WriteMap::new(file, start, v.log_len)
+                .ctx("map segment for writing", &v.log_path)?;
+            v.log_write = Some(map);
+        }
+        Ok(v.log_write.as_ref().is_some_and(|m| m.write(off, bytes)))
+    }
+
+    /// Whether the tail should go into a new index: it has `compact_records` records or
+    /// `compact_bytes` bytes. This bounds what opening the cache scans. (Into a recent index,
+    /// usually, when the cache is large: see [`Store::merge_at`].)
+    pub(super) fn tail_is_full(&self, v: &View) -> bool {
+        v.tail_records >= self.opts.compact_records
+            || v.scanned.saturating_sub(v.log_start) >= self.opts.compact_bytes
+    }
+
+    /// The number of log records (the recent index's and the tail's) past which compaction
+    /// merges them into a new full index instead of a new recent index: `compact_records`, or
+    /// 1/32 of the full index's entries if that is more. Large caches then do not rewrite
+    /// their whole index every few thousand writes, only a recent index of at most 1/32 of it.
+    pub(super) fn merge_at(&self, v: &View) -> u64 {
+        let indexed = v.index.as_ref().map_or(0, |i| i.body().entries.to_native());
+        self.opts.compact_records.max(indexed / 32)
+    }
+}

@@ -1,0 +1,232 @@
+//! Generations written whole: the first, empty one; a clear; a rebuild from the segments
+//! when the index or control page is lost; and removing what no generation names.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::PathBuf;
+
+use super::generation::new_log_id;
+use super::{OnChange, Store, View, key_eq};
+use crate::error::{IoContext, Result};
+use crate::files::{self, Dir};
+use crate::index::{self, IndexBody, SegmentInfo, Slot};
+use crate::keys::key_hash;
+use crate::record::{self, Kind};
+use crate::segment;
+
+impl Store {
+    /// Removes what writers that died left behind: staged files, segments and indexes the
+    /// current generation does not name (among them segments newer than its log, written by a
+    /// commit that never published them: a rebuild would replay those over newer records).
+    /// Caller holds the compaction lock and the write lock, so no compaction is under way.
+    pub(super) fn remove_leftovers(&self, v: &View) {
+        let named: HashSet<u32> = v.infos.iter().map(|s| s.id).chain([v.active]).collect();
+        self.remove_unnamed(&named, &v.index_generations(), true);
+    }
+
+    /// Deletes the segments not in `named`, the indexes of other generations than those of
+    /// `indexes`, and, with `staged`, compaction's staged files (only when no compaction can be
+    /// under way).
+    pub(super) fn remove_unnamed(&self, named: &HashSet<u32>, indexes: &[u64], staged: bool) {
+        let Ok(entries) = fs::read_dir(&self.dir.path) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let stale = (staged && files::is_staged(name))
+                || segment::parse_segment_name(name).is_some_and(|id| !named.contains(&id))
+                || index::parse_index_name(name).is_some_and(|g| !indexes.contains(&g));
+            if stale {
+                log::debug!("removing {name}: no longer part of the cache");
+                self.remove_garbage(&[e.path()]);
+            }
+        }
+    }
+
+    /// Makes the published generation durable, then deletes the files of the old one.
+    pub(super) fn retire(&self, garbage: &[PathBuf]) -> Result<()> {
+        self.control.flush(&self.ctl_path)?;
+        self.remove_garbage(garbage);
+        Ok(())
+    }
+
+    pub(super) fn remove_garbage(&self, paths: &[PathBuf]) {
+        for p in paths {
+            match fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    log::warn!("cannot remove {}: {e}", p.display());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes the index of a new generation, publishes it, deletes what it no longer refers to
+    /// and maps it. Caller holds the locks.
+    pub(super) fn install(&self, v: &mut View, body: IndexBody) -> Result<()> {
+        let generation = body.generation;
+        let referenced: HashSet<u32> = body
+            .segments
+            .iter()
+            .map(|s| s.id)
+            .chain([body.active_segment])
+            .collect();
+        // The active segment exists before any index names it.
+        self.dir.open_log(body.active_segment)?;
+        self.dir
+            .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
+        self.dir.sync()?;
+        self.control
+            .publish_generation(generation, 0, body.active_segment);
+        self.control.flush(&self.ctl_path)?;
+        // A compaction may be under way (clear and rebuild do not take its lock): its staged
+        // files stay; it finds the generation changed and removes them itself.
+        self.remove_unnamed(&referenced, &[generation], false);
+        *v = self.load_view(self.control.state(), None)?;
+        Ok(())
+    }
+
+    /// The first generation of a new cache: an empty index and its empty log, whose id it
+    /// returns.
+    pub(super) fn write_empty_generation(dir: &Dir, seed: u64, generation: u64) -> Result<u32> {
+        let log = new_log_id(None)?;
+        let body = IndexBody::build(generation, seed, generation, log, 0, Vec::new(), Vec::new())?;
+        dir.open_log(log)?;
+        dir.write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
+        dir.sync()?;
+        Ok(log)
+    }
+
+    /// Removes every entry: a new, empty generation; all segments deleted.
+    pub(crate) fn clear(&self, on_change: OnChange<'_>) -> Result<()> {
+        let _w = self.writer.lock();
+        let _l = self.lock()?;
+        let mut v = self.locked_view(on_change)?;
+        let generation = v.generation + 1;
+        let segments = self.list_segments()?;
+        let active = new_log_id(segments.last().copied())?;
+        // Segments go first, so that clearing works on a full disk. A crash in between leaves
+        // an index whose segments are gone, which open rebuilds (from nothing: cleared).
+        for id in segments {
+            let p = self.dir.join(&segment::segment_name(id));
+            fs::remove_file(&p).ctx("remove segment", &p)?;
+        }
+        // Unmap them too: a deleted file's space comes back when the last map goes.
+        *v = Self::empty_view(&self.dir, &self.prefixes);
+        let body = IndexBody::build(
+            generation,
+            self.seed(),
+            generation,
+            active,
+            0,
+            Vec::new(),
+            Vec::new(),
+        )?;
+        self.install(&mut v, body)?;
+        on_change(None);
+        Ok(())
+    }
+
+    /// Rebuilds the index from every segment in the directory, rewriting the live records into
+    /// a fresh segment. Caller holds the write lock (or is creating the store).
+    pub(super) fn rebuild_locked(&self, v: &mut View, why: &str) -> Result<u64> {
+        log::warn!(
+            "{}: {why}; rebuilding from the segments",
+            self.dir.path.display()
+        );
+        let all = self.list_segments()?;
+        // Segments above the published log were written by a compaction that died before
+        // publishing them: copies, older than what the log got since (install removes them).
+        let limit = self.control.log_id().unwrap_or(u32::MAX);
+        let ids: Vec<u32> = all.iter().copied().filter(|&id| id <= limit).collect();
+        let mut maps = Vec::new();
+        for &id in &ids {
+            let p = self.dir.join(&segment::segment_name(id));
+            let file = File::open(&p).ctx("open segment", &p)?;
+            let len = file.metadata().ctx("stat segment", &p)?.len();
+            maps.push(segment::map_segment(&file, &p, len)?);
+        }
+        // Newest record of each key, replaying segments in id order.
+        let mut latest: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+        for (m, map) in maps.iter().enumerate() {
+            segment::scan(map.bytes(), 0, &self.prefixes, |off, rec| {
+                // A prefix whose number the table lacks cannot be hashed: its records are lost.
+                let Some(prefix) = std::str::from_utf8(rec.prefix)
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                else {
+                    return;
+                };
+                let hash = key_hash(self.seed(), prefix, rec.key);
+                let locs = latest.entry(hash).or_default();
+                let same = locs.iter().position(|&(m2, o2)| {
+                    record::decode(maps[m2].bytes(), o2, &self.prefixes)
+                        .is_ok_and(|r| key_eq(&r, rec.prefix, rec.key))
+                });
+                match same {
+                    Some(i) => locs[i] = (m, off),
+                    None => locs.push((m, off)),
+                }
+            });
+        }
+        let id = all.last().map_or(0, |i| i + 1);
+        let (file, path) = self.dir.open_log(id)?;
+        let mut buf = Vec::new();
+        let mut entries = Vec::new();
+        for (hash, locs) in latest {
+            for (m, off) in locs {
+                let Ok(rec) = record::decode(maps[m].bytes(), off, &self.prefixes) else {
+                    continue;
+                };
+                if rec.kind == Kind::Tombstone {
+                    continue;
+                }
+                let at = buf.len();
+                record::encode(
+                    &mut buf,
+                    rec.kind,
+                    hash,
+                    rec.timestamp,
+                    rec.value,
+                    rec.prefix_field(),
+                    rec.key,
+                );
+                entries.push(Slot {
+                    hash: index::slot_hash(hash),
+                    seg: id,
+                    off: at as u32,
+                });
+            }
+        }
+        files::append_at(&file, &path, 0, &buf)?;
+        file.sync_all().ctx("sync segment", &path)?;
+        let info = SegmentInfo {
+            id,
+            len: buf.len() as u64,
+            live: buf.len() as u64,
+            tombstones: 0,
+        };
+        let generation = self.control.state().generation + 1;
+        let segments = if buf.is_empty() {
+            Vec::new()
+        } else {
+            vec![info]
+        };
+        self.install(
+            v,
+            IndexBody::build(
+                generation,
+                self.seed(),
+                generation,
+                new_log_id(Some(id))?,
+                0,
+                segments,
+                entries,
+            )?,
+        )?;
+        Ok(generation)
+    }
+}
