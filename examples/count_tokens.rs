@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use tiktoken_rs::CoreBPE;
-use tokcache::{Cache, keys::TOKEN_COUNT, token_count_key};
+use tokcache::{Cache, TOKEN_COUNT, token_count_key};
 
 struct Args {
     dir: PathBuf,
@@ -60,7 +60,11 @@ fn workload(data: &Path) -> Result<Vec<String>, String> {
             .filter(|m| !m.is_empty())
             .collect();
         for turn in 1..=messages.len() {
-            texts.extend(messages[..turn].iter().map(|m| m.to_string()));
+            texts.extend(
+                messages[..turn]
+                    .iter()
+                    .map(std::string::ToString::to_string),
+            );
             texts.push(messages[..turn].join("\n\n"));
         }
     }

@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 
 /// A source of "now", in seconds since the Unix epoch (the original's `time.time()`).
 pub trait Clock: Send + Sync + 'static {
+    /// Now, in seconds since the Unix epoch.
     fn now(&self) -> f64;
 
     /// "Now" to within a few milliseconds, for expiry checks on the read path (default: `now`).
@@ -50,6 +51,7 @@ impl ManualClock {
         *self.0.lock() = secs;
     }
 
+    /// Moves `secs` seconds forward (backward if negative).
     pub fn advance(&self, secs: f64) {
         *self.0.lock() += secs;
     }

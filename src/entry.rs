@@ -13,6 +13,19 @@ use crate::value::{Stored, legacy_value};
 
 /// A value found by [`Cache::get_ref`](crate::Cache::get_ref): borrowed from the shared map when
 /// it came from disk (the map stays alive as long as this does), or the RAM tier's copy.
+///
+/// ```
+/// # let tmp = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(tmp.path())?;
+/// cache.set_tokens("tokens", "tokenizer:cl100k_base:hello world", &[15339, 1917])?;
+/// cache.set("test", "json", &serde_json::json!({"a": [1, "two"]}))?;
+/// let ids = cache.get_tokens("tokens", "tokenizer:cl100k_base:hello world").unwrap();
+/// assert_eq!(ids.as_tokens(), Some(&[15339u32, 1917][..])); // no copy, no decoding
+/// let json = cache.get_ref("test", "json").unwrap();
+/// assert_eq!(json.as_json_str(), Some(r#"{"a":[1,"two"]}"#));
+/// assert_eq!(json.as_i64(), None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ValueRef {
     inner: Inner,
@@ -176,14 +189,17 @@ impl<'a> Entry<'a> {
         })
     }
 
+    /// The entry's prefix.
     pub fn prefix(&self) -> &str {
         self.prefix
     }
 
+    /// The entry's key.
     pub fn key(&self) -> &str {
         self.key
     }
 
+    /// When the entry was stored, in seconds since the Unix epoch.
     pub fn timestamp(&self) -> f64 {
         self.rec.timestamp
     }
@@ -193,6 +209,7 @@ impl<'a> Entry<'a> {
         self.age
     }
 
+    /// Whether the entry is older than the cache's TTL (a lookup would miss it).
     pub fn is_expired(&self) -> bool {
         self.expired
     }

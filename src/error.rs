@@ -10,41 +10,65 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// An I/O operation failed; `op` says what the cache was doing, `path` on which file.
     Io {
+        /// What the cache was doing ("open segment", "create directory", ...).
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The system's error.
         source: io::Error,
     },
     /// A prefix that is not 1-64 of `[A-Za-z0-9_.-]`, or that starts with `.`.
     InvalidPrefix {
+        /// The prefix as given.
         prefix: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
     /// A value that JSON cannot hold (NaN, infinity) or that cannot be serialized.
     InvalidValue(String),
     /// A key or value over the size a record can hold.
     TooLarge {
+        /// What was too large ("key and value").
         what: &'static str,
+        /// Its size in bytes.
         len: usize,
+        /// The limit in bytes.
         max: usize,
     },
     /// A stored value could not be decoded into the type asked for.
     Decode(serde_json::Error),
     /// A file of the cache is damaged or of an unknown format.
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file of the cache was written by a newer release, in a format this one does not
     /// read. The directory is left as it is (a rebuild would lose what the newer release
     /// wrote); [`crate::Cache::open`] fails with it ([`crate::CacheBuilder::open_or_ram_only`]
     /// gives a RAM-only cache).
     NewerFormat {
+        /// The file of the newer format.
         path: PathBuf,
+        /// Its format version.
         version: u32,
+        /// The newest version this build reads.
         supported: u32,
     },
     /// A setting of [`crate::CacheBuilder`] that is not valid (a NaN or negative TTL, say).
-    InvalidSetting { name: &'static str, reason: String },
+    InvalidSetting {
+        /// The setting ("ttl").
+        name: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// The cache could not use its directory and works from RAM only (or read-only), so the
     /// operation cannot do what it promises (for example `flush`).
-    Degraded { reason: String },
+    Degraded {
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// `Result` with tokcache's [`Error`].

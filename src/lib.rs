@@ -3,16 +3,24 @@
 //! logical names (`{prefix}_{md5(key)}`), same JSON on export, a lookup that is a hash probe in
 //! shared memory.
 //!
-//! ```no_run
-//! use tokcache::Cache;
-//! let cache = Cache::open("temp")?;
-//! cache.set("token_count", "tokenizer:cl100k_base:hello", &1u64)?;
-//! let n: Option<u64> = cache.get("token_count", "tokenizer:cl100k_base:hello");
-//! assert_eq!(n, Some(1));
-//! # Ok::<(), tokcache::Error>(())
+//! ```
+//! use tokcache::{Cache, TOKEN_COUNT, token_count_key};
+//! # let tmp = tempfile::tempdir()?;
+//! # let dir = tmp.path().join("temp");
+//! let cache = Cache::open(&dir)?; // the original's default directory is "temp"
+//! let key = token_count_key("cl100k_base", "hello world"); // "tokenizer:cl100k_base:hello world"
+//! cache.set(TOKEN_COUNT, &key, &2u64)?;
+//! assert_eq!(cache.get::<u64>(TOKEN_COUNT, &key), Some(2));
+//!
+//! // Another handle (another process, typically) sees it at once.
+//! let other = Cache::open(&dir)?;
+//! assert_eq!(other.get::<u64>(TOKEN_COUNT, &key), Some(2));
+//! assert_eq!(other.get_stats().disk_hits, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The on-disk format is specified in `docs/format.md`.
+//! The on-disk format is specified in `docs/format.md`; what is tested and where the promises
+//! end, in `docs/reliability.md`.
 #![deny(unsafe_code)]
 
 #[cfg(not(target_endian = "little"))]
@@ -30,7 +38,7 @@ mod filter;
 mod fork;
 mod hash;
 mod index;
-pub mod keys;
+mod keys;
 mod legacy;
 mod lock;
 mod map;
@@ -49,8 +57,17 @@ pub use cache::{Cache, CacheBuilder, Stats, Storage};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, ValueRef};
 pub use error::{Error, Result};
-pub use keys::{logical_name, symbol_test_key, token_count_key};
-pub use pyjson::{write_float as write_python_float, write_str as write_python_str};
+pub use keys::{
+    DEFAULT_PREFIX, MAX_PREFIX_LEN, SYMBOL_EFFICIENCY, TOKEN_COUNT, logical_name, symbol_test_key,
+    token_count_key, validate_prefix,
+};
+
+/// Python's JSON text of a string and a float, as the original wrote them: for the benchmarks'
+/// model of the original. Not part of the API.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::pyjson::{write_float, write_str};
+}
 pub use store::{CompactReport, VerifyReport};
 
 /// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults. Never fails: a

@@ -89,9 +89,9 @@ impl LockFile {
         let mut spins = 0;
         let mut watched: Option<(u32, Instant)> = None;
         loop {
-            let seen = match word.compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(Locked::Word(word)),
-                Err(seen) => seen,
+            let Err(seen) = word.compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed)
+            else {
+                return Ok(Locked::Word(word));
             };
             if spins < SPINS {
                 spins += 1;

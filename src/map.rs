@@ -227,8 +227,8 @@ pub(crate) fn mapped_writes_are_safe(file: &File) -> bool {
 /// re-check the word.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
     };
     // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word` (alive for the call) and `ts`, a
     // valid timespec owned by this frame; the remaining arguments are unused.

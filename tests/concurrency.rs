@@ -236,7 +236,7 @@ fn threads_setting_one_key_leave_ram_and_disk_agreeing() {
             .map(|t| {
                 let cache = Arc::clone(&cache);
                 std::thread::spawn(move || {
-                    cache.set("test", "contended", &(round * 2 + t)).unwrap()
+                    cache.set("test", "contended", &(round * 2 + t)).unwrap();
                 })
             })
             .collect();

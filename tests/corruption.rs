@@ -138,7 +138,7 @@ fn every_file_truncated_extended_and_flipped() {
             runs += 1;
         }
         let tmp = damaged_copy(src.path(), file, |b| {
-            b.extend((0..4099).map(|i| (i * 7) as u8))
+            b.extend((0..4099).map(|i| (i * 7) as u8));
         });
         check_no_wrong_values(tmp.path());
         runs += 1;

@@ -1,5 +1,7 @@
 //! The environment failing under the cache: a full disk, read-only and forbidden directories,
 //! the directory deleted while open, planted symlinks, file modes.
+// Raw system calls (fork, kill, waitpid, setuid, flock, rlimits) that std does not wrap.
+#![allow(unsafe_code)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! `multiprocessing` with `fork`): the workers use the handle they inherited. The parent is
 //! this test binary re-run with `TOKCACHE_FORK_PARENT` set (the ignored `fork_parent` test);
 //! it opens the cache, starts a compaction, forks the workers and judges them.
+// Raw system calls (fork, kill, waitpid, setuid, flock, rlimits) that std does not wrap.
+#![allow(unsafe_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

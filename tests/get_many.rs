@@ -123,3 +123,42 @@ fn empty_batches_and_bad_prefixes() {
     let owned = vec![String::from("a")];
     assert_eq!(cache.get_many::<u64>("token_count", &owned), [Some(1)]);
 }
+
+/// The `try_` forms keep the reason that the plain ones log and turn into `None`.
+#[test]
+fn try_forms_keep_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tokcache::Cache::open(tmp.path()).unwrap();
+    cache.set("test", "n", &5u64).unwrap();
+    cache.set("test", "s", "text").unwrap();
+    cache.set_tokens("test", "t", &[1, 2, 3]).unwrap();
+    let bad = |e: &tokcache::Error| matches!(e, tokcache::Error::InvalidPrefix { .. });
+    assert!(cache.try_get_ref("../x", "n").is_err_and(|e| bad(&e)));
+    assert!(cache.try_get_tokens("../x", "t").is_err_and(|e| bad(&e)));
+    let many = cache.try_get_many::<u64>("../x", &["n", "s"]);
+    assert_eq!(many.len(), 2);
+    assert!(many.iter().all(|r| r.as_ref().is_err_and(bad)));
+    assert!(
+        cache
+            .get_many::<u64>("../x", &["n"])
+            .iter()
+            .all(Option::is_none)
+    );
+    // A value of another type: an error for that key only.
+    let many = cache.try_get_many::<u64>("test", &["n", "s", "absent"]);
+    assert_eq!(many[0].as_ref().unwrap(), &Some(5));
+    assert!(matches!(many[1], Err(tokcache::Error::Decode(_))));
+    assert!(matches!(many[2], Ok(None)));
+    assert!(matches!(
+        cache.try_get_tokens("test", "n"),
+        Err(tokcache::Error::Decode(_))
+    ));
+    assert!(cache.get_tokens("test", "n").is_none());
+    let t = cache.try_get_tokens("test", "t").unwrap().unwrap();
+    assert_eq!(t.as_tokens(), Some(&[1u32, 2, 3][..]));
+    assert!(cache.try_get_tokens("test", "absent").unwrap().is_none());
+    assert_eq!(
+        cache.try_get_ref("test", "n").unwrap().unwrap().as_i64(),
+        Some(5)
+    );
+}

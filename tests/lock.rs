@@ -1,6 +1,8 @@
 //! The write lock across processes (`src/lock.rs`, docs/format.md): a lock word in the control
 //! page, owned by a token whose byte of `tokcache.lock` the owner keeps locked while it lives.
 //! A live owner is waited for, however long it holds the word; a dead one is taken over.
+// Raw system calls (fork, kill, waitpid, setuid, flock, rlimits) that std does not wrap.
+#![allow(unsafe_code)]
 
 mod common;
 

@@ -95,20 +95,20 @@ proptest! {
             match op {
                 Op::Set { handle, key: k, value, big } => {
                     let v = if big { format!("{value}-{}", "v".repeat(3000)) } else { value.to_string() };
-                    handles[handle as usize].set(prefix(k), &key(k), &v).unwrap();
+                    handles[usize::from(handle)].set(prefix(k), &key(k), &v).unwrap();
                     model.insert(k, Val::Json(v));
                 }
                 Op::Tokens { handle, key: k, len } => {
                     let t: Vec<u32> = (0..u32::from(len)).map(|i| i * 31 + u32::from(k)).collect();
-                    handles[handle as usize].set_tokens(prefix(k), &key(k), &t).unwrap();
+                    handles[usize::from(handle)].set_tokens(prefix(k), &key(k), &t).unwrap();
                     model.insert(k, Val::Tokens(t));
                 }
                 Op::Remove { handle, key: k } => {
-                    let was = handles[handle as usize].remove(prefix(k), &key(k)).unwrap();
+                    let was = handles[usize::from(handle)].remove(prefix(k), &key(k)).unwrap();
                     prop_assert_eq!(was, model.remove(&k).is_some());
                 }
                 Op::Get { handle, key: k } => {
-                    let c = &handles[handle as usize];
+                    let c = &handles[usize::from(handle)];
                     let got = match model.get(&k) {
                         Some(Val::Tokens(_)) => c.get_tokens(prefix(k), &key(k)).map(|r| Val::Tokens(r.as_tokens().unwrap().to_vec())),
                         _ => c.get::<String>(prefix(k), &key(k)).map(Val::Json),
@@ -119,7 +119,7 @@ proptest! {
                     // As JSON: a string value is a JSON string, token ids a JSON array.
                     let entries: Vec<u8> = keys.iter().map(|&k| p * 8 + k).collect();
                     let names: Vec<String> = entries.iter().map(|&k| key(k)).collect();
-                    let got = handles[handle as usize]
+                    let got = handles[usize::from(handle)]
                         .get_many::<serde_json::Value>(PREFIXES[usize::from(p)], &names);
                     prop_assert_eq!(got.len(), names.len());
                     for ((k, name), got) in entries.iter().zip(&names).zip(got) {

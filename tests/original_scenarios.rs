@@ -119,10 +119,10 @@ fn token_counting_with_a_real_tokenizer() {
         bpe.encode_with_special_tokens(text).len() as u64
     };
     let first = cache
-        .get_or_insert_with(tokcache::keys::TOKEN_COUNT, &key, &mut count)
+        .get_or_insert_with(tokcache::TOKEN_COUNT, &key, &mut count)
         .unwrap();
     let second = cache
-        .get_or_insert_with(tokcache::keys::TOKEN_COUNT, &key, &mut count)
+        .get_or_insert_with(tokcache::TOKEN_COUNT, &key, &mut count)
         .unwrap();
     assert_eq!(first, second);
     assert_eq!(computed, 1);
@@ -137,10 +137,7 @@ fn token_counting_with_a_real_tokenizer() {
     assert_eq!(borrowed.as_tokens().unwrap(), &ids[..]);
     assert_eq!(bpe.decode(borrowed.as_tokens().unwrap()).unwrap(), text);
     assert_eq!(
-        cache
-            .get_ref(tokcache::keys::TOKEN_COUNT, &key)
-            .unwrap()
-            .as_i64(),
+        cache.get_ref(tokcache::TOKEN_COUNT, &key).unwrap().as_i64(),
         Some(first as i64)
     );
 }

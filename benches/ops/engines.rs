@@ -81,9 +81,9 @@ impl Engine for Original {
             .unwrap()
             .as_secs_f64();
         let mut json = String::from("{\"key\":");
-        tokcache::write_python_str(&mut json, key);
+        tokcache::bench_support::write_str(&mut json, key);
         json.push_str(&format!(",\"value\":{value},\"timestamp\":"));
-        tokcache::write_python_float(&mut json, ts);
+        tokcache::bench_support::write_float(&mut json, ts);
         json.push_str(",\"prefix\":\"token_count\"}");
         fs::write(self.path(key), json).unwrap();
         if let Some(r) = &self.ram {

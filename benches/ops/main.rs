@@ -4,6 +4,8 @@
 //! `10000,1000000`); the original's one-file-per-entry design is measured up to
 //! `TOKCACHE_BENCH_ORIGINAL_MAX` entries (default 100000: 1M files take minutes and GBs).
 //! The report is printed and written to `target/bench-report.md`.
+// Raw system calls (fork, kill, waitpid, setuid, flock, rlimits) that std does not wrap.
+#![allow(unsafe_code)]
 
 mod engines;
 

@@ -16,6 +16,27 @@ use crate::store::{self, Store};
 use crate::tally::Tally;
 
 /// Builds a [`Cache`]. Every setting has a default; see each method.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokcache::{Cache, Storage};
+/// # let tmp = tempfile::tempdir()?;
+/// let cache = Cache::builder(tmp.path().join("cache"))
+///     .max_ram_entries(10_000)
+///     .ttl(Duration::from_secs(7 * 24 * 3600))
+///     .file_mode(0o660) // a pool running as several users of one group
+///     .open()?;
+/// assert_eq!(cache.storage(), Storage::Disk);
+///
+/// // A directory that cannot be used is an error, or, by name, a cache in RAM only.
+/// let file = tmp.path().join("a-file");
+/// std::fs::write(&file, "")?;
+/// assert!(Cache::builder(&file).open().is_err());
+/// let (ram_only, why) = Cache::builder(&file).open_or_ram_only();
+/// assert_eq!(ram_only.storage(), Storage::RamOnly);
+/// assert!(why.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use]
 #[derive(Clone)]
 pub struct CacheBuilder {

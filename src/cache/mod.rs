@@ -27,7 +27,22 @@ use crate::tally::{Found, Tally};
 use crate::value::Stored;
 
 /// A persistent cache of JSON values (token counts above all), shared by the processes that
-/// open the same directory. `Send + Sync`: share one per process.
+/// open the same directory. `Send + Sync`: share one per process (a handle opened before
+/// `fork()` also works in the children).
+///
+/// ```
+/// use tokcache::Cache;
+/// # let tmp = tempfile::tempdir()?;
+/// let cache = Cache::open(tmp.path())?;
+/// let count = |text: &str| text.split_whitespace().count() as u64; // a tokenizer, say
+/// let key = "tokenizer:words:the same prompt again";
+/// let n = cache.get_or_insert_with("token_count", key, || count(key))?; // computed
+/// let m = cache.get_or_insert_with("token_count", key, || unreachable!())?; // cached
+/// assert_eq!((n, m), (4, 4));
+/// assert!(cache.remove("token_count", key)?);
+/// assert_eq!(cache.get::<u64>("token_count", key), None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Cache {
     dir: PathBuf,
     /// The settings it was opened with: a forked child opens its own state with them.
@@ -107,10 +122,13 @@ impl Cache {
         CacheBuilder::new(dir.as_ref().to_path_buf())
     }
 
+    /// The cache directory, as given when it was opened.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// How this process keeps the cache's entries: [`Storage::Disk`] unless the directory
+    /// was read-only, or could not be used ([`CacheBuilder::open_or_ram_only`]).
     pub fn storage(&self) -> Storage {
         self.local().storage
     }
@@ -264,12 +282,32 @@ impl Cache {
         prefix: &str,
         keys: &[impl AsRef<str>],
     ) -> Vec<Option<T>> {
+        self.try_get_many(prefix, keys)
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|e| {
+                    log::debug!("get_many {prefix}: {e}");
+                    None
+                })
+            })
+            .collect()
+    }
+
+    /// Like [`Cache::get_many`], with the reason of each failure: what [`Cache::try_get`]
+    /// returns for each key (a bad prefix: that error for every key).
+    pub fn try_get_many<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        keys: &[impl AsRef<str>],
+    ) -> Vec<Result<Option<T>>> {
         /// Keys whose reads are issued together: enough to keep the memory system busy,
         /// few enough that the lines read for the first are still cached when it is looked up.
         const BATCH: usize = 16;
-        if let Err(e) = validate_prefix(prefix) {
-            log::debug!("get_many {prefix}: {e}");
-            return keys.iter().map(|_| None).collect();
+        if validate_prefix(prefix).is_err() {
+            return keys
+                .iter()
+                .map(|_| validate_prefix(prefix).map(|()| None))
+                .collect();
         }
         let mut out = Vec::with_capacity(keys.len());
         let mut hashes = [0u64; BATCH];
@@ -284,20 +322,16 @@ impl Cache {
                 r.prefetch(hashes);
             }
             for (key, &hash) in chunk.iter().zip(hashes.iter()) {
-                let key = key.as_ref();
                 let q = Asked {
                     prefix,
-                    key,
+                    key: key.as_ref(),
                     hash,
                     count: true,
                     lookup: Lookup::Batched,
                 };
                 let found =
                     self.lookup_in(reader.as_ref(), true, &q, |hit| self.decode_hit(&q, hit));
-                out.push(found.transpose().unwrap_or_else(|e| {
-                    log::debug!("get_many {prefix}/{}: {e}", key.len());
-                    None
-                }));
+                out.push(found.transpose());
             }
         }
         out
@@ -321,17 +355,39 @@ impl Cache {
     /// The value without copying it out of the shared map where it can: token ids as
     /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        let q = self.asked(prefix, key, true).ok()?;
-        self.lookup(&q, |hit| match hit {
-            Hit::Ram(v, ts) => ValueRef::owned(v, ts),
-            Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
+        self.try_get_ref(prefix, key).unwrap_or_else(|e| {
+            log::debug!("get_ref {prefix}/{}: {e}", key.len());
+            None
         })
     }
 
-    /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map.
+    /// Like [`Cache::get_ref`], with the reason of a failure (a bad prefix).
+    pub fn try_get_ref(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
+        let q = self.asked(prefix, key, true)?;
+        Ok(self.lookup(&q, |hit| match hit {
+            Hit::Ram(v, ts) => ValueRef::owned(v, ts),
+            Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
+        }))
+    }
+
+    /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map (`None` for
+    /// a value of another kind too).
     pub fn get_tokens(&self, prefix: &str, key: &str) -> Option<ValueRef> {
         self.get_ref(prefix, key)
             .filter(|v| v.as_tokens().is_some())
+    }
+
+    /// Like [`Cache::get_tokens`], with the reason of a failure: a bad prefix, or a value that
+    /// is not token ids ([`Error::Decode`]).
+    pub fn try_get_tokens(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
+        match self.try_get_ref(prefix, key)? {
+            Some(v) if v.as_tokens().is_none() => Err(Error::Decode(
+                <serde_json::Error as serde::de::Error>::custom(
+                    "the stored value is not token ids",
+                ),
+            )),
+            found => Ok(found),
+        }
     }
 
     /// Stores `value` under `key` in RAM and on disk.
@@ -353,7 +409,7 @@ impl Cache {
         // The RAM tier is updated under the write, so that two threads setting one key leave
         // the RAM tier with the value that is last on disk.
         self.write(hash, prefix, key, kind, &bytes, now, || {
-            self.local().ram.insert(hash, prefix, key, value, now)
+            self.local().ram.insert(hash, prefix, key, value, now);
         })?;
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -21,16 +21,23 @@ pub enum Storage {
 /// Counters and sizes, with the original's field names first.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Stats {
+    /// Entries in this process's RAM tier.
     pub ram_entries: u64,
     /// Entries on disk (not files), expired ones included until `clear_expired`.
     pub disk_files: u64,
+    /// Lookups of this handle answered from the RAM tier.
     pub ram_hits: u64,
+    /// Lookups of this handle answered from the shared files.
     pub disk_hits: u64,
+    /// Lookups of this handle that found no live entry.
     pub misses: u64,
+    /// Entries this handle stored (`set`, `set_tokens`, imports).
     pub saves: u64,
+    /// Entries the RAM tier dropped to make room.
     pub evictions: u64,
     /// Hits / lookups x 100, rounded to 2 decimals; 0.0 before the first lookup.
     pub hit_rate_percent: f64,
+    /// The cache directory, as given when it was opened.
     pub temp_dir: String,
     /// Bytes of records that belong to live entries.
     pub live_bytes: u64,
@@ -38,6 +45,7 @@ pub struct Stats {
     pub dead_bytes: u64,
     /// Bytes of all segment files.
     pub disk_bytes: u64,
+    /// The generation of the index in use (it grows with every compaction).
     pub index_generation: u64,
     /// Records in the recent index: the newest of each key written since the full index was
     /// last rewritten, removals included (0 when the generation has none; docs/format.md).
@@ -45,6 +53,7 @@ pub struct Stats {
     /// Records appended since the last compaction: what a process scans when it opens the
     /// cache.
     pub tail_records: u64,
+    /// How the cache keeps its entries (disk, read-only, RAM only).
     pub storage: Storage,
 }
 

@@ -432,7 +432,7 @@ impl View {
         let start = usize::try_from(self.scanned).unwrap_or(usize::MAX);
         if start < map.bytes().len() {
             segment::scan(map.bytes(), start, &self.prefixes, |_, rec| {
-                changed(rec.key_hash)
+                changed(rec.key_hash);
             });
         }
         true

@@ -344,7 +344,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Stats { json } => stats(&open(&cli, true)?, *json),
         Cmd::Get { prefix, key } => {
             let cache = open(&cli, true)?;
-            tokcache::keys::validate_prefix(prefix).map_err(fail)?;
+            tokcache::validate_prefix(prefix).map_err(fail)?;
             match cache.get_ref(prefix, key) {
                 Some(v) => {
                     println!(
