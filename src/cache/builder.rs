@@ -42,6 +42,7 @@ use crate::tally::Tally;
 pub struct CacheBuilder {
     pub(super) dir: PathBuf,
     pub(super) max_ram_entries: usize,
+    pub(super) max_ram_bytes: usize,
     /// The TTL, or why the one asked for is not one.
     pub(super) ttl: std::result::Result<Duration, String>,
     pub(super) file_mode: u32,
@@ -57,6 +58,7 @@ impl CacheBuilder {
         Self {
             dir,
             max_ram_entries: 1000,
+            max_ram_bytes: 16 << 20,
             ttl: Ok(Duration::from_secs(24 * 3600)),
             file_mode: 0o600,
             compact_records: 32 * 1024,
@@ -70,6 +72,16 @@ impl CacheBuilder {
     /// Entries kept decoded in RAM (default 1000, as the original). 0 disables the RAM tier.
     pub fn max_ram_entries(mut self, n: usize) -> Self {
         self.max_ram_entries = n;
+        self
+    }
+
+    /// Bytes the RAM tier may hold, keys and values included (default 16 MiB); an entry over
+    /// an eighth of it (over all of it below 64 entries) is not kept in RAM. Keys over 4 KiB
+    /// whose records are on disk are never copied into RAM (a hit reads them from the shared
+    /// mapping), so a process's private memory for its RAM tier stays bounded whatever the
+    /// keys' length. A RAM-only or read-only cache keeps what it cannot write within this bound.
+    pub fn max_ram_bytes(mut self, n: usize) -> Self {
+        self.max_ram_bytes = n;
         self
     }
 
@@ -218,7 +230,13 @@ impl CacheBuilder {
             }
             Err(e) => (None, Storage::RamOnly, Some(e)),
         };
-        let p = Process::new(store, storage, self.max_ram_entries, self.background);
+        let p = Process::new(
+            store,
+            storage,
+            self.max_ram_entries,
+            self.max_ram_bytes,
+            self.background,
+        );
         (p, err)
     }
 

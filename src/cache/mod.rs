@@ -66,6 +66,13 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// Keys (with their prefix) longer than this are not copied into the RAM tier when their
+/// record is on disk: a hit reads them from the shared mapping for about the same cost (both
+/// hash the asked key and compare it in full), and 1000 chat-message keys would otherwise hold
+/// hundreds of MB of private memory in every process. (Where the entry lives only in RAM, a
+/// read-only or RAM-only cache, it is kept, within the tier's byte bound.)
+const RAM_KEY_MAX: usize = 4096;
+
 /// A caller of `get_or_insert_with` for a key: it holds the key's mutex entry for as long
 /// as it computes or waits, and the last one to leave (returning or unwinding) removes it.
 struct Flight<'a> {
@@ -344,9 +351,11 @@ impl Cache {
             Hit::Disk(_, rec) => {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
                 let value = stored.to_value()?;
-                self.local()
-                    .ram
-                    .insert(q.hash, q.prefix, q.key, stored, rec.timestamp);
+                if q.prefix.len() + q.key.len() <= RAM_KEY_MAX {
+                    self.local()
+                        .ram
+                        .insert(q.hash, q.prefix, q.key, stored, rec.timestamp);
+                }
                 Ok(value)
             }
         }
@@ -408,8 +417,14 @@ impl Cache {
         let hash = self.hash(prefix, key);
         // The RAM tier is updated under the write, so that two threads setting one key leave
         // the RAM tier with the value that is last on disk.
+        let on_disk = self.local().store.as_ref().is_some_and(|s| s.is_writable());
         self.write(hash, prefix, key, kind, &bytes, now, || {
-            self.local().ram.insert(hash, prefix, key, value, now);
+            let ram = &self.local().ram;
+            if on_disk && prefix.len() + key.len() > RAM_KEY_MAX {
+                ram.remove(hash);
+            } else {
+                ram.insert(hash, prefix, key, value, now);
+            }
         })?;
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -65,6 +65,7 @@ impl Process {
         store: Option<Arc<Store>>,
         storage: Storage,
         max_ram_entries: usize,
+        max_ram_bytes: usize,
         background: bool,
     ) -> Self {
         fork::watch();
@@ -72,7 +73,7 @@ impl Process {
             forks: fork::generation(),
             store,
             storage,
-            ram: Arc::new(RamTier::new(max_ram_entries)),
+            ram: Arc::new(RamTier::new(max_ram_entries, max_ram_bytes)),
             compactor: Arc::default(),
             background,
             flights: Mutex::default(),

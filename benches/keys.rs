@@ -1,0 +1,257 @@
+//! Message-sized keys: `cargo bench --bench keys [--features compare]`. The real workload's keys
+//! are whole chat messages (`tokenizer:cl100k_base:{text}`, KBs to hundreds of KB). For keys of
+//! 1 KB, 8 KB, 100 KB and 300 KB, side by side in one run: tokcache (set; hit through a fresh
+//! handle; hit of a hot key, from the RAM tier where it keeps one), the original's design (one
+//! JSON file per entry, RAM dict in front), redb with `--features compare` (LMDB cannot hold
+//! keys over 511 bytes), and the floor: hashing the key (xxh3) plus one full comparison with a
+//! copy elsewhere in memory, over the same keys in the same order. Also the private memory
+//! (`RssAnon`) a reader holds once its RAM tier is full (1000 entries, the default).
+//!
+//! Times are medians of per-operation timings (p99 in brackets); the machine is shared and
+//! noisy, so read the ratios within one run. `TOKCACHE_BENCH_SCALE=0.2` runs fewer keys.
+
+#[path = "ops/engines.rs"]
+#[allow(dead_code)]
+mod engines;
+
+use std::path::Path;
+use std::time::Instant;
+
+use engines::{Engine, Original, PREFIX};
+use tokcache::Cache;
+
+/// tokcache with its defaults (a RAM tier of 1000 entries).
+struct Tok(Cache);
+
+impl Engine for Tok {
+    fn open(dir: &Path, _ram: bool) -> Self {
+        Tok(Cache::open(dir).unwrap())
+    }
+    fn set(&self, key: &str, value: u64) {
+        self.0.set(PREFIX, key, &value).unwrap();
+    }
+    fn get(&self, key: &str) -> Option<u64> {
+        self.0.get(PREFIX, key)
+    }
+}
+
+const SIZES: [(usize, usize); 4] = [
+    (1 << 10, 5000),
+    (8 << 10, 4000),
+    (100 << 10, 1200),
+    (300 << 10, 400),
+];
+/// Keys read again and again for the hot rows.
+const HOT: usize = 1000;
+
+/// A message of about `size` bytes, different for every `i` all along (as real messages are:
+/// a comparison of a hit reads the whole key).
+fn message(i: usize, size: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "the", "model", "token", "cache", "prompt", "reply", "user", "system", "context", "window",
+        "count", "chat", "message", "again", "turn", "proxy",
+    ];
+    let mut s = format!("tokenizer:cl100k_base:message {i}:");
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    while s.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(WORDS[(x % 16) as usize]);
+        s.push(' ');
+    }
+    s
+}
+
+/// Private memory of this process (RssAnon), in bytes.
+fn rss_anon() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median_p99(mut ns: Vec<u64>) -> (f64, f64) {
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    (at(0.5), at(0.99))
+}
+
+fn fmt((median, p99): (f64, f64)) -> String {
+    format!("{median:.2} us [{p99:.1}]")
+}
+
+/// Per-operation times of `f` over `order`.
+fn timed(order: &[usize], mut f: impl FnMut(usize)) -> Vec<u64> {
+    order
+        .iter()
+        .map(|&i| {
+            let t = Instant::now();
+            f(i);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect()
+}
+
+/// A fixed shuffle of `0..n`.
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let mut x = seed | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+struct Row {
+    engine: &'static str,
+    set: (f64, f64),
+    /// MB/s of all the sets, wall time (compactions included).
+    set_rate: f64,
+    fresh: (f64, f64),
+    hot: (f64, f64),
+}
+
+/// Sets every key through a new handle, reads each once through another new one (in a
+/// shuffled order), then reads `HOT` keys five times and times the last round.
+fn run<E: Engine>(engine: &'static str, dir: &Path, keys: &[String], ram: bool) -> Row {
+    let writer = E::open(dir, ram);
+    let order = shuffled(keys.len(), 7);
+    let start = Instant::now();
+    let set = median_p99(timed(&order, |i| writer.set(&keys[i], i as u64)));
+    let bytes: usize = keys.iter().map(String::len).sum();
+    let set_rate = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+    drop(writer);
+    let reader = E::open(dir, ram);
+    let order = shuffled(keys.len(), 11);
+    let fresh = median_p99(timed(&order, |i| {
+        assert_eq!(reader.get(&keys[i]), Some(i as u64));
+    }));
+    let hot: Vec<usize> = shuffled(keys.len(), 13).into_iter().take(HOT).collect();
+    for _ in 0..4 {
+        for &i in &hot {
+            assert_eq!(reader.get(&keys[i]), Some(i as u64));
+        }
+    }
+    let hot = median_p99(timed(&hot, |i| {
+        assert_eq!(reader.get(&keys[i]), Some(i as u64));
+    }));
+    Row {
+        engine,
+        set,
+        set_rate,
+        fresh,
+        hot,
+    }
+}
+
+/// The floor of a hit: hashing the asked key and comparing it with a stored copy (allocated
+/// apart from it), over the keys in the fresh-handle order.
+fn floor(keys: &[String]) -> (f64, f64) {
+    let copies: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+    let order = shuffled(keys.len(), 11);
+    median_p99(timed(&order, |i| {
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(keys[i].as_bytes(), 5);
+        std::hint::black_box(h);
+        assert!(std::hint::black_box(&copies[i][..]) == keys[i].as_bytes());
+    }))
+}
+
+/// Private memory a reader holds for the cache once it has read `HOT` distinct keys (its
+/// RAM tier, of the default 1000 entries, full), beyond what the process held before opening.
+fn reader_memory(dir: &Path, keys: &[String]) -> u64 {
+    let before = rss_anon();
+    let cache = Cache::open(dir).unwrap();
+    for (i, k) in keys.iter().enumerate().take(HOT) {
+        assert_eq!(cache.get::<u64>(PREFIX, k), Some(i as u64));
+    }
+    let after = rss_anon();
+    drop(cache);
+    after.saturating_sub(before)
+}
+
+fn main() {
+    let scale: f64 = std::env::var("TOKCACHE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let root = tempfile::tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("target")).unwrap();
+    println!(
+        "| key size | keys | engine | set | sets, MB/s | hit, fresh handle | hot hit | vs floor (fresh / hot) | reader memory |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    for (size, n) in SIZES {
+        let n = ((n as f64 * scale) as usize).max(HOT + 1);
+        let keys: Vec<String> = (0..n).map(|i| message(i, size)).collect();
+        let floor = floor(&keys);
+        let label = if size >= 1 << 20 {
+            format!("{} MB", size >> 20)
+        } else {
+            format!("{} KB", size >> 10)
+        };
+        let tok_dir = root.path().join(format!("tok-{size}"));
+        let mut rows = vec![run::<Tok>("tokcache", &tok_dir, &keys, true)];
+        let memory = reader_memory(&tok_dir, &keys);
+        rows.push(run::<Original>(
+            "original's design",
+            &root.path().join(format!("orig-{size}")),
+            &keys,
+            true,
+        ));
+        #[cfg(feature = "compare")]
+        rows.push(run::<engines::Redb>(
+            "redb",
+            &root.path().join(format!("redb-{size}")),
+            &keys,
+            false,
+        ));
+        for r in &rows {
+            let mem = if r.engine == "tokcache" {
+                format!("{:.1} MB", memory as f64 / 1e6)
+            } else {
+                "-".into()
+            };
+            println!(
+                "| {label} | {n} | {} | {} | {:.0} | {} | {} | {:.2}x / {:.2}x | {mem} |",
+                r.engine,
+                fmt(r.set),
+                r.set_rate,
+                fmt(r.fresh),
+                fmt(r.hot),
+                r.fresh.0 / floor.0,
+                r.hot.0 / floor.0,
+            );
+        }
+        println!(
+            "| {label} | {n} | floor: xxh3 + compare | - | - | {} | - | 1x | - |",
+            fmt(floor)
+        );
+        println!("| {label} | {n} | LMDB | keys over 511 bytes are refused | | | | | |");
+    }
+    println!(
+        "\nsequential write bandwidth of the same directory: {}",
+        dd_bandwidth(root.path())
+    );
+}
+
+/// `dd` of 256 MiB with `conv=fdatasync` into `dir`, as dd reports it.
+fn dd_bandwidth(dir: &Path) -> String {
+    let out = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=256", "conv=fdatasync"])
+        .arg(format!("of={}", dir.join("dd.bin").display()))
+        .output();
+    let _ = std::fs::remove_file(dir.join("dd.bin"));
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("dd printed nothing")
+            .to_string(),
+        Err(e) => format!("dd did not run: {e}"),
+    }
+}
