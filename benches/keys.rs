@@ -20,7 +20,49 @@ use std::time::Instant;
 use engines::{Engine, Original, PREFIX};
 use tokcache::Cache;
 
-/// tokcache with its defaults (a RAM tier of 1000 entries).
+/// The text of a bench key (every one starts with the token-count key's head).
+fn text_of(key: &str) -> &str {
+    key.strip_prefix("tokenizer:cl100k_base:")
+        .expect("a token-count key")
+}
+
+/// tokcache with its defaults, asked as users of a token counter do: the key built from the
+/// encoding and the text for every lookup (`token_count_key`), or not at all
+/// (`get_token_count`, which hashes and compares the key in parts).
+struct TokBuilt(Cache);
+struct TokParts(Cache);
+
+impl Engine for TokBuilt {
+    fn open(dir: &Path, _ram: bool) -> Self {
+        TokBuilt(Cache::open(dir).unwrap())
+    }
+    fn set(&self, key: &str, value: u64) {
+        let key = tokcache::token_count_key("cl100k_base", text_of(key));
+        self.0.set(PREFIX, &key, &value).unwrap();
+    }
+    fn get(&self, key: &str) -> Option<u64> {
+        self.0.get(
+            PREFIX,
+            &tokcache::token_count_key("cl100k_base", text_of(key)),
+        )
+    }
+}
+
+impl Engine for TokParts {
+    fn open(dir: &Path, _ram: bool) -> Self {
+        TokParts(Cache::open(dir).unwrap())
+    }
+    fn set(&self, key: &str, value: u64) {
+        self.0
+            .set_token_count("cl100k_base", text_of(key), value)
+            .unwrap();
+    }
+    fn get(&self, key: &str) -> Option<u64> {
+        self.0.get_token_count("cl100k_base", text_of(key))
+    }
+}
+
+/// tokcache with its defaults (a RAM tier of 1000 entries), given the whole key.
 struct Tok(Cache);
 
 impl Engine for Tok {
@@ -197,6 +239,18 @@ fn main() {
         let tok_dir = root.path().join(format!("tok-{size}"));
         let mut rows = vec![run::<Tok>("tokcache", &tok_dir, &keys, true)];
         let memory = reader_memory(&tok_dir, &keys);
+        rows.push(run::<TokBuilt>(
+            "tokcache, key built per call",
+            &root.path().join(format!("built-{size}")),
+            &keys,
+            true,
+        ));
+        rows.push(run::<TokParts>(
+            "tokcache, get_token_count",
+            &root.path().join(format!("parts-{size}")),
+            &keys,
+            true,
+        ));
         rows.push(run::<Original>(
             "original's design",
             &root.path().join(format!("orig-{size}")),

@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use tiktoken_rs::CoreBPE;
-use tokcache::{Cache, TOKEN_COUNT, token_count_key};
+use tokcache::Cache;
 
 struct Args {
     dir: PathBuf,
@@ -80,15 +80,12 @@ fn count(bpe: &CoreBPE, text: &str) -> u64 {
 
 /// Runs the workload through the cache; returns the elapsed time and checks every count.
 fn through_cache(cache: &Cache, bpe: &CoreBPE, texts: &[String]) -> Result<Duration, String> {
-    let keys: Vec<String> = texts
-        .iter()
-        .map(|t| token_count_key("cl100k_base", t))
-        .collect();
     let start = Instant::now();
     let mut counts = Vec::with_capacity(texts.len());
-    for (text, key) in texts.iter().zip(&keys) {
+    for text in texts {
+        // The entry of key `tokenizer:cl100k_base:{text}`, looked up without building it.
         let n = cache
-            .get_or_insert_with(TOKEN_COUNT, key, || count(bpe, text))
+            .token_count_or_insert_with("cl100k_base", text, || count(bpe, text))
             .map_err(|e| format!("cache: {e}"))?;
         counts.push(n);
     }

@@ -89,6 +89,104 @@ pub(crate) fn key_hash(seed: u64, prefix: &str, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, seed ^ xxh3_64(prefix.as_bytes()))
 }
 
+/// A key as a lookup or a write was given it: whole, or in parts that are hashed, compared
+/// and written as if joined. A token-count key is `tokenizer:` + encoding + `:` + text: looked
+/// up by encoding and text, a message is not copied into a new string first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Key<'a> {
+    parts: [&'a [u8]; 4],
+    len: usize,
+}
+
+impl<'a> Key<'a> {
+    pub(crate) fn whole(key: &'a [u8]) -> Self {
+        Self {
+            parts: [key, b"", b"", b""],
+            len: key.len(),
+        }
+    }
+
+    /// `tokenizer:{encoding}:{text}`, the original's token-count key ([`token_count_key`]).
+    pub(crate) fn token_count(encoding: &'a str, text: &'a str) -> Self {
+        let parts = [
+            b"tokenizer:".as_slice(),
+            encoding.as_bytes(),
+            b":",
+            text.as_bytes(),
+        ];
+        Self {
+            parts,
+            len: parts.iter().map(|p| p.len()).sum(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The key in one slice, if it was given whole.
+    fn as_whole(&self) -> Option<&'a [u8]> {
+        (self.len == self.parts[0].len()).then_some(self.parts[0])
+    }
+
+    /// Its parts, in order (some may be empty).
+    pub(crate) fn parts(&self) -> &[&'a [u8]] {
+        &self.parts
+    }
+
+    /// The key's bytes, joined.
+    pub(crate) fn to_vec(self) -> Vec<u8> {
+        self.parts.concat()
+    }
+
+    /// The 64-bit key hash of this key under `prefix` ([`key_hash`] of the joined bytes).
+    #[inline]
+    pub(crate) fn hash(&self, seed: u64, prefix: &str) -> u64 {
+        if let Some(whole) = self.as_whole() {
+            return key_hash(seed, prefix, whole);
+        }
+        let mut h = twox_hash::XxHash3_64::with_seed(seed ^ xxh3_64(prefix.as_bytes()));
+        for p in self.parts {
+            std::hash::Hasher::write(&mut h, p);
+        }
+        std::hash::Hasher::finish(&h)
+    }
+}
+
+/// A key that stored key bytes can be compared with: given whole (`[u8]`) or in parts.
+pub(crate) trait KeyBytes {
+    /// Whether `stored` is this key, byte for byte.
+    fn eq_bytes(&self, stored: &[u8]) -> bool;
+}
+
+impl KeyBytes for [u8] {
+    #[inline]
+    fn eq_bytes(&self, stored: &[u8]) -> bool {
+        self == stored
+    }
+}
+
+impl KeyBytes for Key<'_> {
+    #[inline]
+    fn eq_bytes(&self, stored: &[u8]) -> bool {
+        if let Some(whole) = self.as_whole() {
+            return whole == stored;
+        }
+        if stored.len() != self.len {
+            return false;
+        }
+        let mut rest = stored;
+        for p in self.parts {
+            let (head, tail) = rest.split_at(p.len());
+            if head != p {
+                return false;
+            }
+            rest = tail;
+        }
+        true
+    }
+}
+
 /// A fresh random 64-bit seed (std's per-process random keys, the time and the pid).
 pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -126,6 +224,40 @@ pub(crate) type HashKeyed<V> =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key in parts hashes and compares as the joined key, at every length around xxh3's
+    /// internal boundaries, and differs from it in any byte.
+    #[test]
+    fn keys_in_parts_are_the_joined_key() {
+        for len in (0..300).chain([1023, 1024, 1025, 4096, 100_000]) {
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            for enc in ["", "cl100k_base", "o200k"] {
+                let joined = token_count_key(enc, &text);
+                let key = Key::token_count(enc, &text);
+                assert_eq!(key.len(), joined.len());
+                assert_eq!(key.to_vec(), joined.as_bytes());
+                for seed in [0, 0x1234_5678_9abc_def0] {
+                    assert_eq!(
+                        key.hash(seed, "token_count"),
+                        key_hash(seed, "token_count", joined.as_bytes()),
+                        "{len} bytes, encoding {enc:?}"
+                    );
+                }
+                assert!(key.eq_bytes(joined.as_bytes()));
+                assert!(Key::whole(joined.as_bytes()).eq_bytes(joined.as_bytes()));
+                let mut other = joined.clone().into_bytes();
+                if let Some(last) = other.last_mut() {
+                    *last ^= 1;
+                    assert!(!key.eq_bytes(&other));
+                }
+                other.push(b'x');
+                assert!(!key.eq_bytes(&other));
+                assert!(!key.eq_bytes(&joined.as_bytes()[..joined.len() - 1]));
+            }
+        }
+    }
 
     #[test]
     fn logical_name_matches_python_hashlib() {

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::keys::HashKeyed;
+use crate::keys::{HashKeyed, Key, KeyBytes};
 use crate::value::Stored;
 
 struct Entry {
     hash: u64,
     prefix: String,
-    key: String,
+    key: Vec<u8>,
     value: Stored,
     timestamp: f64,
     referenced: AtomicBool,
@@ -28,9 +28,9 @@ impl Entry {
     /// Makes this entry the given one, reusing its buffers: a disk hit that evicts another
     /// entry then allocates nothing for the key (unless it is longer, or the buffer kept is
     /// far larger than needed).
-    fn refill(&mut self, hash: u64, prefix: &str, key: &str, value: Stored, timestamp: f64) {
+    fn refill(&mut self, hash: u64, prefix: &str, key: &Key<'_>, value: Stored, timestamp: f64) {
         reuse(&mut self.prefix, prefix);
-        reuse(&mut self.key, key);
+        reuse_bytes(&mut self.key, key.parts());
         self.hash = hash;
         self.value = value;
         self.timestamp = timestamp;
@@ -57,6 +57,18 @@ fn reuse(buf: &mut String, from: &str) {
     } else {
         buf.clear();
         buf.push_str(from);
+    }
+}
+
+/// [`reuse`] for a key given in parts.
+fn reuse_bytes(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if buf.capacity() > len.saturating_mul(4).max(1024) {
+        *buf = Vec::with_capacity(len);
+    }
+    buf.clear();
+    for p in parts {
+        buf.extend_from_slice(p);
     }
 }
 
@@ -157,13 +169,18 @@ impl RamTier {
     }
 
     /// The value and its timestamp, if present.
-    pub(crate) fn get(&self, hash: u64, prefix: &str, key: &str) -> Option<(Stored, f64)> {
+    pub(crate) fn get<K: KeyBytes + ?Sized>(
+        &self,
+        hash: u64,
+        prefix: &str,
+        key: &K,
+    ) -> Option<(Stored, f64)> {
         if self.capacity == 0 {
             return None;
         }
         let shard = self.shard(hash).read();
         let e = &shard.entries[*shard.by_hash.get(&hash)?];
-        if &*e.key != key || &*e.prefix != prefix {
+        if !key.eq_bytes(&e.key) || &*e.prefix != prefix {
             return None;
         }
         // Stored only when clear: hits on a hot entry from several threads then only read
@@ -174,7 +191,14 @@ impl RamTier {
         Some((e.value.clone(), e.timestamp))
     }
 
-    pub(crate) fn insert(&self, hash: u64, prefix: &str, key: &str, value: Stored, timestamp: f64) {
+    pub(crate) fn insert(
+        &self,
+        hash: u64,
+        prefix: &str,
+        key: &Key<'_>,
+        value: Stored,
+        timestamp: f64,
+    ) {
         if self.capacity == 0 {
             return;
         }
@@ -196,7 +220,7 @@ impl RamTier {
             shard.entries.push(Entry {
                 hash,
                 prefix: prefix.to_owned(),
-                key: key.to_owned(),
+                key: key.to_vec(),
                 value,
                 timestamp,
                 referenced: AtomicBool::new(false),
@@ -252,17 +276,26 @@ mod tests {
     fn bounded_with_clock_order() {
         let ram = RamTier::new(3, usize::MAX);
         for (h, k) in [(1, "a"), (2, "b"), (3, "c")] {
-            ram.insert(h, "p", k, Stored::Int(h as i64), 0.0);
+            ram.insert(
+                h,
+                "p",
+                &Key::whole(k.as_bytes()),
+                Stored::Int(h as i64),
+                0.0,
+            );
         }
-        assert!(ram.get(1, "p", "a").is_some()); // a is referenced
-        ram.insert(4, "p", "d", Stored::Int(4), 0.0);
+        assert!(ram.get(1, "p", "a".as_bytes()).is_some()); // a is referenced
+        ram.insert(4, "p", &Key::whole("d".as_bytes()), Stored::Int(4), 0.0);
         assert_eq!(ram.len(), 3);
         assert!(
-            ram.get(2, "p", "b").is_none(),
+            ram.get(2, "p", "b".as_bytes()).is_none(),
             "b was the least recently used"
         );
-        assert!(ram.get(1, "p", "a").is_some());
-        assert!(ram.get(1, "p", "other").is_none(), "same hash, other key");
+        assert!(ram.get(1, "p", "a".as_bytes()).is_some());
+        assert!(
+            ram.get(1, "p", "other".as_bytes()).is_none(),
+            "same hash, other key"
+        );
         assert_eq!(ram.evictions(), 1);
         ram.remove(1);
         assert_eq!(ram.len(), 2);
@@ -280,14 +313,23 @@ mod tests {
                 h ^= h << 13;
                 h ^= h >> 7;
                 h ^= h << 17;
-                ram.insert(h, "p", &i.to_string(), Stored::Int(i as i64), 0.0);
+                ram.insert(
+                    h,
+                    "p",
+                    &Key::whole(i.to_string().as_bytes()),
+                    Stored::Int(i as i64),
+                    0.0,
+                );
             }
             assert_eq!(ram.len(), capacity, "capacity {capacity}");
             assert_eq!(ram.evictions(), (inserts - capacity) as u64);
             ram.clear();
             assert_eq!(ram.len(), 0);
-            ram.insert(1, "p", "k", Stored::Int(1), 0.0);
-            assert_eq!(ram.get(1, "p", "k").map(|(v, _)| v), Some(Stored::Int(1)));
+            ram.insert(1, "p", &Key::whole("k".as_bytes()), Stored::Int(1), 0.0);
+            assert_eq!(
+                ram.get(1, "p", "k".as_bytes()).map(|(v, _)| v),
+                Some(Stored::Int(1))
+            );
         }
     }
 
@@ -295,19 +337,31 @@ mod tests {
     fn evicted_buffers_are_reused_unless_far_too_large() {
         let ram = RamTier::new(1, usize::MAX);
         let key_capacity = |ram: &RamTier| ram.shards[0].read().entries[0].key.capacity();
-        ram.insert(1, "p", &"k".repeat(500), Stored::Int(1), 0.0);
+        ram.insert(
+            1,
+            "p",
+            &Key::whole("k".repeat(500).as_bytes()),
+            Stored::Int(1),
+            0.0,
+        );
         let first = key_capacity(&ram);
-        ram.insert(2, "p", "short", Stored::Int(2), 0.0); // evicts: same buffer
+        ram.insert(2, "p", &Key::whole("short".as_bytes()), Stored::Int(2), 0.0); // evicts: same buffer
         assert_eq!(key_capacity(&ram), first);
-        ram.insert(3, "p", &"x".repeat(100_000), Stored::Int(3), 0.0);
-        assert!(ram.get(3, "p", &"x".repeat(100_000)).is_some());
-        ram.insert(4, "p", "short", Stored::Int(4), 0.0); // a 100 KB buffer is not kept
+        ram.insert(
+            3,
+            "p",
+            &Key::whole("x".repeat(100_000).as_bytes()),
+            Stored::Int(3),
+            0.0,
+        );
+        assert!(ram.get(3, "p", "x".repeat(100_000).as_bytes()).is_some());
+        ram.insert(4, "p", &Key::whole("short".as_bytes()), Stored::Int(4), 0.0); // a 100 KB buffer is not kept
         assert!(key_capacity(&ram) <= 1024, "{}", key_capacity(&ram));
         assert_eq!(
-            ram.get(4, "p", "short").map(|(v, _)| v),
+            ram.get(4, "p", "short".as_bytes()).map(|(v, _)| v),
             Some(Stored::Int(4))
         );
-        assert!(ram.get(3, "p", &"x".repeat(100_000)).is_none());
+        assert!(ram.get(3, "p", "x".repeat(100_000).as_bytes()).is_none());
     }
 
     /// The byte bound holds whatever the sizes: large entries evict others (CLOCK order), an
@@ -324,7 +378,13 @@ mod tests {
             h ^= h >> 7;
             h ^= h << 17;
             let key = format!("{i}:{}", big(i % 40_000));
-            ram.insert(h, "p", &key, Stored::Json(big(i % 3000).into()), 0.0);
+            ram.insert(
+                h,
+                "p",
+                &Key::whole(key.as_bytes()),
+                Stored::Json(big(i % 3000).into()),
+                0.0,
+            );
             assert!(ram.bytes() <= 8 * per_shard, "{} after {i}", ram.bytes());
             let exact: usize = ram
                 .shards
@@ -335,10 +395,16 @@ mod tests {
         }
         assert!(ram.len() < 1000);
         // Too large: not kept, and an older entry of the key goes.
-        ram.insert(1, "p", "k", Stored::Int(1), 0.0);
-        assert!(ram.get(1, "p", "k").is_some());
-        ram.insert(1, "p", "k", Stored::Json(big(200_000).into()), 0.0);
-        assert!(ram.get(1, "p", "k").is_none());
+        ram.insert(1, "p", &Key::whole("k".as_bytes()), Stored::Int(1), 0.0);
+        assert!(ram.get(1, "p", "k".as_bytes()).is_some());
+        ram.insert(
+            1,
+            "p",
+            &Key::whole("k".as_bytes()),
+            Stored::Json(big(200_000).into()),
+            0.0,
+        );
+        assert!(ram.get(1, "p", "k".as_bytes()).is_none());
         ram.remove(2);
         ram.clear();
         assert_eq!((ram.len(), ram.bytes()), (0, 0));

@@ -139,12 +139,26 @@ pub(crate) fn encode(
     prefix: Prefix<'_>,
     key: &[u8],
 ) {
+    encode_parts(out, kind, key_hash, timestamp, value, prefix, &[key]);
+}
+
+/// [`encode`] of a key given in parts, written one after the other.
+pub(crate) fn encode_parts(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    key_hash: u64,
+    timestamp: f64,
+    value: &[u8],
+    prefix: Prefix<'_>,
+    key: &[&[u8]],
+) {
+    let key_len: usize = key.iter().map(|p| p.len()).sum();
     let start = out.len();
-    let total = encoded_len(value.len(), prefix, key.len());
+    let total = encoded_len(value.len(), prefix, key_len);
     out.reserve(total);
     out.extend_from_slice(&[0; HEADER_LEN]);
     let h = &mut out[start..start + HEADER_LEN];
-    h[OFF_KEY_LEN..OFF_KEY_LEN + 4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    h[OFF_KEY_LEN..OFF_KEY_LEN + 4].copy_from_slice(&(key_len as u32).to_le_bytes());
     h[OFF_KEY_HASH..OFF_KEY_HASH + 8].copy_from_slice(&key_hash.to_le_bytes());
     h[OFF_TIMESTAMP..OFF_TIMESTAMP + 8].copy_from_slice(&timestamp.to_le_bytes());
     h[OFF_VALUE_LEN..OFF_VALUE_LEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
@@ -158,7 +172,9 @@ pub(crate) fn encode(
     out.extend_from_slice(value);
     out.extend_from_slice(text);
     let summed_end = out.len();
-    out.extend_from_slice(key);
+    for part in key {
+        out.extend_from_slice(part);
+    }
     out.resize(start + total, 0);
     let sum = xxh3_64(&out[start + 4..summed_end]) as u32;
     out[start + OFF_SUM..start + OFF_SUM + 4].copy_from_slice(&sum.to_le_bytes());

@@ -18,7 +18,7 @@ pub use stats::{Stats, Storage};
 use crate::clock::Clock;
 use crate::entry::{Entry, ValueRef};
 use crate::error::{Error, Result};
-use crate::keys::{key_hash, validate_prefix};
+use crate::keys::{Key, TOKEN_COUNT, validate_prefix};
 use crate::legacy;
 use crate::map::ReadMap;
 use crate::record::{self, Kind, MAX_RECORD_LEN, RecordRef};
@@ -105,7 +105,7 @@ impl Drop for Flight<'_> {
 /// into the hit and miss counters.
 struct Asked<'a> {
     prefix: &'a str,
-    key: &'a str,
+    key: Key<'a>,
     hash: u64,
     count: bool,
     lookup: Lookup,
@@ -140,13 +140,13 @@ impl Cache {
         self.local().storage
     }
 
-    fn hash(&self, prefix: &str, key: &str) -> u64 {
+    fn hash(&self, prefix: &str, key: &Key<'_>) -> u64 {
         let seed = self
             .local()
             .store
             .as_ref()
             .map_or(self.local_seed, |s| s.seed());
-        key_hash(seed, prefix, key.as_bytes())
+        key.hash(seed, prefix)
     }
 
     fn expired(&self, timestamp: f64, now: f64) -> bool {
@@ -184,12 +184,12 @@ impl Cache {
     }
 
     /// What a lookup of `key` asks for, once its prefix is checked.
-    fn asked<'a>(&self, prefix: &'a str, key: &'a str, count: bool) -> Result<Asked<'a>> {
+    fn asked<'a>(&self, prefix: &'a str, key: Key<'a>, count: bool) -> Result<Asked<'a>> {
         validate_prefix(prefix)?;
         Ok(Asked {
             prefix,
             key,
-            hash: self.hash(prefix, key),
+            hash: self.hash(prefix, &key),
             count,
             lookup: Lookup::Alone,
         })
@@ -223,7 +223,7 @@ impl Cache {
             return Some(extract(Hit::Ram(value, ts)));
         }
         let found = reader.and_then(|r| {
-            r.get(q.hash, q.prefix, q.key, q.lookup, |map, rec| {
+            r.get(q.hash, q.prefix, &q.key, q.lookup, |map, rec| {
                 // The clock is read only for an entry found (a miss does not need it).
                 let fresh = !self.expired(rec.timestamp, self.clock.now_coarse());
                 fresh.then(|| extract(Hit::Disk(map, rec)))
@@ -241,7 +241,7 @@ impl Cache {
 
     /// The RAM tier's live value of the key (an expired one is dropped).
     fn in_ram(&self, q: &Asked<'_>) -> Option<(Stored, f64)> {
-        let (value, ts) = self.local().ram.get(q.hash, q.prefix, q.key)?;
+        let (value, ts) = self.local().ram.get(q.hash, q.prefix, &q.key)?;
         if self.expired(ts, self.clock.now_coarse()) {
             self.local().ram.remove(q.hash);
             return None;
@@ -266,13 +266,13 @@ impl Cache {
 
     /// Like [`Cache::get`], with the reason of a failure.
     pub fn try_get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Result<Option<T>> {
-        self.get_counted(prefix, key, true)
+        self.get_counted(prefix, Key::whole(key.as_bytes()), true)
     }
 
     fn get_counted<T: DeserializeOwned>(
         &self,
         prefix: &str,
-        key: &str,
+        key: Key<'_>,
         count: bool,
     ) -> Result<Option<T>> {
         let q = self.asked(prefix, key, count)?;
@@ -321,7 +321,7 @@ impl Cache {
         for chunk in keys.chunks(BATCH) {
             let hashes = &mut hashes[..chunk.len()];
             for (h, key) in hashes.iter_mut().zip(chunk) {
-                *h = self.hash(prefix, key.as_ref());
+                *h = self.hash(prefix, &Key::whole(key.as_ref().as_bytes()));
             }
             // One caught-up reader serves the whole chunk (a lookup would take its own).
             let reader = self.reader();
@@ -331,7 +331,7 @@ impl Cache {
             for (key, &hash) in chunk.iter().zip(hashes.iter()) {
                 let q = Asked {
                     prefix,
-                    key: key.as_ref(),
+                    key: Key::whole(key.as_ref().as_bytes()),
                     hash,
                     count: true,
                     lookup: Lookup::Batched,
@@ -354,7 +354,7 @@ impl Cache {
                 if q.prefix.len() + q.key.len() <= RAM_KEY_MAX {
                     self.local()
                         .ram
-                        .insert(q.hash, q.prefix, q.key, stored, rec.timestamp);
+                        .insert(q.hash, q.prefix, &q.key, stored, rec.timestamp);
                 }
                 Ok(value)
             }
@@ -372,7 +372,7 @@ impl Cache {
 
     /// Like [`Cache::get_ref`], with the reason of a failure (a bad prefix).
     pub fn try_get_ref(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        let q = self.asked(prefix, key, true)?;
+        let q = self.asked(prefix, Key::whole(key.as_bytes()), true)?;
         Ok(self.lookup(&q, |hit| match hit {
             Hit::Ram(v, ts) => ValueRef::owned(v, ts),
             Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
@@ -402,28 +402,36 @@ impl Cache {
     /// Stores `value` under `key` in RAM and on disk.
     pub fn set<T: Serialize + ?Sized>(&self, prefix: &str, key: &str, value: &T) -> Result<()> {
         validate_prefix(prefix)?;
-        self.put(prefix, key, Stored::from_value(value)?)
+        self.put(
+            prefix,
+            Key::whole(key.as_bytes()),
+            Stored::from_value(value)?,
+        )
     }
 
     /// Stores token ids so that readers can borrow them as `&[u32]`.
     pub fn set_tokens(&self, prefix: &str, key: &str, tokens: &[u32]) -> Result<()> {
         validate_prefix(prefix)?;
-        self.put(prefix, key, Stored::Tokens(tokens.into()))
+        self.put(
+            prefix,
+            Key::whole(key.as_bytes()),
+            Stored::Tokens(tokens.into()),
+        )
     }
 
-    fn put(&self, prefix: &str, key: &str, value: Stored) -> Result<()> {
+    fn put(&self, prefix: &str, key: Key<'_>, value: Stored) -> Result<()> {
         let (kind, bytes) = value.encode();
         let now = self.clock.now();
-        let hash = self.hash(prefix, key);
+        let hash = self.hash(prefix, &key);
         // The RAM tier is updated under the write, so that two threads setting one key leave
         // the RAM tier with the value that is last on disk.
         let on_disk = self.local().store.as_ref().is_some_and(|s| s.is_writable());
-        self.write(hash, prefix, key, kind, &bytes, now, || {
+        self.write(hash, prefix, &key, kind, &bytes, now, || {
             let ram = &self.local().ram;
             if on_disk && prefix.len() + key.len() > RAM_KEY_MAX {
                 ram.remove(hash);
             } else {
-                ram.insert(hash, prefix, key, value, now);
+                ram.insert(hash, prefix, &key, value, now);
             }
         })?;
         self.saves.fetch_add(1, Ordering::Relaxed);
@@ -437,7 +445,7 @@ impl Cache {
         &self,
         hash: u64,
         prefix: &str,
-        key: &str,
+        key: &Key<'_>,
         kind: Kind,
         value: &[u8],
         timestamp: f64,
@@ -457,15 +465,7 @@ impl Cache {
         };
         let prefix = store.prefix_field(prefix)?;
         let mut buf = Vec::with_capacity(len);
-        record::encode(
-            &mut buf,
-            kind,
-            hash,
-            timestamp,
-            value,
-            prefix,
-            key.as_bytes(),
-        );
+        record::encode_parts(&mut buf, kind, hash, timestamp, value, prefix, key.parts());
         if store.append(&buf, &|c| self.invalidate(c), published)? {
             self.local().compact_when_full(store);
         }
@@ -476,18 +476,20 @@ impl Cache {
     /// under way has not brought in yet is removed too, and counts as not there).
     pub fn remove(&self, prefix: &str, key: &str) -> Result<bool> {
         validate_prefix(prefix)?;
-        let hash = self.hash(prefix, key);
-        let on_disk = self
-            .reader()
-            .is_some_and(|r| r.get(hash, prefix, key, Lookup::Alone, |_, _| ()).is_some());
-        let in_ram = self.local().ram.get(hash, prefix, key).is_some();
+        let key = Key::whole(key.as_bytes());
+        let hash = self.hash(prefix, &key);
+        let on_disk = self.reader().is_some_and(|r| {
+            r.get(hash, prefix, &key, Lookup::Alone, |_, _| ())
+                .is_some()
+        });
+        let in_ram = self.local().ram.get(hash, prefix, &key).is_some();
         // While the original's files are migrated, a key not in yet may still come: the
         // removal is written all the same, so that the migration leaves the key out.
         if on_disk || legacy::migration_pending(&self.dir) {
             self.write(
                 hash,
                 prefix,
-                key,
+                &key,
                 Kind::Tombstone,
                 &[],
                 self.clock.now(),
@@ -506,10 +508,19 @@ impl Cache {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> T,
     {
-        if let Some(v) = self.try_get(prefix, key)? {
+        validate_prefix(prefix)?;
+        self.get_or_insert_key(prefix, Key::whole(key.as_bytes()), compute)
+    }
+
+    fn get_or_insert_key<T, F>(&self, prefix: &str, key: Key<'_>, compute: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> T,
+    {
+        if let Some(v) = self.get_counted(prefix, key, true)? {
             return Ok(v);
         }
-        let hash = self.hash(prefix, key);
+        let hash = self.hash(prefix, &key);
         let flights = &self.local().flights;
         let flight = Flight::join(flights, hash);
         let _computing = flight.mutex.lock();
@@ -519,9 +530,44 @@ impl Cache {
                 // A panic here unwinds through `_computing` and `flight`: the next caller
                 // waiting for this key computes it, and the entry goes with the last one.
                 let value = compute();
-                self.set(prefix, key, &value).map(|()| value)
+                self.put(prefix, key, Stored::from_value(&value)?)
+                    .map(|()| value)
             }
         }
+    }
+
+    /// The token count cached for `text` under `encoding`: the entry of prefix
+    /// [`TOKEN_COUNT`] and key `tokenizer:{encoding}:{text}` ([`crate::token_count_key`]), the
+    /// original's, looked up without joining that key: a message of hundreds of KB is hashed
+    /// and compared where it is, not copied first.
+    pub fn get_token_count(&self, encoding: &str, text: &str) -> Option<u64> {
+        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), true)
+            .unwrap_or_else(|e| {
+                log::debug!("get_token_count {encoding}/{}: {e}", text.len());
+                None
+            })
+    }
+
+    /// Stores the token count of `text` under `encoding` (see [`Cache::get_token_count`]):
+    /// the same entry, logical name and exported bytes as `set(TOKEN_COUNT, &token_count_key(
+    /// encoding, text), &count)`, without building that key.
+    pub fn set_token_count(&self, encoding: &str, text: &str, count: u64) -> Result<()> {
+        self.put(
+            TOKEN_COUNT,
+            Key::token_count(encoding, text),
+            Stored::from_value(&count)?,
+        )
+    }
+
+    /// The token count of `text` under `encoding`, computed by `count` and stored on a miss
+    /// ([`Cache::get_or_insert_with`] of the token-count key, without building it).
+    pub fn token_count_or_insert_with(
+        &self,
+        encoding: &str,
+        text: &str,
+        count: impl FnOnce() -> u64,
+    ) -> Result<u64> {
+        self.get_or_insert_key(TOKEN_COUNT, Key::token_count(encoding, text), count)
     }
 
     fn writable_store(&self) -> Result<&Store> {
@@ -624,11 +670,12 @@ impl Cache {
         if self.expired(e.timestamp, self.clock.now()) {
             return Ok(false);
         }
-        let hash = self.hash(&e.prefix, &e.key);
+        let key = Key::whole(e.key.as_bytes());
+        let hash = self.hash(&e.prefix, &key);
         self.write(
             hash,
             &e.prefix,
-            &e.key,
+            &key,
             Kind::Legacy,
             &e.bytes,
             e.timestamp,

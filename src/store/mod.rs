@@ -14,7 +14,7 @@ use crate::control::{self, Control, State};
 use crate::error::{Error, IoContext, Result};
 use crate::files::Dir;
 use crate::index::{self};
-use crate::keys::random_seed;
+use crate::keys::{KeyBytes, random_seed};
 use crate::lock::LockFile;
 use crate::map::ReadMap;
 use crate::prefixes::Prefixes;
@@ -53,17 +53,15 @@ pub(crate) struct Reader<'a>(RwLockReadGuard<'a, View>);
 
 impl Reader<'_> {
     /// Runs `f` on the newest live record of the key, if any (tombstones are misses).
-    pub(crate) fn get<R>(
+    pub(crate) fn get<R, K: KeyBytes + ?Sized>(
         &self,
         hash: u64,
         prefix: &str,
-        key: &str,
+        key: &K,
         lookup: Lookup,
         f: impl FnOnce(&Arc<ReadMap>, &RecordRef<'_>) -> R,
     ) -> Option<R> {
-        let (map, rec) = self
-            .0
-            .find(hash, prefix.as_bytes(), key.as_bytes(), lookup)?;
+        let (map, rec) = self.0.find(hash, prefix.as_bytes(), key, lookup)?;
         (rec.kind != Kind::Tombstone).then(|| f(map, &rec))
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::{IoContext, Result};
 use crate::index::{self, Index, SegmentInfo};
+use crate::keys::KeyBytes;
 use crate::map::{ReadMap, WriteMap};
 use crate::prefixes::Prefixes;
 use crate::record::{self, Kind, RecordRef};
@@ -87,8 +88,8 @@ impl SegmentMaps {
 /// key hash, which covers the prefix: a record whose prefix number the table lacks (empty
 /// prefix) is taken for one of the asked prefix, so that it supersedes and is superseded as
 /// it should, and a lookup that finds it as the newest is a miss, never an older value.
-pub(super) fn key_eq(rec: &RecordRef<'_>, prefix: &[u8], key: &[u8]) -> bool {
-    rec.key == key && (rec.prefix == prefix || rec.prefix.is_empty())
+pub(super) fn key_eq<K: KeyBytes + ?Sized>(rec: &RecordRef<'_>, prefix: &[u8], key: &K) -> bool {
+    key.eq_bytes(rec.key) && (rec.prefix == prefix || rec.prefix.is_empty())
 }
 
 /// A record found for a lookup, unless its prefix is unknown (see [`key_eq`]).
@@ -240,11 +241,11 @@ impl View {
 
     /// The newest record of this key: from the tail, else the recent index, else the full
     /// index. Removals included.
-    pub(super) fn find(
+    pub(super) fn find<K: KeyBytes + ?Sized>(
         &self,
         hash: u64,
         prefix: &[u8],
-        key: &[u8],
+        key: &K,
         lookup: Lookup,
     ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
         // The slots of both indexes (and the full index's filter block) are read while the
@@ -269,11 +270,11 @@ impl View {
     /// The newest record of this key that the indexes know (removals included): the recent
     /// index's, else the full index's. `filtered`: a key the full index's filter does not
     /// hold is not looked for in its slots.
-    fn find_indexed(
+    fn find_indexed<K: KeyBytes + ?Sized>(
         &self,
         hash: u64,
         prefix: &[u8],
-        key: &[u8],
+        key: &K,
         filtered: bool,
     ) -> Option<(&Arc<ReadMap>, RecordRef<'_>)> {
         if let Some(found) = self
@@ -293,12 +294,12 @@ impl View {
     /// The record of this key that `index` points at, if any. `Some(None)`: a slot with the
     /// key's hash points at a record that fails its checks (a damaged file), which makes the
     /// key a miss: that record may be its newest, and an older one must not show through.
-    fn probe_index(
+    fn probe_index<K: KeyBytes + ?Sized>(
         &self,
         index: &Index,
         hash: u64,
         prefix: &[u8],
-        key: &[u8],
+        key: &K,
     ) -> Option<Option<(&Arc<ReadMap>, RecordRef<'_>)>> {
         index.probe(hash, |s| match self.record(s.seg, s.off) {
             Some((map, rec)) => {
