@@ -205,19 +205,37 @@ fn floor(keys: &[String]) -> (f64, f64) {
 }
 
 /// Private memory a reader holds for the cache once it has read `HOT` distinct keys (its
-/// RAM tier, of the default 1000 entries, full), beyond what the process held before opening.
-fn reader_memory(dir: &Path, keys: &[String]) -> u64 {
+/// RAM tier, of the default 1000 entries, full): measured in a new process (this program run
+/// again with `TOKCACHE_KEYS_READER` set), from just before it opens the cache to after the
+/// reads, so that no memory this process freed earlier hides it.
+fn reader_memory(dir: &Path, size: usize) -> u64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("TOKCACHE_KEYS_READER", format!("{}|{size}", dir.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("reader: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The reader process of [`reader_memory`]: prints the bytes of RssAnon it gained.
+fn reader(spec: &str) {
+    let (dir, size) = spec.split_once('|').unwrap();
+    let size: usize = size.parse().unwrap();
+    let keys: Vec<String> = (0..HOT).map(|i| message(i, size)).collect();
     let before = rss_anon();
     let cache = Cache::open(dir).unwrap();
-    for (i, k) in keys.iter().enumerate().take(HOT) {
+    for (i, k) in keys.iter().enumerate() {
         assert_eq!(cache.get::<u64>(PREFIX, k), Some(i as u64));
     }
-    let after = rss_anon();
-    drop(cache);
-    after.saturating_sub(before)
+    println!("{}", rss_anon().saturating_sub(before));
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var("TOKCACHE_KEYS_READER") {
+        return reader(&spec);
+    }
     let scale: f64 = std::env::var("TOKCACHE_BENCH_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -238,7 +256,7 @@ fn main() {
         };
         let tok_dir = root.path().join(format!("tok-{size}"));
         let mut rows = vec![run::<Tok>("tokcache", &tok_dir, &keys, true)];
-        let memory = reader_memory(&tok_dir, &keys);
+        let memory = reader_memory(&tok_dir, size);
         rows.push(run::<TokBuilt>(
             "tokcache, key built per call",
             &root.path().join(format!("built-{size}")),

@@ -145,6 +145,18 @@ impl<'a> Key<'a> {
         if let Some(whole) = self.as_whole() {
             return key_hash(seed, prefix, whole);
         }
+        // A short key is joined on the stack and hashed in one go: streaming xxh3 costs more
+        // to set up than copying a few KB.
+        const JOIN_BELOW: usize = 4096;
+        if self.len <= JOIN_BELOW {
+            let mut buf = [0u8; JOIN_BELOW];
+            let mut at = 0;
+            for p in self.parts {
+                buf[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            return key_hash(seed, prefix, &buf[..at]);
+        }
         let mut h = twox_hash::XxHash3_64::with_seed(seed ^ xxh3_64(prefix.as_bytes()));
         for p in self.parts {
             std::hash::Hasher::write(&mut h, p);
