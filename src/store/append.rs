@@ -10,6 +10,13 @@ use crate::map::WriteMap;
 use crate::record;
 use crate::segment;
 
+/// Appends this large are written with `pwrite`, not copied in through the writer's mapping:
+/// that copy first makes the mapping's pages, which for space reserved but never written means
+/// zeroing them, and `pwrite` fills whole pages itself. (1200 sets of 100 KB keys here: 140-163
+/// ms through the mapping, 107-110 ms with `pwrite`.) Smaller records keep the mapping, which
+/// saves a system call each.
+const PWRITE_FROM: usize = 64 << 10;
+
 impl Store {
     /// Appends encoded records (under the lock) and publishes them. `true`: the log is past its
     /// thresholds, and the caller should start a compaction ([`Store::compact_when_full`]).
@@ -101,9 +108,8 @@ impl Store {
                 committed,
             )?;
         }
-        if !self.write_mapped(view, off, &bytes)?
-            && let Some(file) = &view.log
-        {
+        let mapped = bytes.len() < PWRITE_FROM && self.write_mapped(view, off, &bytes)?;
+        if !mapped && let Some(file) = &view.log {
             files::append_at(file, &view.log_path, off, &bytes)?;
         }
         self.control.publish_committed(committed);
