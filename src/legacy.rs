@@ -159,7 +159,7 @@ fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
             Err(err) => log::warn!("not migrated: {err}"),
         }
         if buf.len() >= BATCH || (i + 1 == files.len() && !buf.is_empty()) {
-            taken += store.append_absent(&buf, &|_| {})?.0;
+            taken += store.append_absent(&buf)?.0;
             buf.clear();
         }
     }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use super::process::Process;
+use super::process::{Process, invalidate};
 use super::{Cache, Storage};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::files::Dir;
 use crate::keys::random_seed;
 use crate::legacy;
+use crate::ram::RamTier;
 use crate::store::{self, Store};
 use crate::tally::Tally;
 
@@ -219,7 +220,8 @@ impl CacheBuilder {
 
     /// The per-process state of the cache: the disk tier, or `None` and why not.
     pub(super) fn open_process(&self, ttl_secs: f64) -> (Process, Option<Error>) {
-        let (store, storage, err) = match self.open_store(ttl_secs) {
+        let ram = Arc::new(RamTier::new(self.max_ram_entries, self.max_ram_bytes));
+        let (store, storage, err) = match self.open_store(ttl_secs, &ram) {
             Ok(s) if s.is_writable() => (Some(Arc::new(s)), Storage::Disk, None),
             Ok(s) => {
                 log::warn!(
@@ -230,17 +232,12 @@ impl CacheBuilder {
             }
             Err(e) => (None, Storage::RamOnly, Some(e)),
         };
-        let p = Process::new(
-            store,
-            storage,
-            self.max_ram_entries,
-            self.max_ram_bytes,
-            self.background,
-        );
+        let p = Process::new(store, storage, ram, self.background);
         (p, err)
     }
 
-    fn open_store(&self, ttl_secs: f64) -> Result<Store> {
+    /// The disk tier, telling `ram` of the keys other processes change.
+    fn open_store(&self, ttl_secs: f64, ram: &Arc<RamTier>) -> Result<Store> {
         let opts = store::Options {
             mode: self.file_mode,
             compact_records: self.compact_records,
@@ -253,7 +250,9 @@ impl CacheBuilder {
             mode: self.file_mode,
         };
         dir.create()?;
-        let store = Store::open(dir, opts, &legacy::mark)?;
+        let ram = Arc::clone(ram);
+        let on_change = Box::new(move |changed| invalidate(&ram, changed));
+        let store = Store::open(dir, opts, &legacy::mark, on_change)?;
         if store.is_writable()
             && let Err(e) = legacy::resume(&store, ttl_secs, self.clock.now())
         {

@@ -12,7 +12,7 @@ mod stats;
 
 pub use builder::CacheBuilder;
 use parking_lot::Mutex;
-use process::{Flights, Process, invalidate};
+use process::{Flights, Process};
 pub use stats::{Stats, Storage};
 
 use crate::clock::Clock;
@@ -153,10 +153,6 @@ impl Cache {
         now - timestamp > self.ttl_secs
     }
 
-    fn invalidate(&self, changed: Option<u64>) {
-        invalidate(&self.local().ram, changed);
-    }
-
     /// This process's state of the cache (made anew in a forked child: fork.rs).
     #[inline]
     fn local(&self) -> &Process {
@@ -168,7 +164,7 @@ impl Cache {
     /// leaves the last good view in use). Hold it only for lookups: a write would wait for it.
     fn reader(&self) -> Option<store::Reader<'_>> {
         let store = self.local().store.as_ref()?;
-        Some(store.reader(&|c| self.invalidate(c)).unwrap_or_else(|e| {
+        Some(store.reader().unwrap_or_else(|e| {
             log::warn!("cannot follow the cache's changes: {e}");
             store.last_view()
         }))
@@ -177,7 +173,7 @@ impl Cache {
     /// Follows other processes' writes; a failure leaves the last good view in use.
     fn refresh(&self) {
         if let Some(store) = &self.local().store
-            && let Err(e) = store.refresh(&|c| self.invalidate(c))
+            && let Err(e) = store.refresh()
         {
             log::warn!("cannot follow the cache's changes: {e}");
         }
@@ -466,7 +462,7 @@ impl Cache {
         let prefix = store.prefix_field(prefix)?;
         let mut buf = Vec::with_capacity(len);
         record::encode_parts(&mut buf, kind, hash, timestamp, value, prefix, key.parts());
-        if store.append(&buf, &|c| self.invalidate(c), published)? {
+        if store.append(&buf, published)? {
             self.local().compact_when_full(store);
         }
         Ok(())
@@ -589,14 +585,13 @@ impl Cache {
         let Ok(store) = self.writable_store() else {
             return Ok(0);
         };
-        let report = store.compact(self.clock.now(), true, &|c| self.invalidate(c))?;
+        let report = store.compact(self.clock.now(), true)?;
         Ok(report.expired as usize)
     }
 
     /// Rebuilds the index now: merges the appended records, reclaims mostly-dead segments.
     pub fn compact(&self) -> Result<CompactReport> {
-        self.writable_store()?
-            .compact(self.clock.now(), false, &|c| self.invalidate(c))
+        self.writable_store()?.compact(self.clock.now(), false)
     }
 
     /// Removes every entry from RAM and disk, the original-format entry files included.
@@ -604,7 +599,7 @@ impl Cache {
     pub fn clear_all(&self) -> Result<()> {
         self.local().ram.clear();
         if let Ok(store) = self.writable_store() {
-            store.clear(&|c| self.invalidate(c))?;
+            store.clear()?;
             for path in legacy::list_files(&self.dir)? {
                 if legacy::read_file(&path).is_ok() {
                     std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
@@ -619,7 +614,7 @@ impl Cache {
     /// holds new ones off until it is done (their files in flight would look like leftovers).
     pub fn verify(&self, progress: impl FnMut(u64)) -> VerifyReport {
         match &self.local().store {
-            Some(s) => s.verify(&|c| self.invalidate(c), progress),
+            Some(s) => s.verify(progress),
             None => VerifyReport {
                 problems: vec![format!(
                     "{} holds no cache ({:?})",

@@ -54,8 +54,8 @@ pub(super) fn invalidate(ram: &RamTier, changed: Option<u64>) {
 }
 
 /// The compaction a write asked for; a failure leaves the old generation and is retried later.
-fn compact_full_log(store: &Store, ram: &RamTier) {
-    if let Err(e) = store.compact_when_full(false, &|c| invalidate(ram, c)) {
+fn compact_full_log(store: &Store) {
+    if let Err(e) = store.compact_when_full(false) {
         log::warn!("compaction failed, will retry: {e}");
     }
 }
@@ -64,8 +64,7 @@ impl Process {
     pub(super) fn new(
         store: Option<Arc<Store>>,
         storage: Storage,
-        max_ram_entries: usize,
-        max_ram_bytes: usize,
+        ram: Arc<RamTier>,
         background: bool,
     ) -> Self {
         fork::watch();
@@ -73,7 +72,7 @@ impl Process {
             forks: fork::generation(),
             store,
             storage,
-            ram: Arc::new(RamTier::new(max_ram_entries, max_ram_bytes)),
+            ram,
             compactor: Arc::default(),
             background,
             flights: Mutex::default(),
@@ -105,7 +104,7 @@ impl Process {
     /// runs), or here when the cache compacts inline or no thread can be started.
     pub(super) fn compact_when_full(&self, store: &Arc<Store>) {
         if !self.background {
-            return compact_full_log(store, &self.ram);
+            return compact_full_log(store);
         }
         let mut c = self.compactor.lock();
         if c.running {
@@ -115,16 +114,12 @@ impl Process {
         if let Some(done) = c.thread.take() {
             let _ = done.join();
         }
-        let (s, ram, state) = (
-            Arc::clone(store),
-            Arc::clone(&self.ram),
-            Arc::clone(&self.compactor),
-        );
+        let (s, state) = (Arc::clone(store), Arc::clone(&self.compactor));
         let spawned = std::thread::Builder::new()
             .name("tokcache-compact".into())
             .spawn(move || {
                 loop {
-                    compact_full_log(&s, &ram);
+                    compact_full_log(&s);
                     let mut c = state.lock();
                     if !std::mem::take(&mut c.asked_again) {
                         c.running = false;
@@ -140,7 +135,7 @@ impl Process {
             Err(e) => {
                 drop(c);
                 log::debug!("compacting inline: {e}");
-                compact_full_log(store, &self.ram);
+                compact_full_log(store);
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Lookup, OnChange, Store, View};
+use super::{Lookup, Store, View};
 use crate::error::{IoContext, Result};
 use crate::files;
 use crate::map::WriteMap;
@@ -23,13 +23,8 @@ impl Store {
     /// (Half again past the thresholds, this waits for one itself.)
     /// `published` runs once the records are visible, before any other writer of this process
     /// can append: the place to update the RAM tier without racing another thread's write.
-    pub(crate) fn append(
-        &self,
-        bytes: &[u8],
-        on_change: OnChange<'_>,
-        published: impl FnOnce(),
-    ) -> Result<bool> {
-        self.append_with(on_change, |_| bytes.into(), published)
+    pub(crate) fn append(&self, bytes: &[u8], published: impl FnOnce()) -> Result<bool> {
+        self.append_with(|_| bytes.into(), published)
     }
 
     /// Appends those of the encoded `records` whose key has no record yet in any process (no
@@ -37,14 +32,9 @@ impl Store {
     /// another process wrote first is never superseded by them: how entries of the original's
     /// files come in (a value written through the cache is newer than any such file). Returns
     /// how many were appended, and whether to start a compaction (as [`Store::append`]).
-    pub(crate) fn append_absent(
-        &self,
-        records: &[u8],
-        on_change: OnChange<'_>,
-    ) -> Result<(u64, bool)> {
+    pub(crate) fn append_absent(&self, records: &[u8]) -> Result<(u64, bool)> {
         let mut appended = 0;
         let full = self.append_with(
-            on_change,
             |v| {
                 let mut kept = Vec::with_capacity(records.len());
                 let mut off = 0;
@@ -71,14 +61,13 @@ impl Store {
     /// returns whether the log is full.
     pub(super) fn append_with<'r>(
         &self,
-        on_change: OnChange<'_>,
         records: impl FnOnce(&View) -> std::borrow::Cow<'r, [u8]>,
         published: impl FnOnce(),
     ) -> Result<bool> {
-        self.follow_generation(on_change)?;
+        self.follow_generation()?;
         let w = self.writer.lock();
         let l = self.lock()?;
-        let mut v = self.locked_view(on_change)?;
+        let mut v = self.locked_view()?;
         let bytes = records(&v);
         if bytes.is_empty() {
             published();
@@ -94,7 +83,7 @@ impl Store {
             );
         }
         if v.damaged_tail() || v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
-            self.compact_locked(&mut v, f64::NEG_INFINITY, false, on_change)?;
+            self.compact_locked(&mut v, f64::NEG_INFINITY, false)?;
         }
         let off = v.scanned;
         let committed = off + bytes.len() as u64;
@@ -120,7 +109,7 @@ impl Store {
         if wait {
             // The record is published; a failed compaction (disk full, say) leaves the old
             // generation in place and is tried again later.
-            if let Err(e) = self.compact_when_full(true, on_change) {
+            if let Err(e) = self.compact_when_full(true) {
                 log::warn!("compaction failed, will retry: {e}");
             }
             return Ok(false);

@@ -4,7 +4,7 @@
 //! rebuilding and clearing, `rebuild.rs`; rewriting segments, `rewrite.rs`.
 
 use super::generation::Plan;
-use super::{OnChange, Store, View};
+use super::{Store, View};
 use crate::error::{Error, Result};
 use crate::lock::CompactionLock;
 
@@ -25,25 +25,20 @@ impl Store {
     /// Merges the tail into a new index, drops expired entries if `expire`, rewrites segments
     /// that are mostly dead. Waits for a compaction running elsewhere to finish first. Other
     /// writers are held up only while the result is published (see [`Store::compact_once`]).
-    pub(crate) fn compact(
-        &self,
-        now: f64,
-        expire: bool,
-        on_change: OnChange<'_>,
-    ) -> Result<CompactReport> {
+    pub(crate) fn compact(&self, now: f64, expire: bool) -> Result<CompactReport> {
         let now = if expire { now } else { f64::NEG_INFINITY };
         let _c = self.compaction_lock(true)?;
         // Another generation can only come from a clear, a rebuild, or a writer of an older
         // release (which compacts under the write lock alone); then start again from it.
         for _ in 0..3 {
-            if let Some(report) = self.compact_once(now, expire, false, on_change)? {
+            if let Some(report) = self.compact_once(now, expire, false)? {
                 return Ok(report);
             }
         }
         let _w = self.writer.lock();
         let _l = self.lock()?;
-        let mut v = self.locked_view(on_change)?;
-        self.compact_locked(&mut v, now, expire, on_change)
+        let mut v = self.locked_view()?;
+        self.compact_locked(&mut v, now, expire)
     }
 
     /// The compaction an append starts when the tail is full, unless another one runs (then
@@ -56,13 +51,13 @@ impl Store {
     /// of a 10M-entry index takes seconds): then it compacts again at once, rather than leave
     /// that to the next append, which may never come (the end of a bulk load), so that the
     /// processes that open the cache next find a short tail.
-    pub(crate) fn compact_when_full(&self, wait: bool, on_change: OnChange<'_>) -> Result<()> {
+    pub(crate) fn compact_when_full(&self, wait: bool) -> Result<()> {
         let Some(_c) = self.compaction_lock(wait)? else {
             self.try_compaction_later();
             return Ok(());
         };
         for _ in 0..8 {
-            match self.compact_once(f64::NEG_INFINITY, false, true, on_change) {
+            match self.compact_once(f64::NEG_INFINITY, false, true) {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
@@ -127,13 +122,12 @@ impl Store {
         now: f64,
         expire: bool,
         only_if_full: bool,
-        on_change: OnChange<'_>,
     ) -> Result<Option<CompactReport>> {
-        self.follow_generation(on_change)?;
+        self.follow_generation()?;
         let (mut snapshot, upto) = {
             let _w = self.writer.lock();
             let _l = self.lock()?;
-            let v = self.locked_view(on_change)?;
+            let v = self.locked_view()?;
             if only_if_full && !self.tail_is_full(&v) {
                 return Ok(None);
             }
@@ -155,16 +149,16 @@ impl Store {
         }
         // What was appended meanwhile is scanned now, not under the write lock below (a large
         // merge takes long enough for tens of thousands of records to come in).
-        self.refresh(on_change)?;
+        self.refresh()?;
         let w = self.writer.lock();
         let l = self.lock()?;
-        let mut v = self.locked_view(on_change)?;
+        let mut v = self.locked_view()?;
         if v.generation != built_from {
             return Ok(None);
         }
         let (report, garbage) = match plan {
             Some(plan) => self.commit(&mut v, plan, !only_if_full)?,
-            None => return self.rebuild_damaged(&mut v, on_change).map(Some),
+            None => return self.rebuild_damaged(&mut v).map(Some),
         };
         drop((v, l, w));
         self.retire(&garbage)?;
@@ -202,10 +196,9 @@ impl Store {
         v: &mut View,
         now: f64,
         expire: bool,
-        on_change: OnChange<'_>,
     ) -> Result<CompactReport> {
         let Some(plan) = self.plan(v, now, expire, true, true)? else {
-            return self.rebuild_damaged(v, on_change);
+            return self.rebuild_damaged(v);
         };
         let (report, garbage) = self.commit(v, plan, true)?;
         super::discard(std::mem::replace(
@@ -217,11 +210,7 @@ impl Store {
     }
 
     /// Rebuilds from the segments an index that fails its checksum. Caller holds the locks.
-    pub(super) fn rebuild_damaged(
-        &self,
-        v: &mut View,
-        on_change: OnChange<'_>,
-    ) -> Result<CompactReport> {
+    pub(super) fn rebuild_damaged(&self, v: &mut View) -> Result<CompactReport> {
         let damaged = v
             .recent
             .iter()
@@ -233,7 +222,7 @@ impl Store {
             (None, None) => "no index loaded".to_string(),
         };
         let generation = self.rebuild_locked(v, &why)?;
-        on_change(None);
+        (self.on_change)(None);
         Ok(CompactReport {
             generation,
             ..CompactReport::default()

@@ -11,7 +11,7 @@ use parking_lot::{RwLock, RwLockWriteGuard};
 
 use super::tail::Tail;
 use super::view::SegmentMaps;
-use super::{OnChange, Reader, Store, View, discard, is_newer, is_not_found, pack, rest_end};
+use super::{Reader, Store, View, discard, is_newer, is_not_found, pack, rest_end};
 use crate::control::State;
 use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Index, SegmentInfo};
@@ -96,13 +96,13 @@ impl Store {
     /// Loads the current generation, retrying while a compaction elsewhere moves files away;
     /// rebuilds it from the segments if it cannot be read. `locked`: the caller holds the
     /// writer mutex and the file lock (and no view guard).
-    pub(super) fn reload(&self, on_change: OnChange<'_>, locked: bool) -> Result<()> {
+    pub(super) fn reload(&self, locked: bool) -> Result<()> {
         let mut last = None;
         for _ in 0..64 {
             let state = self.control.state();
             match self.load_view(state, Some(&self.view)) {
                 Ok(v) => {
-                    self.install_view(v, on_change);
+                    self.install_view(v);
                     return Ok(());
                 }
                 Err(e)
@@ -125,11 +125,11 @@ impl Store {
         };
         let state = self.control.state();
         match self.load_view(state, None) {
-            Ok(v) => self.install_view(v, on_change),
+            Ok(v) => self.install_view(v),
             Err(_) => {
                 let mut v = self.view.write();
                 self.rebuild_locked(&mut v, "index unreadable")?;
-                on_change(None);
+                (self.on_change)(None);
             }
         }
         drop(held);
@@ -140,7 +140,7 @@ impl Store {
     /// another moved on must not undo that. Tells `on_change` (while no other thread can look
     /// anything up) which keys may have changed since the old view: those of the records it had
     /// not seen, or everything when that cannot be known.
-    pub(super) fn install_view(&self, new: View, on_change: OnChange<'_>) {
+    pub(super) fn install_view(&self, new: View) {
         let mut cur = self.view.write();
         let newer = cur.index.is_none()
             || new.generation > cur.generation
@@ -154,12 +154,12 @@ impl Store {
                 .iter()
                 .filter(|(_, l)| u64::from(l.off) >= cur.scanned)
             {
-                on_change(Some(hash));
+                (self.on_change)(Some(hash));
             }
         } else if cur.index.is_some()
             && new.generation == cur.generation + 1
             && new.epoch() == cur.epoch()
-            && cur.scan_rest(rest_end(&cur, &new), |hash| on_change(Some(hash)))
+            && cur.scan_rest(rest_end(&cur, &new), |hash| (self.on_change)(Some(hash)))
         {
             // The next generation of the same epoch: compaction moved records around, and
             // changed only what records of the old log (the rest of it, just scanned) and of
@@ -167,11 +167,11 @@ impl Store {
             // seen before or just now; a new log also has records appended after it began.
             if new.active != cur.active {
                 for (hash, _) in new.tail.iter() {
-                    on_change(Some(hash));
+                    (self.on_change)(Some(hash));
                 }
             }
         } else {
-            on_change(None);
+            (self.on_change)(None);
         }
         let old = std::mem::replace(&mut *cur, new);
         drop(cur);
@@ -208,42 +208,39 @@ impl Store {
 
     /// The view, caught up with the control page, held for writing. The caller holds the file
     /// lock, so nothing moves while the guard lives: appends go exactly at the committed length.
-    pub(super) fn locked_view(
-        &self,
-        on_change: OnChange<'_>,
-    ) -> Result<RwLockWriteGuard<'_, View>> {
+    pub(super) fn locked_view(&self) -> Result<RwLockWriteGuard<'_, View>> {
         loop {
             let state = self.control.state();
             let mut v = self.view.write();
             if v.generation == state.generation {
                 self.ensure_log(&mut v, true)?;
-                v.scan_log(state.committed, |h| on_change(Some(h)))?;
+                v.scan_log(state.committed, |h| (self.on_change)(Some(h)))?;
                 return Ok(v);
             }
             drop(v);
-            self.reload(on_change, true)?;
+            self.reload(true)?;
         }
     }
 
     /// Loads a new generation, if there is one, before the caller takes the write lock: loading
     /// it under the lock (mapping the index and segments, scanning the new log) would hold up
     /// every writer. (One published in between is loaded under the lock, as always.)
-    pub(super) fn follow_generation(&self, on_change: OnChange<'_>) -> Result<()> {
+    pub(super) fn follow_generation(&self) -> Result<()> {
         if self.view.read().generation != self.control.state().generation {
-            self.refresh(on_change)?;
+            self.refresh()?;
         }
         Ok(())
     }
 
     /// Catches up with other processes: new records, or a new generation.
-    pub(crate) fn refresh(&self, on_change: OnChange<'_>) -> Result<()> {
-        self.reader(on_change).map(drop)
+    pub(crate) fn refresh(&self) -> Result<()> {
+        self.reader().map(drop)
     }
 
     /// The view, caught up with the control page, held for reading: one lock for the check and
     /// the lookups that follow. On error (the new state cannot be loaded) nothing is returned;
     /// [`Store::last_view`] still serves the last good one.
-    pub(crate) fn reader(&self, on_change: OnChange<'_>) -> Result<Reader<'_>> {
+    pub(crate) fn reader(&self) -> Result<Reader<'_>> {
         let state = self.control.state();
         let v = self.view.read();
         if v.generation == state.generation && v.seen_committed == state.committed {
@@ -255,7 +252,7 @@ impl Store {
             return Ok(Reader(v));
         }
         drop(v);
-        self.catch_up(state, on_change)?;
+        self.catch_up(state)?;
         Ok(Reader(self.view.read()))
     }
 
@@ -270,15 +267,15 @@ impl Store {
         Reader(self.view.read())
     }
 
-    pub(super) fn catch_up(&self, state: State, on_change: OnChange<'_>) -> Result<()> {
+    pub(super) fn catch_up(&self, state: State) -> Result<()> {
         let mut v = self.view.write();
         if v.generation != state.generation {
             drop(v);
-            return self.reload(on_change, false);
+            return self.reload(false);
         }
         if state.committed > v.scanned {
             self.ensure_log(&mut v, false)?;
         }
-        v.scan_log(state.committed, |h| on_change(Some(h)))
+        v.scan_log(state.committed, |h| (self.on_change)(Some(h)))
     }
 }

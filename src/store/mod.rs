@@ -95,8 +95,9 @@ pub(crate) struct DiskStats {
 }
 
 /// Called with the hash of each key another process changed, or `None` when everything may
-/// have changed (a new generation).
-pub(crate) type OnChange<'a> = &'a dyn Fn(Option<u64>);
+/// have changed (a new generation): how the store tells its owner's RAM tier. Given once, at
+/// open.
+pub(crate) type OnChange = Box<dyn Fn(Option<u64>) + Send + Sync>;
 
 pub(crate) struct Store {
     dir: Dir,
@@ -117,6 +118,8 @@ pub(crate) struct Store {
     /// guard goes, so while the control page still shows this state the RAM tier is current
     /// and a RAM hit needs no guard ([`Store::unchanged`]).
     seen: AtomicU64,
+    /// Told of every key another process changed (see [`OnChange`]).
+    on_change: OnChange,
     /// After finding another compaction under way, or a failed one: (generation, tail records)
     /// before which appends do not try to start one again.
     retry_compaction: Mutex<(u64, u64)>,
@@ -156,11 +159,13 @@ fn is_not_found(e: &Error) -> bool {
 impl Store {
     /// Opens the store in `dir`, creating it if needed. `on_create` is called when this process
     /// creates a new, empty store, under the lock and before any other process can see it
-    /// (legacy.rs marks the original's files for migration there).
+    /// (legacy.rs marks the original's files for migration there); `on_change` is told of the
+    /// keys other processes change from then on.
     pub(crate) fn open(
         dir: Dir,
         opts: Options,
         on_create: &dyn Fn(&Dir) -> Result<()>,
+        on_change: OnChange,
     ) -> Result<Self> {
         let lock = match LockFile::open(&dir.path, opts.mode) {
             Ok(l) => Some(l),
@@ -230,6 +235,7 @@ impl Store {
             view: RwLock::new(placeholder),
             prefixes,
             seen: AtomicU64::new(u64::MAX),
+            on_change,
             retry_compaction: Mutex::new((u64::MAX, 0)),
         };
         if rebuild {
@@ -240,7 +246,7 @@ impl Store {
                 "control page was missing or damaged",
             )?;
         } else {
-            store.reload(&|_| {}, false)?;
+            store.reload(false)?;
         }
         Ok(store)
     }

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::path::PathBuf;
 
 use super::generation::new_log_id;
-use super::{OnChange, Store, View, key_eq};
+use super::{Store, View, key_eq};
 use crate::error::{IoContext, Result};
 use crate::files::{self, Dir};
 use crate::index::{self, IndexBody, SegmentInfo, Slot};
@@ -101,10 +101,10 @@ impl Store {
     }
 
     /// Removes every entry: a new, empty generation; all segments deleted.
-    pub(crate) fn clear(&self, on_change: OnChange<'_>) -> Result<()> {
+    pub(crate) fn clear(&self) -> Result<()> {
         let _w = self.writer.lock();
         let _l = self.lock()?;
-        let mut v = self.locked_view(on_change)?;
+        let mut v = self.locked_view()?;
         let generation = v.generation + 1;
         let segments = self.list_segments()?;
         let active = new_log_id(segments.last().copied())?;
@@ -126,7 +126,7 @@ impl Store {
             Vec::new(),
         )?;
         self.install(&mut v, body)?;
-        on_change(None);
+        (self.on_change)(None);
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::sync::Arc;
 
-use super::{OnChange, Store, View};
+use super::{Store, View};
 use crate::index::{self, Index};
 use crate::keys::key_hash;
 use crate::map::ReadMap;
@@ -28,15 +28,11 @@ impl Store {
     /// compaction under way (in any process) and holds others off meanwhile, so that the files
     /// of one in flight are not taken for leftovers; then catches up with the current
     /// generation.
-    pub(crate) fn verify(
-        &self,
-        on_change: OnChange<'_>,
-        mut progress: impl FnMut(u64),
-    ) -> VerifyReport {
+    pub(crate) fn verify(&self, mut progress: impl FnMut(u64)) -> VerifyReport {
         let mut report = VerifyReport::default();
         // A read-only directory has no compaction lock to take (and nobody compacts there).
         let _compaction = self.compaction_lock(true).ok().flatten();
-        if let Err(e) = self.refresh(on_change) {
+        if let Err(e) = self.refresh() {
             report
                 .problems
                 .push(format!("cannot load the current generation: {e}"));
