@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use memmap2::{Advice, Mmap, MmapOptions, MmapRaw};
@@ -41,7 +41,8 @@ pub(crate) struct ReadMap {
     map: Option<Arc<Mmap>>,
     /// The mapping's address, kept here so that borrowing its bytes is no pointer chase.
     addr: usize,
-    visible: usize,
+    /// How many of its first bytes may be borrowed; only ever grows ([`ReadMap::show`]).
+    visible: AtomicUsize,
 }
 
 impl ReadMap {
@@ -60,7 +61,7 @@ impl ReadMap {
         Ok(Self {
             addr: map.as_ptr() as usize,
             map: Some(Arc::new(map)),
-            visible: len,
+            visible: AtomicUsize::new(len),
         })
     }
 
@@ -68,7 +69,7 @@ impl ReadMap {
         Self {
             map: None,
             addr: 0,
-            visible: 0,
+            visible: AtomicUsize::new(0),
         }
     }
 
@@ -79,7 +80,21 @@ impl ReadMap {
         Self {
             map: self.map.clone(),
             addr: self.addr,
-            visible: usize::try_from(len).unwrap_or(usize::MAX).min(mapped),
+            visible: AtomicUsize::new(usize::try_from(len).unwrap_or(usize::MAX).min(mapped)),
+        }
+    }
+
+    /// Makes the first `len` bytes visible (at most what is mapped), if fewer were: a log's
+    /// records as they are committed. Never hides what was visible (a borrowed slice may cover
+    /// it); committed records never change.
+    pub(crate) fn show(&self, len: u64) {
+        // Only the view that owns this map calls it (under its write lock): no read-modify-write
+        // is needed, only never going back.
+        if (self.visible.load(Ordering::Relaxed) as u64) < len {
+            let len = usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .min(self.mapped_len());
+            self.visible.store(len, Ordering::Relaxed);
         }
     }
 
@@ -91,15 +106,17 @@ impl ReadMap {
     /// The visible bytes.
     #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
-        if self.visible == 0 {
+        // Relaxed: it grows under the view's write lock, which a reader's guard orders after.
+        let visible = self.visible.load(Ordering::Relaxed);
+        if visible == 0 {
             return &[];
         }
         // SAFETY: `addr` is the start of the mapping `self.map` keeps alive, and
-        // `visible <= its length` (both constructors and `visible_to` ensure it), so the slice
+        // `visible <= its length` (the constructors, `visible_to` and `show` ensure it), so the slice
         // lies in it. Those bytes are published records or immutable files: nothing writes
         // them while borrowed (the writer writes past the committed length, never visible;
         // module docs).
-        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.visible) }
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, visible) }
     }
 }
 

@@ -459,9 +459,7 @@ impl View {
             self.log_len = len;
             self.log_map = Arc::new(segment::map_segment(file, &self.log_path, len)?);
         }
-        if self.log_map.bytes().len() as u64 != visible {
-            self.log_map = Arc::new(self.log_map.visible_to(visible));
-        }
+        self.log_map.show(visible);
         if committed <= self.scanned {
             return Ok(());
         }
