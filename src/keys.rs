@@ -129,9 +129,14 @@ impl<'a> Key<'a> {
         (self.len == self.parts[0].len()).then_some(self.parts[0])
     }
 
-    /// Its parts, in order (some may be empty).
+    /// Its parts, in order (one for a key given whole).
+    #[inline]
     pub(crate) fn parts(&self) -> &[&'a [u8]] {
-        &self.parts
+        if self.as_whole().is_some() {
+            &self.parts[..1]
+        } else {
+            &self.parts
+        }
     }
 
     /// The key's bytes, joined.
