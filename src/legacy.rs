@@ -141,7 +141,7 @@ fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
     let files = list_files(store.dir())?;
     let mut buf = Vec::new();
     let mut taken = 0;
-    for (i, path) in files.iter().enumerate() {
+    for path in &files {
         match read_file(path) {
             Ok(e) if now - e.timestamp > ttl_secs => {}
             Ok(e) => {
@@ -158,10 +158,13 @@ fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
             }
             Err(err) => log::warn!("not migrated: {err}"),
         }
-        if buf.len() >= BATCH || (i + 1 == files.len() && !buf.is_empty()) {
+        if buf.len() >= BATCH {
             taken += store.append_absent(&buf)?.0;
             buf.clear();
         }
+    }
+    if !buf.is_empty() {
+        taken += store.append_absent(&buf)?.0;
     }
     if taken > 0 {
         log::info!(

@@ -73,14 +73,12 @@ impl ReadMap {
         }
     }
 
-    /// The same mapping with its first `len` bytes visible (at most what is mapped): no
-    /// system call, no new mapping.
-    pub(crate) fn visible_to(&self, len: u64) -> Self {
-        let mapped = self.map.as_ref().map_or(0, |m| m.len());
+    /// This mapping with nothing visible: a log's, whose committed part [`ReadMap::show`]
+    /// then makes visible (past it, this process's writer may be writing).
+    pub(crate) fn hidden(self) -> Self {
         Self {
-            map: self.map.clone(),
-            addr: self.addr,
-            visible: AtomicUsize::new(usize::try_from(len).unwrap_or(usize::MAX).min(mapped)),
+            visible: AtomicUsize::new(0),
+            ..self
         }
     }
 
@@ -112,7 +110,7 @@ impl ReadMap {
             return &[];
         }
         // SAFETY: `addr` is the start of the mapping `self.map` keeps alive, and
-        // `visible <= its length` (the constructors, `visible_to` and `show` ensure it), so the slice
+        // `visible <= its length` (`new`, `empty`, `hidden` and `show` ensure it), so the slice
         // lies in it. Those bytes are published records or immutable files: nothing writes
         // them while borrowed (the writer writes past the committed length, never visible;
         // module docs).

@@ -12,7 +12,7 @@ use crate::value::Stored;
 
 struct Entry {
     hash: u64,
-    prefix: String,
+    prefix: Vec<u8>,
     key: Vec<u8>,
     value: Stored,
     timestamp: f64,
@@ -29,8 +29,8 @@ impl Entry {
     /// entry then allocates nothing for the key (unless it is longer, or the buffer kept is
     /// far larger than needed).
     fn refill(&mut self, hash: u64, prefix: &str, key: &Key<'_>, value: Stored, timestamp: f64) {
-        reuse(&mut self.prefix, prefix);
-        reuse_bytes(&mut self.key, key.parts());
+        reuse(&mut self.prefix, &[prefix.as_bytes()]);
+        reuse(&mut self.key, key.parts());
         self.hash = hash;
         self.value = value;
         self.timestamp = timestamp;
@@ -49,19 +49,9 @@ fn entry_bytes(prefix: usize, key: usize, value: &Stored) -> usize {
     prefix + key + value + SLOT
 }
 
-/// Copies `from` into `buf`, keeping its allocation unless that is over 4 times (and 1 KiB
-/// past) what `from` needs: one long key must not leave a large buffer behind.
-fn reuse(buf: &mut String, from: &str) {
-    if buf.capacity() > from.len().saturating_mul(4).max(1024) {
-        *buf = from.to_owned();
-    } else {
-        buf.clear();
-        buf.push_str(from);
-    }
-}
-
-/// [`reuse`] for a key given in parts.
-fn reuse_bytes(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+/// Copies `parts`, joined, into `buf`, keeping its allocation unless that is over 4 times
+/// (and 1 KiB past) what they need: one long key must not leave a large buffer behind.
+fn reuse(buf: &mut Vec<u8>, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if buf.capacity() > len.saturating_mul(4).max(1024) {
         *buf = Vec::with_capacity(len);
@@ -180,7 +170,7 @@ impl RamTier {
         }
         let shard = self.shard(hash).read();
         let e = &shard.entries[*shard.by_hash.get(&hash)?];
-        if !key.eq_bytes(&e.key) || &*e.prefix != prefix {
+        if !key.eq_bytes(&e.key) || e.prefix != prefix.as_bytes() {
             return None;
         }
         // Stored only when clear: hits on a hot entry from several threads then only read
@@ -219,7 +209,7 @@ impl RamTier {
             shard.by_hash.insert(hash, shard.entries.len());
             shard.entries.push(Entry {
                 hash,
-                prefix: prefix.to_owned(),
+                prefix: prefix.as_bytes().to_vec(),
                 key: key.to_vec(),
                 value,
                 timestamp,

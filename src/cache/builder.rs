@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use super::Cache;
 use super::process::{Process, invalidate};
-use super::{Cache, Storage};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::files::Dir;
@@ -201,10 +201,8 @@ impl CacheBuilder {
 
     fn into_cache(self, process: Process, ttl_secs: f64) -> Cache {
         let cache = Cache {
-            dir: self.dir.clone(),
             process,
             ttl_secs,
-            clock: Arc::clone(&self.clock),
             local_seed: random_seed(),
             tally: Tally::default(),
             saves: AtomicU64::new(0),
@@ -221,19 +219,19 @@ impl CacheBuilder {
     /// The per-process state of the cache: the disk tier, or `None` and why not.
     pub(super) fn open_process(&self, ttl_secs: f64) -> (Process, Option<Error>) {
         let ram = Arc::new(RamTier::new(self.max_ram_entries, self.max_ram_bytes));
-        let (store, storage, err) = match self.open_store(ttl_secs, &ram) {
-            Ok(s) if s.is_writable() => (Some(Arc::new(s)), Storage::Disk, None),
+        let (store, err) = match self.open_store(ttl_secs, &ram) {
             Ok(s) => {
-                log::warn!(
-                    "{} is read-only: new entries stay in RAM",
-                    self.dir.display()
-                );
-                (Some(Arc::new(s)), Storage::ReadOnly, None)
+                if !s.is_writable() {
+                    log::warn!(
+                        "{} is read-only: new entries stay in RAM",
+                        self.dir.display()
+                    );
+                }
+                (Some(Arc::new(s)), None)
             }
-            Err(e) => (None, Storage::RamOnly, Some(e)),
+            Err(e) => (None, Some(e)),
         };
-        let p = Process::new(store, storage, ram, self.background);
-        (p, err)
+        (Process::new(store, ram, self.background), err)
     }
 
     /// The disk tier, telling `ram` of the keys other processes change.

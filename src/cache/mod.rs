@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,7 +15,6 @@ use parking_lot::Mutex;
 use process::{Flights, Process};
 pub use stats::{Stats, Storage};
 
-use crate::clock::Clock;
 use crate::entry::{Entry, ValueRef};
 use crate::error::{Error, Result};
 use crate::keys::{Key, TOKEN_COUNT, validate_prefix};
@@ -44,13 +43,14 @@ use crate::value::Stored;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Cache {
-    dir: PathBuf,
-    /// The settings it was opened with: a forked child opens its own state with them.
+    /// The settings it was opened with (directory, clock, ...): a forked child opens its own
+    /// state with them.
     settings: CacheBuilder,
     /// The state of the process that opened it (and of forked children: [`Process::current`]).
     process: Process,
+    /// The TTL in seconds (the settings' one, or 24 h where it was invalid and the cache was
+    /// opened anyway: [`CacheBuilder::open_or_ram_only`]).
     ttl_secs: f64,
-    clock: Arc<dyn Clock>,
     local_seed: u64,
     /// Hits and misses.
     tally: Tally,
@@ -60,8 +60,8 @@ pub struct Cache {
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
-            .field("dir", &self.dir)
-            .field("storage", &self.local().storage)
+            .field("dir", &self.settings.dir)
+            .field("storage", &self.local().storage())
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +104,8 @@ impl Drop for Flight<'_> {
 /// A key a lookup asks for: of a valid prefix, with its hash; `count`: whether the lookup goes
 /// into the hit and miss counters.
 struct Asked<'a> {
+    /// This process's state, found once for the lookup.
+    local: &'a Process,
     prefix: &'a str,
     key: Key<'a>,
     hash: u64,
@@ -131,21 +133,22 @@ impl Cache {
 
     /// The cache directory, as given when it was opened.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.settings.dir
     }
 
     /// How this process keeps the cache's entries: [`Storage::Disk`] unless the directory
     /// was read-only, or could not be used ([`CacheBuilder::open_or_ram_only`]).
     pub fn storage(&self) -> Storage {
-        self.local().storage
+        self.local().storage()
     }
 
     fn hash(&self, prefix: &str, key: &Key<'_>) -> u64 {
-        let seed = self
-            .local()
-            .store
-            .as_ref()
-            .map_or(self.local_seed, |s| s.seed());
+        self.hash_in(self.local(), prefix, key)
+    }
+
+    /// The key hash under `local`'s disk tier (its seed), or this handle's own seed.
+    fn hash_in(&self, local: &Process, prefix: &str, key: &Key<'_>) -> u64 {
+        let seed = local.store.as_ref().map_or(self.local_seed, |s| s.seed());
         key.hash(seed, prefix)
     }
 
@@ -163,7 +166,12 @@ impl Cache {
     /// The disk tier's view, caught up with other processes' writes (a failure to catch up
     /// leaves the last good view in use). Hold it only for lookups: a write would wait for it.
     fn reader(&self) -> Option<store::Reader<'_>> {
-        let store = self.local().store.as_ref()?;
+        Self::reader_of(self.local())
+    }
+
+    /// [`Cache::reader`] of `local`'s disk tier.
+    fn reader_of(local: &Process) -> Option<store::Reader<'_>> {
+        let store = local.store.as_ref()?;
         Some(store.reader().unwrap_or_else(|e| {
             log::warn!("cannot follow the cache's changes: {e}");
             store.last_view()
@@ -180,12 +188,14 @@ impl Cache {
     }
 
     /// What a lookup of `key` asks for, once its prefix is checked.
-    fn asked<'a>(&self, prefix: &'a str, key: Key<'a>, count: bool) -> Result<Asked<'a>> {
+    fn asked<'a>(&'a self, prefix: &'a str, key: Key<'a>, count: bool) -> Result<Asked<'a>> {
         validate_prefix(prefix)?;
+        let local = self.local();
         Ok(Asked {
+            local,
             prefix,
             key,
-            hash: self.hash(prefix, &key),
+            hash: self.hash_in(local, prefix, &key),
             count,
             lookup: Lookup::Alone,
         })
@@ -196,12 +206,12 @@ impl Cache {
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
         // Either way it is asked once. One read guard serves catching up and the disk tier.
-        let unchanged = self.local().store.as_ref().is_none_or(|s| s.unchanged());
+        let unchanged = q.local.store.as_ref().is_none_or(|s| s.unchanged());
         if unchanged && let Some((value, ts)) = self.in_ram(q) {
             self.count(q, Found::RamHit);
             return Some(extract(Hit::Ram(value, ts)));
         }
-        let reader = self.reader();
+        let reader = Self::reader_of(q.local);
         self.lookup_in(reader.as_ref(), !unchanged, q, extract)
     }
 
@@ -221,7 +231,7 @@ impl Cache {
         let found = reader.and_then(|r| {
             r.get(q.hash, q.prefix, &q.key, q.lookup, |map, rec| {
                 // The clock is read only for an entry found (a miss does not need it).
-                let fresh = !self.expired(rec.timestamp, self.clock.now_coarse());
+                let fresh = !self.expired(rec.timestamp, self.settings.clock.now_coarse());
                 fresh.then(|| extract(Hit::Disk(map, rec)))
             })
         });
@@ -237,9 +247,9 @@ impl Cache {
 
     /// The RAM tier's live value of the key (an expired one is dropped).
     fn in_ram(&self, q: &Asked<'_>) -> Option<(Stored, f64)> {
-        let (value, ts) = self.local().ram.get(q.hash, q.prefix, &q.key)?;
-        if self.expired(ts, self.clock.now_coarse()) {
-            self.local().ram.remove(q.hash);
+        let (value, ts) = q.local.ram.get(q.hash, q.prefix, &q.key)?;
+        if self.expired(ts, self.settings.clock.now_coarse()) {
+            q.local.ram.remove(q.hash);
             return None;
         }
         Some((value, ts))
@@ -312,20 +322,22 @@ impl Cache {
                 .map(|_| validate_prefix(prefix).map(|()| None))
                 .collect();
         }
+        let local = self.local();
         let mut out = Vec::with_capacity(keys.len());
         let mut hashes = [0u64; BATCH];
         for chunk in keys.chunks(BATCH) {
             let hashes = &mut hashes[..chunk.len()];
             for (h, key) in hashes.iter_mut().zip(chunk) {
-                *h = self.hash(prefix, &Key::whole(key.as_ref().as_bytes()));
+                *h = self.hash_in(local, prefix, &Key::whole(key.as_ref().as_bytes()));
             }
             // One caught-up reader serves the whole chunk (a lookup would take its own).
-            let reader = self.reader();
+            let reader = Self::reader_of(local);
             if let Some(r) = &reader {
                 r.prefetch(hashes);
             }
             for (key, &hash) in chunk.iter().zip(hashes.iter()) {
                 let q = Asked {
+                    local,
                     prefix,
                     key: Key::whole(key.as_ref().as_bytes()),
                     hash,
@@ -348,7 +360,7 @@ impl Cache {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
                 let value = stored.to_value()?;
                 if q.prefix.len() + q.key.len() <= RAM_KEY_MAX {
-                    self.local()
+                    q.local
                         .ram
                         .insert(q.hash, q.prefix, &q.key, stored, rec.timestamp);
                 }
@@ -417,11 +429,11 @@ impl Cache {
 
     fn put(&self, prefix: &str, key: Key<'_>, value: Stored) -> Result<()> {
         let (kind, bytes) = value.encode();
-        let now = self.clock.now();
+        let now = self.settings.clock.now();
         let hash = self.hash(prefix, &key);
         // The RAM tier is updated under the write, so that two threads setting one key leave
         // the RAM tier with the value that is last on disk.
-        let on_disk = self.local().store.as_ref().is_some_and(|s| s.is_writable());
+        let on_disk = self.local().writable_store().is_some();
         self.write(hash, prefix, &key, kind, &bytes, now, || {
             let ram = &self.local().ram;
             if on_disk && prefix.len() + key.len() > RAM_KEY_MAX {
@@ -455,7 +467,7 @@ impl Cache {
                 max: MAX_RECORD_LEN,
             });
         }
-        let Some(store) = self.local().store.as_ref().filter(|s| s.is_writable()) else {
+        let Some(store) = self.local().writable_store() else {
             published();
             return Ok(());
         };
@@ -481,14 +493,14 @@ impl Cache {
         let in_ram = self.local().ram.get(hash, prefix, &key).is_some();
         // While the original's files are migrated, a key not in yet may still come: the
         // removal is written all the same, so that the migration leaves the key out.
-        if on_disk || legacy::migration_pending(&self.dir) {
+        if on_disk || legacy::migration_pending(&self.settings.dir) {
             self.write(
                 hash,
                 prefix,
                 &key,
                 Kind::Tombstone,
                 &[],
-                self.clock.now(),
+                self.settings.clock.now(),
                 || {},
             )?;
         }
@@ -568,14 +580,13 @@ impl Cache {
 
     fn writable_store(&self) -> Result<&Store> {
         self.local()
-            .store
-            .as_deref()
-            .filter(|s| s.is_writable())
+            .writable_store()
+            .map(|s| &**s)
             .ok_or_else(|| Error::Degraded {
                 reason: format!(
                     "{} is not writable ({:?})",
-                    self.dir.display(),
-                    self.local().storage
+                    self.settings.dir.display(),
+                    self.local().storage()
                 ),
             })
     }
@@ -585,13 +596,14 @@ impl Cache {
         let Ok(store) = self.writable_store() else {
             return Ok(0);
         };
-        let report = store.compact(self.clock.now(), true)?;
+        let report = store.compact(self.settings.clock.now(), true)?;
         Ok(report.expired as usize)
     }
 
     /// Rebuilds the index now: merges the appended records, reclaims mostly-dead segments.
     pub fn compact(&self) -> Result<CompactReport> {
-        self.writable_store()?.compact(self.clock.now(), false)
+        self.writable_store()?
+            .compact(self.settings.clock.now(), false)
     }
 
     /// Removes every entry from RAM and disk, the original-format entry files included.
@@ -600,7 +612,7 @@ impl Cache {
         self.local().ram.clear();
         if let Ok(store) = self.writable_store() {
             store.clear()?;
-            for path in legacy::list_files(&self.dir)? {
+            for path in legacy::list_files(&self.settings.dir)? {
                 if legacy::read_file(&path).is_ok() {
                     std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
                 }
@@ -618,8 +630,8 @@ impl Cache {
             None => VerifyReport {
                 problems: vec![format!(
                     "{} holds no cache ({:?})",
-                    self.dir.display(),
-                    self.local().storage
+                    self.settings.dir.display(),
+                    self.local().storage()
                 )],
                 ..VerifyReport::default()
             },
@@ -639,7 +651,7 @@ impl Cache {
         let Some(store) = &self.local().store else {
             return;
         };
-        let now = self.clock.now();
+        let now = self.settings.clock.now();
         store.for_each(|rec| {
             if let Some(e) = Entry::new(rec, now, self.ttl_secs) {
                 f(&e);
@@ -662,7 +674,7 @@ impl Cache {
     /// line of a JSONL export) with its own timestamp. `Ok(false)` if it is expired.
     pub fn import_original(&self, bytes: Vec<u8>) -> Result<bool> {
         let e = legacy::check_entry(bytes).map_err(Error::InvalidValue)?;
-        if self.expired(e.timestamp, self.clock.now()) {
+        if self.expired(e.timestamp, self.settings.clock.now()) {
             return Ok(false);
         }
         let key = Key::whole(e.key.as_bytes());

@@ -20,7 +20,6 @@ pub(super) struct Process {
     /// The fork generation ([`fork::generation`]) of the process this state belongs to.
     forks: u64,
     pub(super) store: Option<Arc<Store>>,
-    pub(super) storage: Storage,
     /// Shared with the compaction thread, which tells it of keys other processes changed.
     pub(super) ram: Arc<RamTier>,
     /// The compaction thread, shared with it.
@@ -61,23 +60,31 @@ fn compact_full_log(store: &Store) {
 }
 
 impl Process {
-    pub(super) fn new(
-        store: Option<Arc<Store>>,
-        storage: Storage,
-        ram: Arc<RamTier>,
-        background: bool,
-    ) -> Self {
+    pub(super) fn new(store: Option<Arc<Store>>, ram: Arc<RamTier>, background: bool) -> Self {
         fork::watch();
         Self {
             forks: fork::generation(),
             store,
-            storage,
             ram,
             compactor: Arc::default(),
             background,
             flights: Mutex::default(),
             child: OnceLock::new(),
         }
+    }
+
+    /// How this process keeps the cache's entries, from what its disk tier is.
+    pub(super) fn storage(&self) -> Storage {
+        match &self.store {
+            Some(s) if s.is_writable() => Storage::Disk,
+            Some(_) => Storage::ReadOnly,
+            None => Storage::RamOnly,
+        }
+    }
+
+    /// The disk tier, if this process may write to it.
+    pub(super) fn writable_store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref().filter(|s| s.is_writable())
     }
 
     /// This process's state: `self` in the process that made it, else the state of the child

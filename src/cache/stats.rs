@@ -68,8 +68,11 @@ impl Cache {
         if s.disk_files > 0 {
             b.push_str("\n  Existing cache files found - lazy loading enabled");
         }
-        if self.local().storage != Storage::Disk {
-            b.push_str(&format!("\n  Storage degraded: {:?}", self.local().storage));
+        if self.local().storage() != Storage::Disk {
+            b.push_str(&format!(
+                "\n  Storage degraded: {:?}",
+                self.local().storage()
+            ));
         }
         b
     }
@@ -103,14 +106,14 @@ impl Cache {
             saves: self.saves.load(Ordering::Relaxed),
             evictions: self.local().ram.evictions(),
             hit_rate_percent,
-            temp_dir: self.dir.display().to_string(),
+            temp_dir: self.settings.dir.display().to_string(),
             live_bytes: disk.live_bytes,
             dead_bytes: disk.disk_bytes - disk.live_bytes,
             disk_bytes: disk.disk_bytes,
             index_generation: disk.generation,
             recent_index_records: disk.recent_records,
             tail_records: disk.tail_records,
-            storage: self.local().storage,
+            storage: self.local().storage(),
         }
     }
 }

@@ -73,7 +73,8 @@ impl Store {
             published();
             return Ok(false);
         }
-        if v.damaged_tail() {
+        let damaged = v.damaged_tail();
+        if damaged {
             // Published records lost in a machine crash: new ones go to a new log (the
             // compaction seals this one), never over bytes other processes were told about.
             log::warn!(
@@ -82,7 +83,7 @@ impl Store {
                 v.scanned
             );
         }
-        if v.damaged_tail() || v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
+        if damaged || v.scanned + bytes.len() as u64 > u64::from(u32::MAX) {
             self.compact_locked(&mut v, f64::NEG_INFINITY, false)?;
         }
         let off = v.scanned;
@@ -103,6 +104,9 @@ impl Store {
         }
         self.control.publish_committed(committed);
         v.scan_log(committed, |_| {})?;
+        // What the log's map lets be borrowed never reaches past the published records (the
+        // writer's mapping fills the space after them).
+        debug_assert!(v.log_map.bytes().len() as u64 <= committed);
         published();
         let (full, wait) = self.wants_compaction(&v);
         drop((v, l, w));

@@ -201,7 +201,7 @@ impl Store {
         };
         v.log_len = file.metadata().ctx("stat segment", &v.log_path)?.len();
         // Nothing visible until a scan of the committed records (`View::scan_log`).
-        v.log_map = Arc::new(segment::map_segment(&file, &v.log_path, v.log_len)?.visible_to(0));
+        v.log_map = Arc::new(segment::map_segment(&file, &v.log_path, v.log_len)?.hidden());
         v.log = Some(file);
         Ok(())
     }

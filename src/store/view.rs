@@ -457,7 +457,7 @@ impl View {
         {
             let len = file.metadata().ctx("stat segment", &self.log_path)?.len();
             self.log_len = len;
-            self.log_map = Arc::new(segment::map_segment(file, &self.log_path, len)?);
+            self.log_map = Arc::new(segment::map_segment(file, &self.log_path, len)?.hidden());
         }
         self.log_map.show(visible);
         if committed <= self.scanned {
