@@ -154,8 +154,8 @@ impl CacheBuilder {
 
     /// Opens the cache, creating the directory (and its parents) if needed. Damaged files are
     /// rebuilt from what is intact. A directory that can be read but not written gives a
-    /// read-only cache ([`Cache::storage`] says [`Storage::ReadOnly`]: entries on disk are
-    /// served, new ones stay in RAM).
+    /// read-only cache ([`Cache::storage`] says [`crate::Storage::ReadOnly`]: entries on disk
+    /// are served, new ones stay in RAM).
     ///
     /// # Errors
     ///
@@ -173,7 +173,7 @@ impl CacheBuilder {
     }
 
     /// Opens the cache as [`CacheBuilder::open`] does, but never fails: where `open` returns
-    /// an error, this returns a cache that works from RAM only ([`Storage::RamOnly`]; an
+    /// an error, this returns a cache that works from RAM only ([`crate::Storage::RamOnly`]; an
     /// invalid TTL counts as 24 hours) and the error that made it so. The original's
     /// forgiving behaviour; [`crate::get_persistent_cache`] uses it.
     pub fn open_or_ram_only(self) -> (Cache, Option<Error>) {
