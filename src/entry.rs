@@ -32,6 +32,21 @@ pub struct ValueRef {
     timestamp: f64,
 }
 
+/// What kind of value a [`ValueRef`] holds, as it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ValueKind {
+    /// A 64-bit integer ([`ValueRef::as_i64`]).
+    Int,
+    /// A float ([`ValueRef::as_f64`]).
+    Float,
+    /// Token ids stored with `set_tokens` ([`ValueRef::as_tokens`]).
+    Tokens,
+    /// Any other JSON value: `null`, booleans, strings, arrays, objects, integers beyond 64
+    /// bits ([`ValueRef::as_json_str`]).
+    Json,
+}
+
 #[derive(Clone, Debug)]
 enum Inner {
     Mapped {
@@ -67,6 +82,23 @@ impl ValueRef {
     /// When the value was stored, in seconds since the Unix epoch.
     pub fn timestamp(&self) -> f64 {
         self.timestamp
+    }
+
+    /// What kind of value this is, which says which of the `as_` accessors returns it.
+    pub fn kind(&self) -> ValueKind {
+        match &self.inner {
+            Inner::Mapped { kind, .. } => match kind {
+                Kind::Int => ValueKind::Int,
+                Kind::Float => ValueKind::Float,
+                Kind::Tokens => ValueKind::Tokens,
+                // A tombstone is never handed out as a value.
+                Kind::Json | Kind::Legacy | Kind::Tombstone => ValueKind::Json,
+            },
+            Inner::Owned(Stored::Int(_)) => ValueKind::Int,
+            Inner::Owned(Stored::Float(_)) => ValueKind::Float,
+            Inner::Owned(Stored::Tokens(_)) => ValueKind::Tokens,
+            Inner::Owned(Stored::Json(_)) => ValueKind::Json,
+        }
     }
 
     /// An integer value (a token count).

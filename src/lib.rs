@@ -55,7 +55,7 @@ use std::sync::OnceLock;
 
 pub use cache::{Cache, CacheBuilder, Stats, Storage};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use entry::{Entry, ValueRef};
+pub use entry::{Entry, ValueKind, ValueRef};
 pub use error::{Error, Result};
 pub use keys::{
     DEFAULT_PREFIX, MAX_PREFIX_LEN, SYMBOL_EFFICIENCY, TOKEN_COUNT, logical_name, symbol_test_key,

@@ -313,6 +313,26 @@ impl Cache {
         prefix: &str,
         keys: &[impl AsRef<str>],
     ) -> Vec<Result<Option<T>>> {
+        self.many(prefix, keys, |q, hit| self.decode_hit(q, hit))
+    }
+
+    /// What [`Cache::try_get_value`] returns for each of many keys of one prefix, in their
+    /// order, with the overlapped reads of [`Cache::get_many`].
+    pub fn try_get_many_values(
+        &self,
+        prefix: &str,
+        keys: &[impl AsRef<str>],
+    ) -> Vec<Result<Option<ValueRef>>> {
+        self.many(prefix, keys, |q, hit| self.value_hit(q, hit))
+    }
+
+    /// Looks up many keys of one prefix, handing each hit to `extract`.
+    fn many<R>(
+        &self,
+        prefix: &str,
+        keys: &[impl AsRef<str>],
+        extract: impl Fn(&Asked<'_>, Hit<'_>) -> Result<R>,
+    ) -> Vec<Result<Option<R>>> {
         /// Keys whose reads are issued together: enough to keep the memory system busy,
         /// few enough that the lines read for the first are still cached when it is looked up.
         const BATCH: usize = 16;
@@ -344,8 +364,7 @@ impl Cache {
                     count: true,
                     lookup: Lookup::Batched,
                 };
-                let found =
-                    self.lookup_in(reader.as_ref(), true, &q, |hit| self.decode_hit(&q, hit));
+                let found = self.lookup_in(reader.as_ref(), true, &q, |hit| extract(&q, hit));
                 out.push(found.transpose());
             }
         }
@@ -354,19 +373,62 @@ impl Cache {
 
     /// The value a lookup found, as `T`; one found on disk also goes into the RAM tier.
     fn decode_hit<T: DeserializeOwned>(&self, q: &Asked<'_>, hit: Hit<'_>) -> Result<T> {
+        self.value_hit(q, hit)?.decode()
+    }
+
+    /// The value a lookup found, as a [`ValueRef`]: one found on disk goes into the RAM tier
+    /// as [`Cache::get`] puts it there (and is then returned as that copy), unless its key is
+    /// too long to be copied (then it stays borrowed from the map).
+    fn value_hit(&self, q: &Asked<'_>, hit: Hit<'_>) -> Result<ValueRef> {
         match hit {
-            Hit::Ram(v, _) => v.to_value(),
+            Hit::Ram(v, ts) => Ok(ValueRef::owned(v, ts)),
+            Hit::Disk(map, rec) if q.prefix.len() + q.key.len() > RAM_KEY_MAX => {
+                Ok(ValueRef::mapped(map, rec))
+            }
             Hit::Disk(_, rec) => {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
-                let value = stored.to_value()?;
-                if q.prefix.len() + q.key.len() <= RAM_KEY_MAX {
-                    q.local
-                        .ram
-                        .insert(q.hash, q.prefix, &q.key, stored, rec.timestamp);
-                }
-                Ok(value)
+                q.local
+                    .ram
+                    .insert(q.hash, q.prefix, &q.key, stored.clone(), rec.timestamp);
+                Ok(ValueRef::owned(stored, rec.timestamp))
             }
         }
+    }
+
+    /// The value of `key` of any kind, found as [`Cache::get`] finds it (a value found on disk
+    /// goes into the RAM tier), for callers that look at its [`ValueRef::kind`] rather than
+    /// decode it into a type they name: language bindings, tools. `None` on a miss, an
+    /// expired entry or a bad prefix ([`Cache::try_get_value`] tells these apart).
+    pub fn get_value(&self, prefix: &str, key: &str) -> Option<ValueRef> {
+        self.try_get_value(prefix, key).unwrap_or_else(|e| {
+            log::debug!("get_value {prefix}/{}: {e}", key.len());
+            None
+        })
+    }
+
+    /// Like [`Cache::get_value`], with the reason of a failure.
+    pub fn try_get_value(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
+        let q = self.asked(prefix, Key::whole(key.as_bytes()), true)?;
+        self.lookup(&q, |hit| self.value_hit(&q, hit)).transpose()
+    }
+
+    /// Like [`Cache::try_get_value`], but not counted in the hit and miss statistics: the
+    /// second look at a key that a get-or-compute built on top of this cache has counted once
+    /// already (as [`Cache::get_or_insert_with`] does inside).
+    pub fn peek(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
+        let q = self.asked(prefix, Key::whole(key.as_bytes()), false)?;
+        self.lookup(&q, |hit| self.value_hit(&q, hit)).transpose()
+    }
+
+    /// [`Cache::peek`] for a token count ([`Cache::get_token_count`]).
+    pub fn peek_token_count(&self, encoding: &str, text: &str) -> Result<Option<u64>> {
+        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), false)
+    }
+
+    /// The token count of `text` under `encoding` as [`Cache::get_token_count`] finds it, with
+    /// the reason of a failure (a stored value that is not a count: [`Error::Decode`]).
+    pub fn try_get_token_count(&self, encoding: &str, text: &str) -> Result<Option<u64>> {
+        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), true)
     }
 
     /// The value without copying it out of the shared map where it can: token ids as
@@ -549,7 +611,7 @@ impl Cache {
     /// original's, looked up without joining that key: a message of hundreds of KB is hashed
     /// and compared where it is, not copied first.
     pub fn get_token_count(&self, encoding: &str, text: &str) -> Option<u64> {
-        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), true)
+        self.try_get_token_count(encoding, text)
             .unwrap_or_else(|e| {
                 log::debug!("get_token_count {encoding}/{}: {e}", text.len());
                 None

@@ -1,0 +1,490 @@
+//! The extension module `tokcache._tokcache`: the native `Cache` class that the Python package's
+//! `PersistentTokenCache` extends (python/tokcache/__init__.py adds what is better written in
+//! Python: the decorator, the process-wide instance, get-or-compute).
+//!
+//! Values cross as the original stored them: JSON. A top-level `int` that fits 64 bits and a
+//! `float` are stored as numbers (the forms Rust's `get::<u64>` and the token-count calls read);
+//! anything else is JSON text written by Python's own `json` encoder, so that what it accepts,
+//! rejects and how it converts (tuples to lists) is what the original did.
+
+mod convert;
+mod text;
+
+use std::path::PathBuf;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeWarning, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+use tokcache::{Cache as Inner, Error, Storage};
+
+use convert::{Stored, to_py, to_stored, tokens_from};
+use text::utf8;
+
+pyo3::create_exception!(
+    tokcache,
+    CorruptCacheError,
+    PyOSError,
+    "A file of the cache directory is damaged or of an unknown format."
+);
+pyo3::create_exception!(
+    tokcache,
+    NewerFormatError,
+    PyOSError,
+    "The cache directory was written by a newer tokcache, in a format this one does not read."
+);
+pyo3::create_exception!(
+    tokcache,
+    DegradedError,
+    PyOSError,
+    "The cache could not use its directory (it works from RAM, or read-only), so the operation \
+     cannot do what it promises (flush, for example)."
+);
+pyo3::create_exception!(
+    tokcache,
+    CacheDegradedWarning,
+    PyRuntimeWarning,
+    "The cache directory could not be used: the cache works from RAM only (or read-only)."
+);
+
+/// The Python exception for a tokcache error: `OSError` (of the subclass its errno selects,
+/// with the path as `filename`) for I/O, `ValueError` for what the caller passed.
+fn py_err(e: Error) -> PyErr {
+    match e {
+        Error::Io { op, path, source } => {
+            let message = format!("{op}: {source}");
+            match source.raw_os_error() {
+                // OSError(errno, strerror, filename) becomes FileNotFoundError, PermissionError, ...
+                Some(errno) => PyOSError::new_err((errno, message, path)),
+                None => PyOSError::new_err((0, message, path)),
+            }
+        }
+        Error::InvalidPrefix { .. }
+        | Error::InvalidValue(_)
+        | Error::TooLarge { .. }
+        | Error::InvalidSetting { .. } => PyValueError::new_err(e.to_string()),
+        Error::Decode(_) => PyTypeError::new_err(e.to_string()),
+        Error::Corrupt { ref path, .. } => {
+            CorruptCacheError::new_err((0, e.to_string(), path.clone()))
+        }
+        Error::NewerFormat { ref path, .. } => {
+            NewerFormatError::new_err((0, e.to_string(), path.clone()))
+        }
+        Error::Degraded { .. } => DegradedError::new_err(e.to_string()),
+        other => PyOSError::new_err(other.to_string()),
+    }
+}
+
+/// The prefix the original used when none is given.
+const DEFAULT_PREFIX: &str = "token";
+/// The tokenizer of the real workload.
+const DEFAULT_ENCODING: &str = "cl100k_base";
+
+/// The cache: a directory shared by every process that opens it, with a RAM tier per process.
+///
+/// Cache(temp_dir="temp", max_ram_entries=1000, cache_ttl_hours=24, *, max_ram_bytes=None,
+///       file_mode=None, strict=False)
+///
+/// A directory that cannot be used gives a cache that works from RAM only and a
+/// CacheDegradedWarning (the original degraded the same way); with strict=True it raises
+/// the OSError instead.
+#[pyclass(frozen, subclass, module = "tokcache")]
+struct Cache {
+    /// Boxed: the cache holds cache-line-aligned (128-byte) counters, and Python allocates
+    /// objects with 16-byte alignment only.
+    inner: Box<Inner>,
+    temp_dir: PathBuf,
+    max_ram_entries: usize,
+    cache_ttl_hours: f64,
+}
+
+impl Cache {
+    fn prefix<'a>(prefix: Option<&'a Bound<'_, PyAny>>) -> PyResult<&'a str> {
+        prefix.map_or(Ok(DEFAULT_PREFIX), |p| utf8(p, "prefix"))
+    }
+}
+
+#[pymethods]
+impl Cache {
+    #[new]
+    #[pyo3(signature = (temp_dir = PathBuf::from("temp"), max_ram_entries = 1000,
+        cache_ttl_hours = 24.0, *, max_ram_bytes = None, file_mode = None, strict = false))]
+    fn new(
+        py: Python<'_>,
+        temp_dir: PathBuf,
+        max_ram_entries: usize,
+        cache_ttl_hours: f64,
+        max_ram_bytes: Option<usize>,
+        file_mode: Option<u32>,
+        strict: bool,
+    ) -> PyResult<Self> {
+        if !(cache_ttl_hours.is_finite() && cache_ttl_hours >= 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "cache_ttl_hours must be a finite number >= 0, not {cache_ttl_hours}"
+            )));
+        }
+        let mut builder = Inner::builder(&temp_dir)
+            .max_ram_entries(max_ram_entries)
+            .ttl_hours(cache_ttl_hours);
+        if let Some(bytes) = max_ram_bytes {
+            builder = builder.max_ram_bytes(bytes);
+        }
+        if let Some(mode) = file_mode {
+            builder = builder.file_mode(mode);
+        }
+        let inner = if strict {
+            py.detach(|| builder.open()).map_err(py_err)?
+        } else {
+            let (inner, why) = py.detach(|| builder.open_or_ram_only());
+            if let Some(e) = why {
+                let message = format!("tokcache works from RAM only: {e}");
+                let message = std::ffi::CString::new(message.replace('\0', " "))
+                    .unwrap_or_else(|_| c"tokcache works from RAM only".into());
+                PyErr::warn(py, &py.get_type::<CacheDegradedWarning>(), &message, 1)?;
+            }
+            inner
+        };
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("tokcache",))?;
+        logger.call_method1("info", (inner.banner(),))?;
+        Ok(Self {
+            inner: Box::new(inner),
+            temp_dir,
+            max_ram_entries,
+            cache_ttl_hours,
+        })
+    }
+
+    /// The value stored under key, or default (None) on a miss or an expired entry.
+    /// RAM tier first, then the shared directory (a hit there goes into the RAM tier).
+    #[pyo3(signature = (key, prefix = None, default = None))]
+    #[pyo3(text_signature = "($self, key, prefix='token', default=None)")]
+    fn get(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let key = utf8(key, "key")?;
+        match self
+            .inner
+            .try_get_value(Self::prefix(prefix)?, key)
+            .map_err(py_err)?
+        {
+            Some(v) => to_py(py, &v),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    /// Like get, but not counted in the statistics (for a second look at a key).
+    #[pyo3(signature = (key, prefix = None, default = None))]
+    fn _peek(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let key = utf8(key, "key")?;
+        match self
+            .inner
+            .peek(Self::prefix(prefix)?, key)
+            .map_err(py_err)?
+        {
+            Some(v) => to_py(py, &v),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    /// Stores value (None, bool, int of any size, float, str, list/tuple, dict: what json
+    /// holds) under key, in RAM and in the shared directory. NaN and infinities raise
+    /// ValueError; objects json cannot hold raise TypeError.
+    #[pyo3(signature = (key, value, prefix = None))]
+    #[pyo3(text_signature = "($self, key, value, prefix='token')")]
+    fn set(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let key = utf8(key, "key")?;
+        let prefix = Self::prefix(prefix)?;
+        let value = to_stored(py, value)?;
+        let inner = &self.inner;
+        // The write lock can wait (another process appending or publishing a compaction).
+        py.detach(|| match &value {
+            Stored::Int(i) => inner.set(prefix, key, i),
+            Stored::Float(f) => inner.set(prefix, key, f),
+            Stored::Json(raw) => inner.set(prefix, key, &**raw),
+        })
+        .map_err(py_err)
+    }
+
+    /// Removes the entry of key; True if there was one.
+    #[pyo3(signature = (key, prefix = None))]
+    #[pyo3(text_signature = "($self, key, prefix='token')")]
+    fn remove(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let key = utf8(key, "key")?;
+        let prefix = Self::prefix(prefix)?;
+        let inner = &self.inner;
+        py.detach(|| inner.remove(prefix, key)).map_err(py_err)
+    }
+
+    /// The values of many keys of one prefix, in their order (default for each miss). The
+    /// lookups' memory reads overlap, so a key costs less than a get.
+    #[pyo3(signature = (keys, prefix = None, default = None))]
+    #[pyo3(text_signature = "($self, keys, prefix='token', default=None)")]
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        prefix: Option<&Bound<'py, PyAny>>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let prefix = Self::prefix(prefix)?;
+        let owned: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
+        let keys = owned
+            .iter()
+            .map(|k| utf8(k, "key"))
+            .collect::<PyResult<Vec<&str>>>()?;
+        let default = default.unwrap_or_else(|| py.None());
+        let out = PyList::empty(py);
+        for found in self.inner.try_get_many_values(prefix, &keys) {
+            match found.map_err(py_err)? {
+                Some(v) => out.append(to_py(py, &v)?)?,
+                None => out.append(default.clone_ref(py))?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores token ids (a list of ints in 0..2**32, or a buffer of 4-byte unsigned ints such
+    /// as array('I')) so that get_tokens reads them without JSON.
+    #[pyo3(signature = (key, tokens, prefix = None))]
+    #[pyo3(text_signature = "($self, key, tokens, prefix='token')")]
+    fn set_tokens(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        tokens: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let key = utf8(key, "key")?;
+        let prefix = Self::prefix(prefix)?;
+        let ids = tokens_from(tokens)?;
+        let inner = &self.inner;
+        py.detach(|| inner.set_tokens(prefix, key, &ids))
+            .map_err(py_err)
+    }
+
+    /// The token ids stored with set_tokens, or None on a miss (or a value of another kind).
+    #[pyo3(signature = (key, prefix = None))]
+    #[pyo3(text_signature = "($self, key, prefix='token')")]
+    fn get_tokens<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        prefix: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
+        let key = utf8(key, "key")?;
+        let found = self
+            .inner
+            .try_get_value(Self::prefix(prefix)?, key)
+            .map_err(py_err)?;
+        found
+            .as_ref()
+            .and_then(|v| v.as_tokens())
+            .map(|ids| PyList::new(py, ids))
+            .transpose()
+    }
+
+    /// The token count cached for text: the original's entry of prefix "token_count" and key
+    /// "tokenizer:{encoding}:{text}", looked up without building that key.
+    #[pyo3(signature = (text, encoding = None))]
+    #[pyo3(text_signature = "($self, text, encoding='cl100k_base')")]
+    fn get_token_count(
+        &self,
+        text: &Bound<'_, PyAny>,
+        encoding: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<u64>> {
+        let text = utf8(text, "text")?;
+        let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
+        self.inner
+            .try_get_token_count(encoding, text)
+            .map_err(py_err)
+    }
+
+    /// Like get_token_count, not counted in the statistics.
+    #[pyo3(signature = (text, encoding = None))]
+    fn _peek_token_count(
+        &self,
+        text: &Bound<'_, PyAny>,
+        encoding: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<u64>> {
+        let text = utf8(text, "text")?;
+        let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
+        self.inner.peek_token_count(encoding, text).map_err(py_err)
+    }
+
+    /// Stores the token count of text: the same entry as set("tokenizer:{encoding}:{text}",
+    /// count, prefix="token_count"), without building that key.
+    #[pyo3(signature = (text, count, encoding = None))]
+    #[pyo3(text_signature = "($self, text, count, encoding='cl100k_base')")]
+    fn set_token_count(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        count: u64,
+        encoding: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let text = utf8(text, "text")?;
+        let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
+        let inner = &self.inner;
+        py.detach(|| inner.set_token_count(encoding, text, count))
+            .map_err(py_err)
+    }
+
+    /// The original's nine fields (ram_entries, disk_files, ram_hits, disk_hits, misses, saves,
+    /// evictions, hit_rate_percent, temp_dir), then live_bytes, dead_bytes, disk_bytes,
+    /// index_generation, recent_index_records, tail_records and storage ("disk", "read_only",
+    /// "ram_only").
+    fn get_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.get_stats();
+        let d = PyDict::new(py);
+        d.set_item("ram_entries", s.ram_entries)?;
+        d.set_item("disk_files", s.disk_files)?;
+        d.set_item("ram_hits", s.ram_hits)?;
+        d.set_item("disk_hits", s.disk_hits)?;
+        d.set_item("misses", s.misses)?;
+        d.set_item("saves", s.saves)?;
+        d.set_item("evictions", s.evictions)?;
+        d.set_item("hit_rate_percent", s.hit_rate_percent)?;
+        d.set_item("temp_dir", s.temp_dir)?;
+        d.set_item("live_bytes", s.live_bytes)?;
+        d.set_item("dead_bytes", s.dead_bytes)?;
+        d.set_item("disk_bytes", s.disk_bytes)?;
+        d.set_item("index_generation", s.index_generation)?;
+        d.set_item("recent_index_records", s.recent_index_records)?;
+        d.set_item("tail_records", s.tail_records)?;
+        d.set_item("storage", storage_name(s.storage))?;
+        Ok(d)
+    }
+
+    /// Removes the expired entries from the directory (reclaiming their space); returns how
+    /// many.
+    fn clear_expired(&self, py: Python<'_>) -> PyResult<usize> {
+        let inner = &self.inner;
+        py.detach(|| inner.clear_expired()).map_err(py_err)
+    }
+
+    /// Removes every entry, in RAM and in the directory (the original's entry files included;
+    /// other files are left alone).
+    fn clear_all(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = &self.inner;
+        py.detach(|| inner.clear_all()).map_err(py_err)
+    }
+
+    /// Makes everything set before durable (fsync). Raises DegradedError for a cache that
+    /// works from RAM.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = &self.inner;
+        py.detach(|| inner.flush()).map_err(py_err)
+    }
+
+    /// Merges the log into a new index now (the cache does it by itself as it fills).
+    /// Returns what it did: expired entries dropped, bytes freed, segments rewritten, the new
+    /// index generation.
+    fn compact<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let inner = &self.inner;
+        let report = py.detach(|| inner.compact()).map_err(py_err)?;
+        let d = PyDict::new(py);
+        d.set_item("expired", report.expired)?;
+        d.set_item("bytes_freed", report.bytes_freed)?;
+        d.set_item("segments_rewritten", report.segments_rewritten)?;
+        d.set_item("generation", report.generation)?;
+        Ok(d)
+    }
+
+    /// The original's start-up banner (logged at INFO on the "tokcache" logger when the cache
+    /// opens).
+    fn banner(&self) -> String {
+        self.inner.banner()
+    }
+
+    /// The cache directory, as given.
+    #[getter]
+    fn temp_dir(&self) -> PathBuf {
+        self.temp_dir.clone()
+    }
+
+    /// The RAM tier's size in entries.
+    #[getter]
+    fn max_ram_entries(&self) -> usize {
+        self.max_ram_entries
+    }
+
+    /// The TTL in hours.
+    #[getter]
+    fn cache_ttl_hours(&self) -> f64 {
+        self.cache_ttl_hours
+    }
+
+    /// How the cache keeps its entries: "disk", "read_only" (the directory is not writable:
+    /// new entries stay in RAM) or "ram_only".
+    #[getter]
+    fn storage(&self) -> &'static str {
+        storage_name(self.inner.storage())
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let name = slf.get_type().name()?;
+        let this = slf.get();
+        let dir = PyString::new(slf.py(), &this.temp_dir.to_string_lossy()).repr()?;
+        Ok(format!(
+            "{name}(temp_dir={dir}, max_ram_entries={}, cache_ttl_hours={:?}, storage='{}')",
+            this.max_ram_entries,
+            this.cache_ttl_hours,
+            storage_name(this.inner.storage())
+        ))
+    }
+}
+
+fn storage_name(storage: Storage) -> &'static str {
+    match storage {
+        Storage::Disk => "disk",
+        Storage::ReadOnly => "read_only",
+        Storage::RamOnly => "ram_only",
+    }
+}
+
+/// The logical name of an entry: "{prefix}_{md5(key)}", the stem of the original's file.
+#[pyfunction]
+#[pyo3(signature = (key, prefix = None), text_signature = "(key, prefix='token')")]
+fn logical_name(key: &Bound<'_, PyAny>, prefix: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+    let key = utf8(key, "key")?;
+    let prefix = Cache::prefix(prefix)?;
+    tokcache::validate_prefix(prefix).map_err(py_err)?;
+    Ok(tokcache::logical_name(prefix, key))
+}
+
+#[pymodule]
+fn _tokcache(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Cache>()?;
+    m.add_function(wrap_pyfunction!(logical_name, m)?)?;
+    m.add("CorruptCacheError", py.get_type::<CorruptCacheError>())?;
+    m.add("NewerFormatError", py.get_type::<NewerFormatError>())?;
+    m.add("DegradedError", py.get_type::<DegradedError>())?;
+    m.add(
+        "CacheDegradedWarning",
+        py.get_type::<CacheDegradedWarning>(),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+"""Shared fixtures: a fresh cache directory, and the `tokcache` CLI built from this checkout."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def cli() -> str:
+    """The `tokcache` binary: $TOKCACHE_CLI (the cargo test runner sets it), else built here."""
+    path = os.environ.get("TOKCACHE_CLI")
+    if not path:
+        subprocess.run(
+            ["cargo", "build", "--quiet", "-p", "tokcache-tools", "--bin", "tokcache"],
+            cwd=REPO,
+            check=True,
+        )
+        path = str(REPO / "target" / "debug" / "tokcache")
+    assert shutil.which(path) or os.access(path, os.X_OK), f"no tokcache CLI at {path}"
+    return path
+
+
+def run_cli(cli: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([cli, *args], capture_output=True, text=True, timeout=120)

@@ -1,0 +1,268 @@
+"""tokcache: a persistent cache for tokenization results that many processes share safely.
+
+A drop-in for the original ``PersistentTokenCache``: same constructor, same ``get``/``set``
+and statistics, the same entry names (``{prefix}_{md5(key)}``) and JSON on export, but the
+entries live in a few memory-mapped files that every process of a pool reads and writes under
+file locks, so a lookup is a hash probe in shared memory and no file is opened per entry.
+
+    >>> from tokcache import PersistentTokenCache
+    >>> cache = PersistentTokenCache(temp_dir="temp")
+    >>> cache.set("tokenizer:cl100k_base:hello", 1, prefix="token_count")
+    >>> cache.get("tokenizer:cl100k_base:hello", prefix="token_count")
+    1
+
+The directory is shared with Rust programs and the ``tokcache`` command-line tool.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import weakref
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
+
+from ._tokcache import (
+    Cache as _Cache,
+    CacheDegradedWarning,
+    CorruptCacheError,
+    DegradedError,
+    NewerFormatError,
+    logical_name,
+)
+
+__all__ = [
+    "PersistentTokenCache",
+    "get_persistent_cache",
+    "persistent_cache",
+    "logical_name",
+    "token_count_key",
+    "CacheDegradedWarning",
+    "CorruptCacheError",
+    "DegradedError",
+    "NewerFormatError",
+]
+
+__version__ = "0.1.0"
+
+T = TypeVar("T")
+
+_MISSING = object()
+
+
+class _Flights:
+    """One computation per key at a time among the threads of a process.
+
+    A forked child starts with none (its parent's threads are not in it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: Dict[Any, Tuple[threading.Lock, int]] = {}
+        _all_flights.add(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._keys = {}
+
+    def join(self, key: Any) -> "_Flight":
+        with self._lock:
+            lock, waiting = self._keys.get(key, (None, 0))
+            if lock is None:
+                lock = threading.Lock()
+            self._keys[key] = (lock, waiting + 1)
+        return _Flight(self, key, lock)
+
+    def leave(self, key: Any) -> None:
+        with self._lock:
+            lock, waiting = self._keys[key]
+            if waiting == 1:
+                del self._keys[key]
+            else:
+                self._keys[key] = (lock, waiting - 1)
+
+
+class _Flight:
+    def __init__(self, flights: _Flights, key: Any, lock: threading.Lock) -> None:
+        self._flights = flights
+        self._key = key
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._flights.leave(self._key)
+
+
+_all_flights: "weakref.WeakSet[_Flights]" = weakref.WeakSet()
+
+
+class PersistentTokenCache(_Cache):
+    """A persistent token cache in ``temp_dir``, shared by every process that opens it.
+
+    PersistentTokenCache(temp_dir="temp", max_ram_entries=1000, cache_ttl_hours=24, *,
+                         max_ram_bytes=None, file_mode=None, strict=False)
+
+    ``temp_dir`` is a ``str`` or ``os.PathLike``. Lookups ask this process's RAM tier
+    (``max_ram_entries`` entries, at most ``max_ram_bytes`` bytes, 16 MiB by default), then the
+    shared directory; an entry older than ``cache_ttl_hours`` is a miss. New files get
+    ``file_mode`` (0o600 by default, before the umask). A directory that cannot be used gives a
+    cache that works from RAM only and a ``CacheDegradedWarning``; ``strict=True`` raises the
+    ``OSError`` instead. The start-up banner is logged at INFO on the ``tokcache`` logger.
+
+    An instance may be used from many threads, and from processes forked after it was made
+    (a child opens its own state on its first call). It pickles as its settings, so a
+    ``spawn`` worker that receives it opens the same directory.
+    """
+
+    __slots__ = ("_flights", "__weakref__")
+
+    def __init__(
+        self,
+        temp_dir: Union[str, "os.PathLike[str]"] = "temp",
+        max_ram_entries: int = 1000,
+        cache_ttl_hours: float = 24,
+        *,
+        max_ram_bytes: Optional[int] = None,
+        file_mode: Optional[int] = None,
+        strict: bool = False,
+    ) -> None:
+        # The native constructor opened the cache with these arguments.
+        self._flights = _Flights()
+
+    def get_or_set(self, key: str, fn: Callable[[], Any], prefix: str = "token") -> Any:
+        """The value of ``key``; on a miss, ``fn()`` computed, stored and returned.
+
+        Threads of this process asking for the same key at once compute it once: the others
+        wait and return what it stored. (``fn`` must not ask for the same key itself.)
+        """
+        value = self.get(key, prefix, _MISSING)
+        if value is not _MISSING:
+            return value
+        with self._flights.join((prefix, key)):
+            value = self._peek(key, prefix, _MISSING)
+            if value is _MISSING:
+                value = fn()
+                self.set(key, value, prefix)
+        return value
+
+    def count_tokens(
+        self, text: str, encode: Callable[[str], Any], encoding: str = "cl100k_base"
+    ) -> int:
+        """``len(encode(text))``, cached under the original's entry (prefix ``token_count``,
+        key ``tokenizer:{encoding}:{text}``), which is never built: the text is hashed and
+        compared in place.
+
+        ``encode`` is the tokenizer's encode, e.g. ``tiktoken.get_encoding("cl100k_base").encode``.
+        Threads counting the same text at once call ``encode`` once.
+        """
+        n = self.get_token_count(text, encoding)
+        if n is not None:
+            return n
+        with self._flights.join(("token_count", encoding, text)):
+            n = self._peek_token_count(text, encoding)
+            if n is None:
+                n = len(encode(text))
+                self.set_token_count(text, n, encoding)
+        return n
+
+    def __enter__(self) -> "PersistentTokenCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leaving a ``with`` block makes what was set durable (``flush``), where the cache
+        has a directory to write."""
+        if self.storage == "disk":
+            self.flush()
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (
+            _reopen,
+            (
+                type(self),
+                self.temp_dir,
+                self.max_ram_entries,
+                self.cache_ttl_hours,
+            ),
+        )
+
+
+def _reopen(cls: type, temp_dir: Any, max_ram_entries: int, cache_ttl_hours: float) -> Any:
+    return cls(temp_dir, max_ram_entries, cache_ttl_hours)
+
+
+_instances: Dict[str, PersistentTokenCache] = {}
+_instances_lock = threading.Lock()
+
+
+def get_persistent_cache(temp_dir: Union[str, "os.PathLike[str]", None] = None) -> PersistentTokenCache:
+    """The process-wide cache of ``temp_dir``: ``$TOKCACHE_DIR`` if not given, else ``temp``
+    (as Rust's ``tokcache::get_persistent_cache``). The same instance for the same directory
+    on every call; a directory that cannot be used gives a RAM-only cache and a warning,
+    never an error. A forked child keeps using its parent's instance (safely)."""
+    if temp_dir is None:
+        temp_dir = os.environ.get("TOKCACHE_DIR") or "temp"
+    path = os.path.abspath(os.fspath(temp_dir))
+    cache = _instances.get(path)
+    if cache is None:
+        with _instances_lock:
+            cache = _instances.get(path)
+            if cache is None:
+                cache = PersistentTokenCache(temp_dir)
+                _instances[path] = cache
+    return cache
+
+
+def _after_fork_in_child() -> None:
+    # Locks a thread of the parent held at the fork stay held in the child: new ones.
+    global _instances_lock
+    _instances_lock = threading.Lock()
+    for flights in _all_flights:
+        flights._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def token_count_key(encoding: str, text: str) -> str:
+    """The original's token-count key: ``tokenizer:{encoding}:{text}``."""
+    return f"tokenizer:{encoding}:{text}"
+
+
+def _decorator_key(name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> str:
+    parts = [name]
+    parts.extend(str(a) for a in args)
+    parts.extend(f"{k}:{v}" for k, v in sorted(kwargs.items()))
+    return "|".join(parts)
+
+
+def persistent_cache(
+    cache: Optional[PersistentTokenCache] = None, prefix: str = "token"
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """The original's decorator: memoizes a function in ``cache`` (the process-wide one if
+    None) under ``prefix``, keyed by the function's name, its arguments and its sorted keyword
+    arguments joined by ``|`` (``count|hello|model:gpt``). A result of None is not cached.
+    Threads calling it with the same arguments at once compute it once."""
+
+    def decorate(func: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            target = cache if cache is not None else get_persistent_cache()
+            key = _decorator_key(func.__name__, args, kwargs)
+            value = target.get(key, prefix, _MISSING)
+            if value is not _MISSING and value is not None:
+                return value  # type: ignore[no-any-return]
+            with target._flights.join((prefix, key)):
+                value = target._peek(key, prefix)
+                if value is None:
+                    value = func(*args, **kwargs)
+                    if value is not None:
+                        target.set(key, value, prefix)
+            return value  # type: ignore[no-any-return]
+
+        wrapper.cache = cache  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
