@@ -162,3 +162,106 @@ fn try_forms_keep_the_error() {
         Some(5)
     );
 }
+
+/// `get_value` and `try_get_many_values`: values of every kind, as `get` finds them, with the
+/// kind that says which accessor holds them; a disk hit goes into the RAM tier (short keys)
+/// or stays borrowed from the map (keys over 4 KiB).
+#[test]
+fn values_of_any_kind_through_the_ram_tier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(NOW));
+    let writer = Cache::builder(tmp.path())
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    let long = "x".repeat(10_000);
+    writer.set("test", "int", &-5i64).unwrap();
+    writer.set("test", "float", &0.25f64).unwrap();
+    writer.set_tokens("test", "tokens", &[7, 8]).unwrap();
+    writer.set("test", "json", &json!({"a": [1, "é"]})).unwrap();
+    writer.set("test", &long, &3u64).unwrap();
+
+    let reader = Cache::builder(tmp.path())
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    let kinds = |c: &Cache| {
+        let keys = ["int", "float", "tokens", "json", long.as_str(), "absent"];
+        c.try_get_many_values("test", &keys)
+            .into_iter()
+            .map(|r| r.unwrap().map(|v| v.kind()))
+            .collect::<Vec<_>>()
+    };
+    use tokcache::ValueKind::{Float, Int, Json, Tokens};
+    let want = vec![
+        Some(Int),
+        Some(Float),
+        Some(Tokens),
+        Some(Json),
+        Some(Int),
+        None,
+    ];
+    assert_eq!(kinds(&reader), want);
+    let s = reader.get_stats();
+    assert_eq!((s.disk_hits, s.misses, s.ram_entries), (5, 1, 4), "{s:?}");
+    assert_eq!(kinds(&reader), want);
+    let s = reader.get_stats();
+    assert_eq!((s.ram_hits, s.disk_hits), (4, 6), "{s:?}");
+
+    let v = reader.get_value("test", "json").unwrap();
+    assert_eq!(v.as_json_str(), Some(r#"{"a":[1,"é"]}"#));
+    assert_eq!(reader.get_value("test", "int").unwrap().as_i64(), Some(-5));
+    assert_eq!(
+        reader.get_value("test", "float").unwrap().as_f64(),
+        Some(0.25)
+    );
+    assert_eq!(
+        reader.get_value("test", "tokens").unwrap().as_tokens(),
+        Some(&[7u32, 8][..])
+    );
+    assert_eq!(reader.get_value("test", &long).unwrap().as_i64(), Some(3));
+    assert!(matches!(
+        reader.try_get_value("../bad", "k"),
+        Err(tokcache::Error::InvalidPrefix { .. })
+    ));
+    // Expired: a miss.
+    clock.set(NOW + 90_000.0);
+    assert!(reader.get_value("test", "int").is_none());
+}
+
+/// `peek` finds what `get` finds without counting a hit or a miss.
+#[test]
+fn peek_is_not_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::open(tmp.path()).unwrap();
+    cache.set("test", "k", &1u64).unwrap();
+    cache.set_token_count("cl100k_base", "hello", 2).unwrap();
+    let before = cache.get_stats();
+    assert_eq!(cache.peek("test", "k").unwrap().unwrap().as_i64(), Some(1));
+    assert!(cache.peek("test", "absent").unwrap().is_none());
+    assert_eq!(
+        cache.peek_token_count("cl100k_base", "hello").unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        cache.peek_token_count("cl100k_base", "absent").unwrap(),
+        None
+    );
+    let after = cache.get_stats();
+    assert_eq!(
+        (after.ram_hits, after.disk_hits, after.misses),
+        (before.ram_hits, before.disk_hits, before.misses)
+    );
+    assert_eq!(
+        cache.try_get_token_count("cl100k_base", "hello").unwrap(),
+        Some(2)
+    );
+    cache
+        .set("token_count", "tokenizer:cl100k_base:text", "not a count")
+        .unwrap();
+    assert!(matches!(
+        cache.try_get_token_count("cl100k_base", "text"),
+        Err(tokcache::Error::Decode(_))
+    ));
+    assert_eq!(cache.get_stats().misses, after.misses);
+}
