@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 mod builder;
 mod process;
+mod read;
 mod stats;
 
 pub use builder::CacheBuilder;
@@ -15,14 +16,13 @@ use parking_lot::Mutex;
 use process::{Flights, Process};
 pub use stats::{Stats, Storage};
 
-use crate::entry::{Entry, ValueRef};
+use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::keys::{Key, TOKEN_COUNT, validate_prefix};
 use crate::legacy;
-use crate::map::ReadMap;
-use crate::record::{self, Kind, MAX_RECORD_LEN, RecordRef};
+use crate::record::{self, Kind, MAX_RECORD_LEN};
 use crate::store::{self, CompactReport, Lookup, Store, VerifyReport};
-use crate::tally::{Found, Tally};
+use crate::tally::Tally;
 use crate::value::Stored;
 
 /// A persistent cache of JSON values (token counts above all), shared by the processes that
@@ -101,24 +101,6 @@ impl Drop for Flight<'_> {
     }
 }
 
-/// A key a lookup asks for: of a valid prefix, with its hash; `count`: whether the lookup goes
-/// into the hit and miss counters.
-struct Asked<'a> {
-    /// This process's state, found once for the lookup.
-    local: &'a Process,
-    prefix: &'a str,
-    key: Key<'a>,
-    hash: u64,
-    count: bool,
-    lookup: Lookup,
-}
-
-/// Where a lookup found its value.
-enum Hit<'a> {
-    Ram(Stored, f64),
-    Disk(&'a Arc<ReadMap>, &'a RecordRef<'a>),
-}
-
 impl Cache {
     /// Opens `dir` with the defaults: 1000 RAM entries, 24 h TTL (see [`CacheBuilder::open`]
     /// for the errors).
@@ -184,288 +166,6 @@ impl Cache {
             && let Err(e) = store.refresh()
         {
             log::warn!("cannot follow the cache's changes: {e}");
-        }
-    }
-
-    /// What a lookup of `key` asks for, once its prefix is checked.
-    fn asked<'a>(&'a self, prefix: &'a str, key: Key<'a>, count: bool) -> Result<Asked<'a>> {
-        validate_prefix(prefix)?;
-        let local = self.local();
-        Ok(Asked {
-            local,
-            prefix,
-            key,
-            hash: self.hash_in(local, prefix, &key),
-            count,
-            lookup: Lookup::Alone,
-        })
-    }
-
-    /// Finds a live value of the asked key and hands it to `extract`.
-    fn lookup<R>(&self, q: &Asked<'_>, extract: impl FnOnce(Hit<'_>) -> R) -> Option<R> {
-        // While nothing changed since a view guard was last taken, the RAM tier is current and
-        // is asked before taking one; otherwise after catching up (which invalidates entries).
-        // Either way it is asked once. One read guard serves catching up and the disk tier.
-        let unchanged = q.local.store.as_ref().is_none_or(|s| s.unchanged());
-        if unchanged && let Some((value, ts)) = self.in_ram(q) {
-            self.count(q, Found::RamHit);
-            return Some(extract(Hit::Ram(value, ts)));
-        }
-        let reader = Self::reader_of(q.local);
-        self.lookup_in(reader.as_ref(), !unchanged, q, extract)
-    }
-
-    /// [`Cache::lookup`] through a reader already caught up (the RAM tier is then current as
-    /// of it), asking the RAM tier first if `ask_ram`.
-    fn lookup_in<R>(
-        &self,
-        reader: Option<&store::Reader<'_>>,
-        ask_ram: bool,
-        q: &Asked<'_>,
-        extract: impl FnOnce(Hit<'_>) -> R,
-    ) -> Option<R> {
-        if ask_ram && let Some((value, ts)) = self.in_ram(q) {
-            self.count(q, Found::RamHit);
-            return Some(extract(Hit::Ram(value, ts)));
-        }
-        let found = reader.and_then(|r| {
-            r.get(q.hash, q.prefix, &q.key, q.lookup, |map, rec| {
-                // The clock is read only for an entry found (a miss does not need it).
-                let fresh = !self.expired(rec.timestamp, self.settings.clock.now_coarse());
-                fresh.then(|| extract(Hit::Disk(map, rec)))
-            })
-        });
-        let found = found.flatten();
-        let what = if found.is_some() {
-            Found::DiskHit
-        } else {
-            Found::Miss
-        };
-        self.count(q, what);
-        found
-    }
-
-    /// The RAM tier's live value of the key (an expired one is dropped).
-    fn in_ram(&self, q: &Asked<'_>) -> Option<(Stored, f64)> {
-        let (value, ts) = q.local.ram.get(q.hash, q.prefix, &q.key)?;
-        if self.expired(ts, self.settings.clock.now_coarse()) {
-            q.local.ram.remove(q.hash);
-            return None;
-        }
-        Some((value, ts))
-    }
-
-    fn count(&self, q: &Asked<'_>, found: Found) {
-        if q.count {
-            self.tally.add(found);
-        }
-    }
-
-    /// The value of `key`, or `None` on a miss, an expired entry, a bad prefix, or a stored
-    /// value that does not decode into `T` ([`Cache::try_get`] tells these apart).
-    pub fn get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Option<T> {
-        self.try_get(prefix, key).unwrap_or_else(|e| {
-            log::debug!("get {prefix}/{}: {e}", key.len());
-            None
-        })
-    }
-
-    /// Like [`Cache::get`], with the reason of a failure.
-    pub fn try_get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Result<Option<T>> {
-        self.get_counted(prefix, Key::whole(key.as_bytes()), true)
-    }
-
-    fn get_counted<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        key: Key<'_>,
-        count: bool,
-    ) -> Result<Option<T>> {
-        let q = self.asked(prefix, key, count)?;
-        self.lookup(&q, |hit| self.decode_hit(&q, hit)).transpose()
-    }
-
-    /// The values of many keys of one prefix, in their order: what [`Cache::get`] returns for
-    /// each (a bad prefix: all `None`). A batch issues the memory reads of several lookups at
-    /// once, so that their waits overlap: in a cache much larger than the CPU cache, where a
-    /// lookup mostly waits for two reads of the shared map (the index slot, then the record),
-    /// a key costs a fraction of a `get` (docs/performance.md).
-    pub fn get_many<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        keys: &[impl AsRef<str>],
-    ) -> Vec<Option<T>> {
-        self.try_get_many(prefix, keys)
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|e| {
-                    log::debug!("get_many {prefix}: {e}");
-                    None
-                })
-            })
-            .collect()
-    }
-
-    /// Like [`Cache::get_many`], with the reason of each failure: what [`Cache::try_get`]
-    /// returns for each key (a bad prefix: that error for every key).
-    pub fn try_get_many<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        keys: &[impl AsRef<str>],
-    ) -> Vec<Result<Option<T>>> {
-        self.many(prefix, keys, |q, hit| self.decode_hit(q, hit))
-    }
-
-    /// What [`Cache::try_get_value`] returns for each of many keys of one prefix, in their
-    /// order, with the overlapped reads of [`Cache::get_many`].
-    pub fn try_get_many_values(
-        &self,
-        prefix: &str,
-        keys: &[impl AsRef<str>],
-    ) -> Vec<Result<Option<ValueRef>>> {
-        self.many(prefix, keys, |q, hit| self.value_hit(q, hit))
-    }
-
-    /// Looks up many keys of one prefix, handing each hit to `extract`.
-    fn many<R>(
-        &self,
-        prefix: &str,
-        keys: &[impl AsRef<str>],
-        extract: impl Fn(&Asked<'_>, Hit<'_>) -> Result<R>,
-    ) -> Vec<Result<Option<R>>> {
-        /// Keys whose reads are issued together: enough to keep the memory system busy,
-        /// few enough that the lines read for the first are still cached when it is looked up.
-        const BATCH: usize = 16;
-        if validate_prefix(prefix).is_err() {
-            return keys
-                .iter()
-                .map(|_| validate_prefix(prefix).map(|()| None))
-                .collect();
-        }
-        let local = self.local();
-        let mut out = Vec::with_capacity(keys.len());
-        let mut hashes = [0u64; BATCH];
-        for chunk in keys.chunks(BATCH) {
-            let hashes = &mut hashes[..chunk.len()];
-            for (h, key) in hashes.iter_mut().zip(chunk) {
-                *h = self.hash_in(local, prefix, &Key::whole(key.as_ref().as_bytes()));
-            }
-            // One caught-up reader serves the whole chunk (a lookup would take its own).
-            let reader = Self::reader_of(local);
-            if let Some(r) = &reader {
-                r.prefetch(hashes);
-            }
-            for (key, &hash) in chunk.iter().zip(hashes.iter()) {
-                let q = Asked {
-                    local,
-                    prefix,
-                    key: Key::whole(key.as_ref().as_bytes()),
-                    hash,
-                    count: true,
-                    lookup: Lookup::Batched,
-                };
-                let found = self.lookup_in(reader.as_ref(), true, &q, |hit| extract(&q, hit));
-                out.push(found.transpose());
-            }
-        }
-        out
-    }
-
-    /// The value a lookup found, as `T`; one found on disk also goes into the RAM tier.
-    fn decode_hit<T: DeserializeOwned>(&self, q: &Asked<'_>, hit: Hit<'_>) -> Result<T> {
-        self.value_hit(q, hit)?.decode()
-    }
-
-    /// The value a lookup found, as a [`ValueRef`]: one found on disk goes into the RAM tier
-    /// as [`Cache::get`] puts it there (and is then returned as that copy), unless its key is
-    /// too long to be copied (then it stays borrowed from the map).
-    fn value_hit(&self, q: &Asked<'_>, hit: Hit<'_>) -> Result<ValueRef> {
-        match hit {
-            Hit::Ram(v, ts) => Ok(ValueRef::owned(v, ts)),
-            Hit::Disk(map, rec) if q.prefix.len() + q.key.len() > RAM_KEY_MAX => {
-                Ok(ValueRef::mapped(map, rec))
-            }
-            Hit::Disk(_, rec) => {
-                let stored = Stored::decode_value(rec.kind, rec.value)?;
-                q.local
-                    .ram
-                    .insert(q.hash, q.prefix, &q.key, stored.clone(), rec.timestamp);
-                Ok(ValueRef::owned(stored, rec.timestamp))
-            }
-        }
-    }
-
-    /// The value of `key` of any kind, found as [`Cache::get`] finds it (a value found on disk
-    /// goes into the RAM tier), for callers that look at its [`ValueRef::kind`] rather than
-    /// decode it into a type they name: language bindings, tools. `None` on a miss, an
-    /// expired entry or a bad prefix ([`Cache::try_get_value`] tells these apart).
-    pub fn get_value(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        self.try_get_value(prefix, key).unwrap_or_else(|e| {
-            log::debug!("get_value {prefix}/{}: {e}", key.len());
-            None
-        })
-    }
-
-    /// Like [`Cache::get_value`], with the reason of a failure.
-    pub fn try_get_value(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        let q = self.asked(prefix, Key::whole(key.as_bytes()), true)?;
-        self.lookup(&q, |hit| self.value_hit(&q, hit)).transpose()
-    }
-
-    /// Like [`Cache::try_get_value`], but not counted in the hit and miss statistics: the
-    /// second look at a key that a get-or-compute built on top of this cache has counted once
-    /// already (as [`Cache::get_or_insert_with`] does inside).
-    pub fn peek(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        let q = self.asked(prefix, Key::whole(key.as_bytes()), false)?;
-        self.lookup(&q, |hit| self.value_hit(&q, hit)).transpose()
-    }
-
-    /// [`Cache::peek`] for a token count ([`Cache::get_token_count`]).
-    pub fn peek_token_count(&self, encoding: &str, text: &str) -> Result<Option<u64>> {
-        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), false)
-    }
-
-    /// The token count of `text` under `encoding` as [`Cache::get_token_count`] finds it, with
-    /// the reason of a failure (a stored value that is not a count: [`Error::Decode`]).
-    pub fn try_get_token_count(&self, encoding: &str, text: &str) -> Result<Option<u64>> {
-        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), true)
-    }
-
-    /// The value without copying it out of the shared map where it can: token ids as
-    /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
-    pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        self.try_get_ref(prefix, key).unwrap_or_else(|e| {
-            log::debug!("get_ref {prefix}/{}: {e}", key.len());
-            None
-        })
-    }
-
-    /// Like [`Cache::get_ref`], with the reason of a failure (a bad prefix).
-    pub fn try_get_ref(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        let q = self.asked(prefix, Key::whole(key.as_bytes()), true)?;
-        Ok(self.lookup(&q, |hit| match hit {
-            Hit::Ram(v, ts) => ValueRef::owned(v, ts),
-            Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
-        }))
-    }
-
-    /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map (`None` for
-    /// a value of another kind too).
-    pub fn get_tokens(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        self.get_ref(prefix, key)
-            .filter(|v| v.as_tokens().is_some())
-    }
-
-    /// Like [`Cache::get_tokens`], with the reason of a failure: a bad prefix, or a value that
-    /// is not token ids ([`Error::Decode`]).
-    pub fn try_get_tokens(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        match self.try_get_ref(prefix, key)? {
-            Some(v) if v.as_tokens().is_none() => Err(Error::Decode(
-                <serde_json::Error as serde::de::Error>::custom(
-                    "the stored value is not token ids",
-                ),
-            )),
-            found => Ok(found),
         }
     }
 
@@ -604,18 +304,6 @@ impl Cache {
                     .map(|()| value)
             }
         }
-    }
-
-    /// The token count cached for `text` under `encoding`: the entry of prefix
-    /// [`TOKEN_COUNT`] and key `tokenizer:{encoding}:{text}` ([`crate::token_count_key`]), the
-    /// original's, looked up without joining that key: a message of hundreds of KB is hashed
-    /// and compared where it is, not copied first.
-    pub fn get_token_count(&self, encoding: &str, text: &str) -> Option<u64> {
-        self.try_get_token_count(encoding, text)
-            .unwrap_or_else(|e| {
-                log::debug!("get_token_count {encoding}/{}: {e}", text.len());
-                None
-            })
     }
 
     /// Stores the token count of `text` under `encoding` (see [`Cache::get_token_count`]):
