@@ -1,4 +1,4 @@
-//! Unit tests of the index: building, probing, spans, the filter, damaged files.
+//! Unit tests of the index: every entry found in an ordered table, the filter of a full index, locations past the limit.
 
 use super::*;
 
