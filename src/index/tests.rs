@@ -1,4 +1,5 @@
-//! Unit tests of the index: every entry found in an ordered table, the filter of a full index, locations past the limit.
+//! Unit tests of the index: every entry found in an ordered table, the filter of a full
+//! index, locations past the limit.
 
 use super::*;
 
