@@ -400,3 +400,22 @@ def test_help_reads_well():
         method = getattr(PersistentTokenCache, name)
         assert method.__doc__ and len(method.__doc__) > 30, name
     assert "prefix='token'" in str(PersistentTokenCache.get.__text_signature__)
+
+
+def test_the_stubs_declare_what_the_package_has():
+    """Every public name and method is in tokcache/__init__.pyi, and nothing more."""
+    import ast
+
+    stub = ast.parse((Path(tokcache.__file__).parent / "__init__.pyi").read_text())
+    declared = {n.name for n in stub.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert set(tokcache.__all__) <= declared
+    cls = next(n for n in stub.body if isinstance(n, ast.ClassDef) and n.name == "PersistentTokenCache")
+    stub_methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    public = {
+        name for name in dir(PersistentTokenCache)
+        if not name.startswith("_") or name in ("__init__", "__enter__", "__exit__")
+    }
+    assert public == stub_methods
+    for name in stub_methods:
+        assert hasattr(PersistentTokenCache, name), name
+    assert (Path(tokcache.__file__).parent / "py.typed").exists()
