@@ -167,14 +167,11 @@ impl Cache {
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let key = utf8(key, "key")?;
-        match self
-            .inner
-            .try_get_value(Self::prefix(prefix)?, key)
-            .map_err(py_err)?
-        {
-            Some(v) => to_py(py, &v),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+        found(
+            py,
+            self.inner.try_get_value(Self::prefix(prefix)?, key),
+            default,
+        )
     }
 
     /// Like get, but not counted in the statistics (for a second look at a key).
@@ -187,14 +184,7 @@ impl Cache {
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let key = utf8(key, "key")?;
-        match self
-            .inner
-            .peek(Self::prefix(prefix)?, key)
-            .map_err(py_err)?
-        {
-            Some(v) => to_py(py, &v),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+        found(py, self.inner.peek(Self::prefix(prefix)?, key), default)
     }
 
     /// Like get, with the GIL released around the lookup: the Python benchmark's measure of
@@ -209,13 +199,7 @@ impl Cache {
         let key = utf8(key, "key")?;
         let prefix = Self::prefix(prefix)?;
         let inner = &self.inner;
-        match py
-            .detach(|| inner.try_get_value(prefix, key))
-            .map_err(py_err)?
-        {
-            Some(v) => to_py(py, &v),
-            None => Ok(py.None()),
-        }
+        found(py, py.detach(|| inner.try_get_value(prefix, key)), None)
     }
 
     /// Stores value (None, bool, int of any size, float, str, list/tuple, dict: what json
@@ -474,6 +458,18 @@ impl Cache {
             this.cache_ttl_hours,
             storage_name(this.inner.storage())
         ))
+    }
+}
+
+/// The Python value of what a lookup found, `default` (`None`) for a miss.
+fn found(
+    py: Python<'_>,
+    lookup: tokcache::Result<Option<tokcache::ValueRef>>,
+    default: Option<Py<PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    match lookup.map_err(py_err)? {
+        Some(v) => to_py(py, &v),
+        None => Ok(default.unwrap_or_else(|| py.None())),
     }
 }
 
