@@ -69,6 +69,13 @@ pub enum Error {
         /// Why, in words.
         reason: String,
     },
+    /// An operation of the shared tier itself ([`crate::Cache::clear_shared`]) failed, or the
+    /// cache has no shared tier. Lookups and writes never fail with it: they go on from the
+    /// local tiers.
+    Shared {
+        /// What failed, in words.
+        reason: String,
+    },
 }
 
 /// `Result` with tokcache's [`Error`].
@@ -148,6 +155,7 @@ impl fmt::Display for Error {
             ),
             Error::InvalidSetting { name, reason } => write!(f, "invalid {name}: {reason}"),
             Error::Degraded { reason } => write!(f, "cache is degraded: {reason}"),
+            Error::Shared { reason } => write!(f, "shared tier: {reason}"),
         }
     }
 }

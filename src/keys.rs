@@ -42,7 +42,10 @@ pub fn logical_name(prefix: &str, key: &str) -> String {
 }
 
 pub(crate) fn md5_hex(bytes: &[u8]) -> String {
-    let digest: [u8; 16] = Md5::digest(bytes).into();
+    hex(Md5::digest(bytes).into())
+}
+
+fn hex(digest: [u8; 16]) -> String {
     let mut hex = String::with_capacity(32);
     for b in digest {
         hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
@@ -137,6 +140,16 @@ impl<'a> Key<'a> {
         } else {
             &self.parts
         }
+    }
+
+    /// `{prefix}_{md5hex(key)}` ([`logical_name`]) of this key, hashed in parts.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn logical_name(&self, prefix: &str) -> String {
+        let mut md5 = Md5::new();
+        for p in self.parts() {
+            md5.update(p);
+        }
+        format!("{prefix}_{}", hex(md5.finalize().into()))
     }
 
     /// The key's bytes, joined.

@@ -47,6 +47,7 @@ mod pyjson;
 mod ram;
 mod record;
 mod segment;
+mod shared;
 mod store;
 mod tally;
 mod value;
@@ -61,6 +62,7 @@ pub use keys::{
     DEFAULT_PREFIX, MAX_PREFIX_LEN, SYMBOL_EFFICIENCY, TOKEN_COUNT, logical_name, symbol_test_key,
     token_count_key, validate_prefix,
 };
+pub use shared::SharedStats;
 
 /// Python's JSON text of a string and a float, as the original wrote them: for the benchmarks'
 /// model of the original. Not part of the API.
@@ -70,7 +72,8 @@ pub mod bench_support {
 }
 pub use store::{CompactReport, VerifyReport};
 
-/// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults. Never fails: a
+/// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults, and with the feature
+/// `redis`, a shared tier at `$TOKCACHE_REDIS` if set ([`CacheBuilder::redis`]). Never fails: a
 /// directory it cannot use gives a RAM-only cache and a warning (see [`Cache::storage`]).
 /// It is never dropped, so a compaction its thread runs when the process exits is cut short
 /// (harmless: the next one starts over); a short-lived program that writes much can call
@@ -79,6 +82,12 @@ pub fn get_persistent_cache() -> &'static Cache {
     static GLOBAL: OnceLock<Cache> = OnceLock::new();
     GLOBAL.get_or_init(|| {
         let dir = std::env::var_os("TOKCACHE_DIR").unwrap_or_else(|| "temp".into());
-        Cache::builder(dir).open_or_ram_only().0
+        let builder = Cache::builder(dir);
+        #[cfg(feature = "redis")]
+        let builder = match std::env::var("TOKCACHE_REDIS") {
+            Ok(url) => builder.redis(&url),
+            Err(_) => builder,
+        };
+        builder.open_or_ram_only().0
     })
 }

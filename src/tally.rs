@@ -14,13 +14,15 @@ pub(crate) enum Found {
     RamHit = 0,
     DiskHit = 1,
     Miss = 2,
+    /// Missed locally, found in the shared tier.
+    SharedHit = 3,
 }
 
 /// One thread's counters, alone on their cache lines (128 bytes: the adjacent-line
 /// prefetcher pairs 64-byte lines).
 #[derive(Default)]
 #[repr(align(128))]
-struct Stripe([AtomicU64; 3]);
+struct Stripe([AtomicU64; 4]);
 
 #[derive(Default)]
 pub(crate) struct Tally {

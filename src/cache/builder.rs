@@ -13,6 +13,7 @@ use crate::files::Dir;
 use crate::keys::random_seed;
 use crate::legacy;
 use crate::ram::RamTier;
+use crate::shared::{self, Tier};
 use crate::store::{self, Store};
 use crate::tally::Tally;
 
@@ -52,6 +53,8 @@ pub struct CacheBuilder {
     pub(super) gc_min_dead: u64,
     pub(super) background: bool,
     pub(super) clock: Arc<dyn Clock>,
+    /// The shared tier's settings; no nodes: none.
+    pub(super) shared: shared::Settings,
 }
 
 impl CacheBuilder {
@@ -67,6 +70,7 @@ impl CacheBuilder {
             gc_min_dead: 16 << 20,
             background: true,
             clock: Arc::new(SystemClock),
+            shared: shared::Settings::new(Vec::new(), false),
         }
     }
 
@@ -152,6 +156,54 @@ impl CacheBuilder {
         self
     }
 
+    /// A shared tier on the Redis server at `url` (`redis://[user:password@]host:port/db`),
+    /// below the local tiers: see docs/redis.md. A comma-separated list is the nodes of a
+    /// Redis Cluster, as [`CacheBuilder::redis_cluster`] takes them (the form of
+    /// `TOKCACHE_REDIS` and the CLI's `--redis`). Nothing connects before the first use: a
+    /// server that is down at open is only a shared tier that misses. An empty `url`: none.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: &str) -> Self {
+        let parsed = shared::Settings::parse(url);
+        self.shared.nodes = parsed.nodes;
+        self.shared.cluster = parsed.cluster;
+        self
+    }
+
+    /// A shared tier on a Redis Cluster: `nodes` are some of its nodes' URLs (one is enough);
+    /// the rest are found from them.
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster<S: Into<String>>(mut self, nodes: impl IntoIterator<Item = S>) -> Self {
+        self.shared.nodes = nodes.into_iter().map(Into::into).collect();
+        self.shared.cluster = true;
+        self
+    }
+
+    /// The first part of the shared tier's keys, `{namespace}:{prefix}_{md5(key)}` (default
+    /// `tokcache`): caches that must not share entries use different namespaces. 1-64 of
+    /// `[A-Za-z0-9_.:-]`.
+    #[cfg(feature = "redis")]
+    pub fn redis_namespace(mut self, namespace: &str) -> Self {
+        namespace.clone_into(&mut self.shared.namespace);
+        self
+    }
+
+    /// How long an operation may wait for the shared tier (default 5 ms): a lookup, a
+    /// connection, a pipeline of the writer. Past it the operation goes on from the local
+    /// tiers, and the tier is left alone for a back-off (50 ms, doubling up to 5 s).
+    #[cfg(feature = "redis")]
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.shared.timeout = timeout;
+        self
+    }
+
+    /// Entries waiting for the background writer at most (default 100,000): past it, a `set`
+    /// still returns at once and its entry is left out of the shared tier (counted as dropped).
+    #[cfg(feature = "redis")]
+    pub fn redis_queue(mut self, entries: usize) -> Self {
+        self.shared.queue = entries;
+        self
+    }
+
     /// Opens the cache, creating the directory (and its parents) if needed. Damaged files are
     /// rebuilt from what is intact. A directory that can be read but not written gives a
     /// read-only cache ([`Cache::storage`] says [`crate::Storage::ReadOnly`]: entries on disk
@@ -165,6 +217,7 @@ impl CacheBuilder {
     /// instead, as the original did, use [`CacheBuilder::open_or_ram_only`].
     pub fn open(self) -> Result<Cache> {
         let ttl_secs = self.ttl_secs()?;
+        self.check_shared()?;
         let (process, err) = self.open_process(ttl_secs);
         match err {
             Some(e) => Err(e),
@@ -175,18 +228,33 @@ impl CacheBuilder {
     /// Opens the cache as [`CacheBuilder::open`] does, but never fails: where `open` returns
     /// an error, this returns a cache that works from RAM only ([`crate::Storage::RamOnly`]; an
     /// invalid TTL counts as 24 hours) and the error that made it so. The original's
-    /// forgiving behaviour; [`crate::get_persistent_cache`] uses it.
-    pub fn open_or_ram_only(self) -> (Cache, Option<Error>) {
+    /// forgiving behaviour; [`crate::get_persistent_cache`] uses it. Invalid shared-tier
+    /// settings leave out the shared tier only (and are the error returned).
+    pub fn open_or_ram_only(mut self) -> (Cache, Option<Error>) {
         let (ttl_secs, ttl_err) = match self.ttl_secs() {
             Ok(t) => (t, None),
             Err(e) => (24.0 * 3600.0, Some(e)),
         };
+        let shared_err = self.check_shared().err();
+        if let Some(e) = &shared_err {
+            log::warn!("{e}; the cache has no shared tier");
+            self.shared.nodes.clear();
+        }
         let (process, err) = self.open_process(ttl_secs);
-        let err = ttl_err.or(err);
-        if let Some(e) = &err {
+        if let Some(e) = ttl_err.as_ref().or(err.as_ref()) {
             log::warn!("{e}; the cache works from RAM only");
         }
+        let err = ttl_err.or(err).or(shared_err);
         (self.into_cache(process, ttl_secs), err)
+    }
+
+    /// Whether the shared tier's settings, if any, are usable.
+    fn check_shared(&self) -> Result<()> {
+        #[cfg(feature = "redis")]
+        if !self.shared.nodes.is_empty() {
+            return self.shared.check();
+        }
+        Ok(())
     }
 
     fn ttl_secs(&self) -> Result<f64> {
@@ -216,7 +284,8 @@ impl CacheBuilder {
         cache
     }
 
-    /// The per-process state of the cache: the disk tier, or `None` and why not.
+    /// The per-process state of the cache: the disk tier, or `None` and why not; the shared
+    /// tier if one was asked for.
     pub(super) fn open_process(&self, ttl_secs: f64) -> (Process, Option<Error>) {
         let ram = Arc::new(RamTier::new(self.max_ram_entries, self.max_ram_bytes));
         let (store, err) = match self.open_store(ttl_secs, &ram) {
@@ -231,7 +300,15 @@ impl CacheBuilder {
             }
             Err(e) => (None, Some(e)),
         };
-        (Process::new(store, ram, self.background), err)
+        let shared = if self.shared.nodes.is_empty() {
+            None
+        } else {
+            // Checked at open: this fails only where `open_or_ram_only` left the tier out.
+            Tier::open(&self.shared, Arc::clone(&self.clock), ttl_secs)
+                .map_err(|e| log::warn!("no shared tier: {e}"))
+                .ok()
+        };
+        (Process::new(store, ram, shared, self.background), err)
     }
 
     /// The disk tier, telling `ram` of the keys other processes change.

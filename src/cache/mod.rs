@@ -193,19 +193,37 @@ impl Cache {
         let (kind, bytes) = value.encode();
         let now = self.settings.clock.now();
         let hash = self.hash(prefix, &key);
+        let local = self.local();
+        let shared = local.shared.as_ref().map(|t| (t, value.clone()));
         // The RAM tier is updated under the write, so that two threads setting one key leave
         // the RAM tier with the value that is last on disk.
-        let on_disk = self.local().writable_store().is_some();
         self.write(hash, prefix, &key, kind, &bytes, now, || {
-            let ram = &self.local().ram;
-            if on_disk && prefix.len() + key.len() > RAM_KEY_MAX {
-                ram.remove(hash);
-            } else {
-                ram.insert(hash, prefix, &key, value, now);
-            }
+            self.keep_in_ram(local, hash, prefix, &key, value, now);
         })?;
+        if let Some((tier, value)) = shared {
+            tier.put(prefix, &key, &value, now);
+        }
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Puts a value just written into `local`'s RAM tier, unless its key is long and its record
+    /// is on disk ([`RAM_KEY_MAX`]: then an older copy is dropped instead).
+    fn keep_in_ram(
+        &self,
+        local: &Process,
+        hash: u64,
+        prefix: &str,
+        key: &Key<'_>,
+        value: Stored,
+        timestamp: f64,
+    ) {
+        let on_disk = local.writable_store().is_some();
+        if on_disk && prefix.len() + key.len() > RAM_KEY_MAX {
+            local.ram.remove(hash);
+        } else {
+            local.ram.insert(hash, prefix, key, value, timestamp);
+        }
     }
 
     /// Appends one record (for the key of `hash`) to the disk tier, if there is a writable one,
@@ -267,6 +285,9 @@ impl Cache {
             )?;
         }
         self.local().ram.remove(hash);
+        if let Some(tier) = &self.local().shared {
+            tier.remove(prefix, &key);
+        }
         Ok(on_disk || in_ram)
     }
 
@@ -388,9 +409,31 @@ impl Cache {
         }
     }
 
-    /// Makes every `set` before it durable (fsync of the active segment and control page).
+    /// Makes every `set` before it durable (fsync of the active segment and control page) and,
+    /// with a shared tier, waits until the background writer has written it there too (or
+    /// given up: a shared tier that is down or slow holds this up for its timeouts only).
     pub fn flush(&self) -> Result<()> {
-        self.writable_store()?.flush()
+        let local = self.writable_store().and_then(Store::flush);
+        if let Some(tier) = &self.local().shared {
+            tier.flush();
+        }
+        local
+    }
+
+    /// Deletes this cache's entries from the shared tier: every Redis key of its namespace (on
+    /// every master of a cluster), by `SCAN` in batches, never `FLUSHDB`. Other machines'
+    /// local tiers keep what they have. Returns how many keys were deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shared`] when the cache has no shared tier or Redis fails meanwhile.
+    pub fn clear_shared(&self) -> Result<u64> {
+        match &self.local().shared {
+            Some(tier) => tier.clear(),
+            None => Err(Error::Shared {
+                reason: "this cache has no shared tier".into(),
+            }),
+        }
     }
 
     /// Calls `f` with every entry on disk, expired ones included (see [`Entry::is_expired`]).
@@ -439,6 +482,9 @@ impl Cache {
             || {},
         )?;
         self.local().ram.remove(hash);
+        if let Some(tier) = &self.local().shared {
+            tier.put_original(&e);
+        }
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }

@@ -11,6 +11,7 @@ use super::Storage;
 use crate::fork;
 use crate::keys::HashKeyed;
 use crate::ram::RamTier;
+use crate::shared::Tier;
 use crate::store::Store;
 
 /// One mutex per key being computed by `get_or_insert_with`.
@@ -22,6 +23,8 @@ pub(super) struct Process {
     pub(super) store: Option<Arc<Store>>,
     /// Shared with the compaction thread, which tells it of keys other processes changed.
     pub(super) ram: Arc<RamTier>,
+    /// The shared tier (Redis), with its connections and writer thread.
+    pub(super) shared: Option<Tier>,
     /// The compaction thread, shared with it.
     compactor: Arc<Mutex<Compactor>>,
     /// Whether writes compact on a thread of their own.
@@ -60,12 +63,18 @@ fn compact_full_log(store: &Store) {
 }
 
 impl Process {
-    pub(super) fn new(store: Option<Arc<Store>>, ram: Arc<RamTier>, background: bool) -> Self {
+    pub(super) fn new(
+        store: Option<Arc<Store>>,
+        ram: Arc<RamTier>,
+        shared: Option<Tier>,
+        background: bool,
+    ) -> Self {
         fork::watch();
         Self {
             forks: fork::generation(),
             store,
             ram,
+            shared,
             compactor: Arc::default(),
             background,
             flights: Mutex::default(),
@@ -151,12 +160,14 @@ impl Process {
 impl Drop for Process {
     /// In the process that made it: waits for a compaction under way, so that a short-lived
     /// process finishes what it started (a process killed meanwhile leaves files the next
-    /// compaction removes). In a forked child, whose copy names a thread it does not have and
-    /// may hold mutexes locked by the parent's threads, the compaction state is left as it is
+    /// compaction removes), and for the shared tier's writer to write what is queued. In a
+    /// forked child, whose copy names threads it does not have and may hold mutexes locked by
+    /// the parent's threads, the compaction state and the shared tier are left as they are
     /// (leaked); the rest is memory and descriptors of the child's own, freed as usual.
     fn drop(&mut self) {
         if self.forks != fork::generation() {
             std::mem::forget(Arc::clone(&self.compactor));
+            std::mem::forget(self.shared.take());
             return;
         }
         let thread = self.compactor.lock().thread.take();

@@ -11,7 +11,7 @@ use crate::entry::ValueRef;
 use crate::error::{Error, Result};
 use crate::keys::{Key, TOKEN_COUNT, validate_prefix};
 use crate::map::ReadMap;
-use crate::record::RecordRef;
+use crate::record::{Kind, RecordRef};
 use crate::store::{self, Lookup};
 use crate::tally::Found;
 use crate::value::Stored;
@@ -26,6 +26,20 @@ pub(super) struct Asked<'a> {
     hash: u64,
     count: bool,
     lookup: Lookup,
+}
+
+impl<'a> Asked<'a> {
+    /// A key of a batch ([`Cache::get_many`]), its hash computed already.
+    fn batched(local: &'a Process, prefix: &'a str, key: &'a str, hash: u64) -> Self {
+        Self {
+            local,
+            prefix,
+            key: Key::whole(key.as_bytes()),
+            hash,
+            count: true,
+            lookup: Lookup::Batched,
+        }
+    }
 }
 
 /// Where a lookup found its value.
@@ -50,7 +64,7 @@ impl Cache {
     }
 
     /// Finds a live value of the asked key and hands it to `extract`.
-    fn lookup<R>(&self, q: &Asked<'_>, extract: impl FnOnce(Hit<'_>) -> R) -> Option<R> {
+    fn lookup<R>(&self, q: &Asked<'_>, extract: impl Fn(Hit<'_>) -> R) -> Option<R> {
         // While nothing changed since a view guard was last taken, the RAM tier is current and
         // is asked before taking one; otherwise after catching up (which invalidates entries).
         // Either way it is asked once. One read guard serves catching up and the disk tier.
@@ -60,17 +74,24 @@ impl Cache {
             return Some(extract(Hit::Ram(value, ts)));
         }
         let reader = Self::reader_of(q.local);
-        self.lookup_in(reader.as_ref(), !unchanged, q, extract)
+        let found = self.lookup_in(reader.as_ref(), !unchanged, q, &extract);
+        if found.is_some() {
+            return found;
+        }
+        drop(reader); // keeping a value found in the shared tier writes it
+        let (value, ts) = self.missed(q)?;
+        Some(extract(Hit::Ram(value, ts)))
     }
 
-    /// [`Cache::lookup`] through a reader already caught up (the RAM tier is then current as
-    /// of it), asking the RAM tier first if `ask_ram`.
+    /// [`Cache::lookup`] in the local tiers through a reader already caught up (the RAM tier is
+    /// then current as of it), asking the RAM tier first if `ask_ram`. A hit is counted, a
+    /// miss is not: [`Cache::missed`] does it.
     fn lookup_in<R>(
         &self,
         reader: Option<&store::Reader<'_>>,
         ask_ram: bool,
         q: &Asked<'_>,
-        extract: impl FnOnce(Hit<'_>) -> R,
+        extract: &impl Fn(Hit<'_>) -> R,
     ) -> Option<R> {
         if ask_ram && let Some((value, ts)) = self.in_ram(q) {
             self.count(q, Found::RamHit);
@@ -84,8 +105,47 @@ impl Cache {
             })
         });
         let found = found.flatten();
+        if found.is_some() {
+            self.count(q, Found::DiskHit);
+        }
+        found
+    }
+
+    /// After a local miss: the shared tier's live entry of the key, if there is a shared tier
+    /// and the lookup is counted (an uncounted one is the second look of a get-or-compute,
+    /// after a first that asked it), now kept locally too; counted as a shared hit or a miss.
+    /// Call it with no reader held (keeping the entry writes it).
+    fn missed(&self, q: &Asked<'_>) -> Option<(Stored, f64)> {
+        let tier = q.local.shared.as_ref().filter(|_| q.count);
+        let found = tier.and_then(|t| {
+            let e = t.get(q.prefix, &q.key)?;
+            let value = Stored::decode(Kind::Legacy, &e.bytes)?;
+            // Kept as the original's object it is, with its own timestamp.
+            let kept = self.write(
+                q.hash,
+                q.prefix,
+                &q.key,
+                Kind::Legacy,
+                &e.bytes,
+                e.timestamp,
+                || {
+                    self.keep_in_ram(
+                        q.local,
+                        q.hash,
+                        q.prefix,
+                        &q.key,
+                        value.clone(),
+                        e.timestamp,
+                    )
+                },
+            );
+            if let Err(err) = kept {
+                log::warn!("cannot keep an entry of the shared tier here: {err}");
+            }
+            Some((value, e.timestamp))
+        });
         let what = if found.is_some() {
-            Found::DiskHit
+            Found::SharedHit
         } else {
             Found::Miss
         };
@@ -193,6 +253,7 @@ impl Cache {
         let local = self.local();
         let mut out = Vec::with_capacity(keys.len());
         let mut hashes = [0u64; BATCH];
+        let mut missed = Vec::new();
         for chunk in keys.chunks(BATCH) {
             let hashes = &mut hashes[..chunk.len()];
             for (h, key) in hashes.iter_mut().zip(chunk) {
@@ -204,16 +265,19 @@ impl Cache {
                 r.prefetch(hashes);
             }
             for (key, &hash) in chunk.iter().zip(hashes.iter()) {
-                let q = Asked {
-                    local,
-                    prefix,
-                    key: Key::whole(key.as_ref().as_bytes()),
-                    hash,
-                    count: true,
-                    lookup: Lookup::Batched,
-                };
-                let found = self.lookup_in(reader.as_ref(), true, &q, |hit| extract(&q, hit));
+                let q = Asked::batched(local, prefix, key.as_ref(), hash);
+                let found = self.lookup_in(reader.as_ref(), true, &q, &|hit| extract(&q, hit));
+                if found.is_none() {
+                    missed.push((out.len(), hash));
+                }
                 out.push(found.transpose());
+            }
+            drop(reader); // keeping a value found in the shared tier writes it
+            for (at, hash) in missed.drain(..) {
+                let q = Asked::batched(local, prefix, keys[at].as_ref(), hash);
+                if let Some((value, ts)) = self.missed(&q) {
+                    out[at] = extract(&q, Hit::Ram(value, ts)).map(Some);
+                }
             }
         }
         out

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Cache;
+use crate::shared::SharedStats;
 use crate::tally::Found;
 
 /// How the cache keeps its entries.
@@ -55,6 +56,11 @@ pub struct Stats {
     pub tail_records: u64,
     /// How the cache keeps its entries (disk, read-only, RAM only).
     pub storage: Storage,
+    /// Lookups of this handle answered by the shared tier (also in `shared.hits`; 0 without
+    /// one). They count as hits in `hit_rate_percent`.
+    pub shared_hits: u64,
+    /// What the shared tier did in this process; `None` without one.
+    pub shared: Option<SharedStats>,
 }
 
 impl Cache {
@@ -86,16 +92,18 @@ impl Cache {
             .as_ref()
             .map(|s| s.stats())
             .unwrap_or_default();
-        let (ram_hits, disk_hits, misses) = (
+        let (ram_hits, disk_hits, shared_hits, misses) = (
             self.tally.get(Found::RamHit),
             self.tally.get(Found::DiskHit),
+            self.tally.get(Found::SharedHit),
             self.tally.get(Found::Miss),
         );
-        let lookups = ram_hits + disk_hits + misses;
+        let hits = ram_hits + disk_hits + shared_hits;
+        let lookups = hits + misses;
         let hit_rate_percent = if lookups == 0 {
             0.0
         } else {
-            ((ram_hits + disk_hits) as f64 / lookups as f64 * 10_000.0).round() / 100.0
+            (hits as f64 / lookups as f64 * 10_000.0).round() / 100.0
         };
         Stats {
             ram_entries: self.local().ram.len() as u64,
@@ -114,6 +122,8 @@ impl Cache {
             recent_index_records: disk.recent_records,
             tail_records: disk.tail_records,
             storage: self.local().storage(),
+            shared_hits,
+            shared: self.local().shared.as_ref().map(crate::shared::Tier::stats),
         }
     }
 }

@@ -62,3 +62,4 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+pub mod redis;

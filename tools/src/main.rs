@@ -26,6 +26,16 @@ struct Cli {
     /// Age in hours after which entries count as expired.
     #[arg(long, global = true, default_value_t = 24.0)]
     ttl_hours: f64,
+    /// A shared tier: a Redis URL (redis://host:port/db), or a Redis Cluster's nodes separated
+    /// by commas. `get` asks it on a local miss; `set`, `rm` and `import` write there too.
+    #[arg(long, global = true, env = "TOKCACHE_REDIS")]
+    redis: Option<String>,
+    /// The shared tier's key namespace (keys are {namespace}:{prefix}_{md5}).
+    #[arg(long, global = true, default_value = "tokcache")]
+    redis_namespace: String,
+    /// How long to wait for the shared tier, in milliseconds.
+    #[arg(long, global = true, default_value_t = 1000)]
+    redis_timeout_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -85,6 +95,8 @@ enum Cmd {
     ClearExpired,
     /// Remove every entry (the original's entry files too; other files stay).
     Clear,
+    /// Delete this cache's keys (its namespace) from the shared tier given by --redis.
+    ClearShared,
     /// Merge appended records into a new index; rewrite mostly-dead segments.
     Compact,
     /// Check every file: headers, checksums, index against segments, orphans (exit 2 if unsound).
@@ -113,10 +125,14 @@ fn open(cli: &Cli, must_exist: bool) -> Result<Cache, (u8, String)> {
     if !(cli.ttl_hours.is_finite() && cli.ttl_hours > 0.0) {
         return Err(fail("--ttl-hours must be a positive number"));
     }
-    Cache::builder(&cli.dir)
-        .ttl_hours(cli.ttl_hours)
-        .open()
-        .map_err(fail)
+    let mut builder = Cache::builder(&cli.dir).ttl_hours(cli.ttl_hours);
+    if let Some(url) = &cli.redis {
+        builder = builder
+            .redis(url)
+            .redis_namespace(&cli.redis_namespace)
+            .redis_timeout(Duration::from_millis(cli.redis_timeout_ms.max(1)));
+    }
+    builder.open().map_err(fail)
 }
 
 fn writable(cache: &Cache) -> CliResult {
@@ -188,6 +204,12 @@ fn stats(cache: &Cache, json: bool) -> CliResult {
     println!("recent index:     {} records", s.recent_index_records);
     println!("appended since:   {} records", s.tail_records);
     println!("storage:          {:?}", s.storage);
+    if let Some(t) = &s.shared {
+        println!(
+            "shared tier:      {} hits, {} misses, {} errors, {} timeouts, {} written, {} dropped",
+            t.hits, t.misses, t.errors, t.timeouts, t.written, t.dropped
+        );
+    }
     Ok(())
 }
 
@@ -422,6 +444,14 @@ fn run(cli: Cli) -> CliResult {
                 s.disk_files,
                 bytes(s.disk_bytes)
             );
+            Ok(())
+        }
+        Cmd::ClearShared => {
+            if cli.redis.is_none() {
+                return Err(fail("clear-shared needs --redis (or TOKCACHE_REDIS)"));
+            }
+            let n = open(&cli, false)?.clear_shared().map_err(fail)?;
+            println!("removed {n} keys from the shared tier");
             Ok(())
         }
         Cmd::Compact => {

@@ -1,0 +1,414 @@
+//! The shared tier on Redis: lookups on the caller's thread with a bounded wait, writes through
+//! the background writer, and the connections both use, with a back-off after a failure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::{ConnectionLike, IntoConnectionInfo, RedisError, RedisResult};
+
+use super::writer::{Op, Writer};
+use super::{Counters, Settings, SharedStats};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::keys::{Key, KeyBytes};
+use crate::legacy::{self, OriginalEntry};
+use crate::value::Stored;
+
+/// Connections kept for lookups between uses (a lookup takes one, or makes one).
+const IDLE_CONNECTIONS: usize = 8;
+/// The first back-off after a failure, and the longest (it doubles in between).
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A shared tier as one process uses it.
+pub(crate) struct Tier {
+    link: Arc<Link>,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    ttl_secs: f64,
+}
+
+impl Tier {
+    /// Checks the settings and starts the writer; connects only when first used, so that a
+    /// server down at open costs nothing then.
+    pub(crate) fn open(settings: &Settings, clock: Arc<dyn Clock>, ttl_secs: f64) -> Result<Self> {
+        settings.check()?;
+        let link = Arc::new(Link::new(settings)?);
+        let writer = Writer::start(
+            Arc::clone(&link),
+            Arc::clone(&clock),
+            ttl_secs,
+            settings.queue,
+        );
+        Ok(Self {
+            link,
+            writer,
+            clock,
+            ttl_secs,
+        })
+    }
+
+    /// The live entry of `key` in the shared tier: its JSON object checked to be an entry of
+    /// this very prefix and key (the full key is compared: a digest collision, or another
+    /// program's bytes under our name, is a miss and counted as an error), and not expired.
+    pub(crate) fn get(&self, prefix: &str, key: &Key<'_>) -> Option<OriginalEntry> {
+        let name = self.link.key_of(prefix, key);
+        let counters = &self.link.counters;
+        let bytes = self
+            .link
+            .with_connection(|c| redis::cmd("GET").arg(&name).query::<Option<Vec<u8>>>(c))?;
+        let Some(bytes) = bytes else {
+            Counters::add(&counters.misses, 1);
+            return None;
+        };
+        let entry = match legacy::check_entry(bytes) {
+            Ok(e) if e.prefix == prefix && key.eq_bytes(e.key.as_bytes()) => e,
+            Ok(_) => return self.foreign(&name, "an entry of another key"),
+            Err(why) => return self.foreign(&name, &why),
+        };
+        if self.clock.now() - entry.timestamp > self.ttl_secs {
+            Counters::add(&counters.misses, 1);
+            return None;
+        }
+        Counters::add(&counters.hits, 1);
+        Some(entry)
+    }
+
+    fn foreign(&self, name: &str, why: &str) -> Option<OriginalEntry> {
+        log::debug!("shared tier: {name} does not hold our entry: {why}");
+        Counters::add(&self.link.counters.errors, 1);
+        None
+    }
+
+    /// Hands an entry set here to the writer (never waits: dropped and counted when the queue
+    /// is full).
+    pub(crate) fn put(&self, prefix: &str, key: &Key<'_>, value: &Stored, timestamp: f64) {
+        self.writer.push(Op::Put {
+            prefix: prefix.into(),
+            key: key.to_vec(),
+            value: value.clone(),
+            timestamp,
+        });
+    }
+
+    /// Hands an entry of the original's form (an import) to the writer, as it is.
+    pub(crate) fn put_original(&self, entry: &OriginalEntry) {
+        self.writer.push(Op::Original {
+            name: self
+                .link
+                .key_of(&entry.prefix, &Key::whole(entry.key.as_bytes())),
+            json: entry.bytes.clone(),
+            timestamp: entry.timestamp,
+        });
+    }
+
+    /// Hands a removal to the writer (in order with the sets before it).
+    pub(crate) fn remove(&self, prefix: &str, key: &Key<'_>) {
+        self.writer.push(Op::Remove {
+            prefix: prefix.into(),
+            key: key.to_vec(),
+        });
+    }
+
+    /// Waits until what was handed to the writer before is written (or dropped: a tier that is
+    /// down does not hold this up past its timeouts).
+    pub(crate) fn flush(&self) {
+        self.writer.flush();
+    }
+
+    /// Deletes every key of this cache's namespace, on every master of a cluster, by `SCAN` in
+    /// batches (never `FLUSHDB`: other data of the database stays). Returns how many.
+    pub(crate) fn clear(&self) -> Result<u64> {
+        self.flush();
+        let fail = |e: RedisError| Error::Shared {
+            reason: format!("clear {}: {e}", self.link.pattern()),
+        };
+        let servers = self.link.servers().map_err(fail)?;
+        let mut removed = 0;
+        for info in servers {
+            let client = redis::Client::open(info).map_err(fail)?;
+            let mut conn = client.get_connection().map_err(fail)?;
+            removed += clear_server(&mut conn, &self.link.pattern()).map_err(fail)?;
+        }
+        Ok(removed)
+    }
+
+    pub(crate) fn stats(&self) -> SharedStats {
+        self.link.counters.snapshot(self.writer.queued())
+    }
+}
+
+/// Deletes the keys matching `pattern` on one server; returns how many.
+fn clear_server(conn: &mut redis::Connection, pattern: &str) -> RedisResult<u64> {
+    let mut cursor = 0u64;
+    let mut removed = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)?;
+        if !keys.is_empty() {
+            // One DEL per key: in a cluster, keys of different slots cannot share a command.
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("DEL").arg(k);
+            }
+            let counts: Vec<u64> = pipe.query(conn)?;
+            removed += counts.iter().sum::<u64>();
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+/// Where the shared tier is: one server, or a cluster.
+enum Target {
+    One(redis::Client),
+    /// The client, and the first node's settings (password, database) for reaching each
+    /// master on its own.
+    Cluster(redis::cluster::ClusterClient, redis::ConnectionInfo),
+}
+
+/// A connection to the shared tier.
+pub(super) enum Connection {
+    One(redis::Connection),
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl Connection {
+    pub(super) fn as_like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Connection::One(c) => c,
+            Connection::Cluster(c) => c,
+        }
+    }
+
+    /// Sends `cmds` in one pipeline and checks every reply.
+    pub(super) fn pipeline(&mut self, cmds: Vec<redis::Cmd>) -> RedisResult<()> {
+        match self {
+            Connection::One(c) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query::<Vec<redis::Value>>(c).map(drop)
+            }
+            Connection::Cluster(c) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query::<Vec<redis::Value>>(c).map(drop)
+            }
+        }
+    }
+}
+
+/// Whether the tier is usable now: after a failure, requests wait out a back-off that doubles
+/// with each failure in a row.
+struct Health {
+    down_until: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The connections to the shared tier, the back-off, and the counters.
+pub(super) struct Link {
+    target: Target,
+    namespace: String,
+    timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    health: Mutex<Health>,
+    pub(super) counters: Counters,
+}
+
+impl Link {
+    fn new(settings: &Settings) -> Result<Self> {
+        let invalid = |e: RedisError| Error::InvalidSetting {
+            name: "redis",
+            reason: format!("{}: {e}", settings.nodes.join(",")),
+        };
+        let t = settings.timeout;
+        let target = if settings.cluster {
+            let client =
+                redis::cluster::ClusterClient::builder(settings.nodes.iter().map(String::as_str))
+                    .connection_timeout(t)
+                    .response_timeout(t)
+                    // One retry: a MOVED redirect after a resharding.
+                    .retries(1)
+                    .min_retry_wait(1)
+                    .max_retry_wait(t.as_millis().try_into().unwrap_or(u64::MAX).max(1))
+                    .build()
+                    .map_err(invalid)?;
+            let first = settings.nodes[0]
+                .as_str()
+                .into_connection_info()
+                .map_err(invalid)?;
+            Target::Cluster(client, first)
+        } else {
+            Target::One(redis::Client::open(settings.nodes[0].as_str()).map_err(invalid)?)
+        };
+        Ok(Self {
+            target,
+            namespace: settings.namespace.clone(),
+            timeout: t,
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::new(Health {
+                down_until: None,
+                backoff: BACKOFF_MIN,
+            }),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The Redis key of an entry: `{namespace}:{prefix}_{md5(key)}`.
+    pub(super) fn key_of(&self, prefix: &str, key: &Key<'_>) -> String {
+        format!("{}:{}", self.namespace, key.logical_name(prefix))
+    }
+
+    fn pattern(&self) -> String {
+        format!("{}:*", self.namespace)
+    }
+
+    /// A new connection, every wait bounded by the timeout.
+    pub(super) fn connect(&self) -> RedisResult<Connection> {
+        match &self.target {
+            Target::One(client) => {
+                let c = client.get_connection_with_timeout(self.timeout)?;
+                c.set_read_timeout(Some(self.timeout))?;
+                c.set_write_timeout(Some(self.timeout))?;
+                Ok(Connection::One(c))
+            }
+            Target::Cluster(client, _) => Ok(Connection::Cluster(client.get_connection()?)),
+        }
+    }
+
+    /// Whether requests are held off now (counted as skipped).
+    pub(super) fn backing_off(&self) -> bool {
+        let h = self.health.lock();
+        h.down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Runs `f` on an idle connection (or a new one); `None` if the tier is backing off or `f`
+    /// fails (counted; the connection is dropped and the back-off starts).
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>,
+    ) -> Option<T> {
+        if self.backing_off() {
+            Counters::add(&self.counters.skipped, 1);
+            return None;
+        }
+        let idle = self.idle.lock().pop();
+        let result = idle
+            .map_or_else(|| self.connect(), Ok)
+            .and_then(|mut c| f(c.as_like()).map(|v| (v, c)));
+        match result {
+            Ok((v, c)) => {
+                self.succeeded();
+                let mut idle = self.idle.lock();
+                if idle.len() < IDLE_CONNECTIONS {
+                    idle.push(c);
+                }
+                Some(v)
+            }
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
+    pub(super) fn succeeded(&self) {
+        let mut h = self.health.lock();
+        if h.down_until.is_some() {
+            log::info!("shared tier reachable again");
+        }
+        h.down_until = None;
+        h.backoff = BACKOFF_MIN;
+    }
+
+    /// Counts a failure and starts (or lengthens) the back-off; idle connections are dropped
+    /// with it (they are likely as broken as the one that failed).
+    pub(super) fn failed(&self, e: &RedisError) {
+        let timed_out = e.is_timeout();
+        let counter = if timed_out {
+            &self.counters.timeouts
+        } else {
+            &self.counters.errors
+        };
+        Counters::add(counter, 1);
+        self.idle.lock().clear();
+        let mut h = self.health.lock();
+        if h.down_until.is_none() {
+            log::warn!("shared tier unreachable, going on locally: {e}");
+        }
+        h.down_until = Some(Instant::now() + h.backoff);
+        h.backoff = (h.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// The servers that hold this cache's keys: the one server, or each master of the cluster
+    /// as `CLUSTER NODES` lists them.
+    fn servers(&self) -> RedisResult<Vec<redis::ConnectionInfo>> {
+        match &self.target {
+            Target::One(client) => Ok(vec![client.get_connection_info().clone()]),
+            Target::Cluster(_, first) => {
+                let Connection::Cluster(mut c) = self.connect()? else {
+                    unreachable!("a cluster target makes cluster connections")
+                };
+                let nodes: String = c
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("NODES"),
+                        redis::cluster_routing::RoutingInfo::SingleNode(
+                            redis::cluster_routing::SingleNodeRoutingInfo::Random,
+                        ),
+                    )
+                    .and_then(|v| redis::from_redis_value(v).map_err(RedisError::from))?;
+                Ok(masters(&nodes)
+                    .map(|(host, port)| {
+                        first
+                            .clone()
+                            .set_addr(redis::ConnectionAddr::Tcp(host.into(), port))
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The masters in the output of `CLUSTER NODES` (`id host:port@cport[,hostname] flags ...`).
+fn masters(nodes: &str) -> impl Iterator<Item = (&str, u16)> {
+    nodes.lines().filter_map(|line| {
+        let mut fields = line.split(' ');
+        let addr = fields.nth(1)?;
+        let flags = fields.next()?;
+        if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+            return None;
+        }
+        let addr = addr.split(['@', ',']).next()?;
+        let (host, port) = addr.rsplit_once(':')?;
+        Some((host, port.parse().ok()?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_of_cluster_nodes() {
+        let out = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+aaaa 10.0.0.9:30009@31009,node-9 master,fail - 0 0 9 disconnected
+";
+        let m: Vec<_> = masters(out).collect();
+        assert_eq!(m, [("127.0.0.1", 30002), ("127.0.0.1", 30001)]);
+    }
+}

@@ -1,0 +1,233 @@
+//! Real `redis-server` processes on free loopback ports, stopped when dropped: one server, or a
+//! 3-master Redis Cluster made by `redis-cli --cluster create`.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Environment variables of libfaketime: the servers run on the real clock even when the tests
+/// run under `faketime` (they measure real timeouts; expiries are sent relative).
+const FAKETIME_VARS: [&str; 4] = [
+    "LD_PRELOAD",
+    "FAKETIME",
+    "FAKETIME_NO_CACHE",
+    "DONT_FAKE_MONOTONIC",
+];
+
+fn need(program: &str) {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "`{program}` not found: these tests need a real Redis; install the Debian package \
+         redis-server (`apt-get install redis-server`; .ci/run does it when run as root)"
+    );
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    for v in FAKETIME_VARS {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// A `redis-cli` call against `port`; its standard output.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = command("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One `redis-server` process.
+pub struct Server {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+    cluster: bool,
+}
+
+impl Server {
+    /// A server without persistence on a free port, ready when this returns.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(cluster: bool) -> Self {
+        need("redis-server");
+        // A port taken between `free_port` and the server's bind: another try, another port.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let child = Self::spawn(dir.path(), port, cluster);
+            let mut server = Self {
+                port,
+                child,
+                dir,
+                cluster,
+            };
+            if server.wait_ready() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start (5 tries)")
+    }
+
+    fn spawn(dir: &Path, port: u16, cluster: bool) -> Child {
+        let mut c = command("redis-server");
+        c.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if cluster {
+            c.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                .args(["--cluster-config-file", "nodes.conf"]);
+        }
+        c.spawn().unwrap()
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if cli(self.port, &["PING"]).trim() == "PONG" {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL): what it held is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = Self::spawn(self.dir.path(), self.port, self.cluster);
+            if self.wait_ready() {
+                return;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// SIGSTOP: the server keeps its port and answers nothing.
+    pub fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), all slots covered when this returns.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        need("redis-cli");
+        let nodes: Vec<Server> = (0..3).map(|_| Server::start_with(true)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = command("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes
+            .iter()
+            .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes }
+    }
+
+    /// The nodes' URLs, as `TOKCACHE_REDIS` takes them (comma-separated).
+    pub fn spec(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(Server::url).collect();
+        urls.join(",")
+    }
+
+    /// Keys in the whole cluster (`DBSIZE` of each master).
+    pub fn dbsize(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| cli(n.port, &["DBSIZE"]).trim().parse::<u64>().unwrap())
+            .sum()
+    }
+}
