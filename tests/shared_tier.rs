@@ -156,3 +156,268 @@ fn two_machines_share_entries_through_a_cluster() {
         }
     });
 }
+
+/// What an operation may take while the shared tier fails: its timeout (a connection and a
+/// request, each bounded by it) and room for a loaded machine.
+fn bound(timeout: Duration) -> Duration {
+    timeout * 3 + Duration::from_millis(500)
+}
+
+fn open_with(dir: &std::path::Path, url: &str, timeout: Duration) -> Cache {
+    Cache::builder(dir)
+        .redis(url)
+        .redis_timeout(timeout)
+        .open()
+        .unwrap()
+}
+
+/// Runs `op`, checks that it returned within `limit`; its result.
+fn timed<T>(worst: &mut Duration, op: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = op();
+    *worst = (*worst).max(t.elapsed());
+    r
+}
+
+/// Sets `key` and flushes until the shared tier takes writes again (after its back-off).
+fn until_written(cache: &Cache, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = shared(cache).written;
+    while shared(cache).written == before {
+        assert!(
+            Instant::now() < deadline,
+            "the shared tier did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        cache.set("test", key, &value_of(key)).unwrap();
+        cache.flush().unwrap();
+    }
+}
+
+/// Local work around a failing shared tier: every value right, every operation bounded.
+fn work_while_down(cache: &Cache, round: usize, worst: &mut Duration) {
+    for i in 0..100 {
+        let k = format!("down-{round}-{i}");
+        timed(worst, || cache.set("test", &k, &value_of(&k)).unwrap());
+        let missing = format!("missing-{round}-{i}");
+        assert_eq!(timed(worst, || cache.get::<u64>("test", &missing)), None);
+        assert_eq!(
+            timed(worst, || cache.get::<u64>("test", &k)),
+            Some(value_of(&k))
+        );
+        if i % 10 == 0 {
+            assert!(timed(worst, || cache.remove("test", &k).unwrap()));
+        }
+    }
+    timed(worst, || cache.flush().unwrap());
+}
+
+#[test]
+fn a_stopped_server_holds_no_operation_past_its_timeout() {
+    let server = Server::start();
+    let t = Duration::from_millis(100);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = open_with(a.path(), &server.url(), t);
+    cache.set("test", "before", &1u64).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(shared(&cache).written, 1);
+
+    server.stop();
+    let mut worst = Duration::ZERO;
+    work_while_down(&cache, 0, &mut worst);
+    let s = shared(&cache);
+    assert!(worst < bound(t), "an operation took {worst:?}");
+    assert!(s.timeouts >= 1, "{s:?}");
+    assert!(s.skipped >= 1, "lookups held off while backing off: {s:?}");
+    assert!(s.dropped >= 1, "{s:?}");
+
+    server.resume();
+    until_written(&cache, "after");
+    let other = open_with(b.path(), &server.url(), TIMEOUT);
+    assert_eq!(other.get::<u64>("test", "after"), Some(value_of("after")));
+    assert_eq!(other.get::<u64>("test", "before"), Some(1));
+    assert_eq!(shared(&other).hits, 2);
+}
+
+#[test]
+fn a_killed_server_is_reconnected_when_it_is_back() {
+    let mut server = Server::start();
+    let t = Duration::from_millis(100);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = open_with(a.path(), &server.url(), t);
+    cache.set("test", "before", &1u64).unwrap();
+    cache.flush().unwrap();
+
+    server.kill();
+    let mut worst = Duration::ZERO;
+    work_while_down(&cache, 0, &mut worst);
+    assert!(worst < bound(t), "an operation took {worst:?}");
+    let s = shared(&cache);
+    assert!(s.errors >= 1, "{s:?}");
+
+    server.restart(); // empty: what it held is gone
+    until_written(&cache, "after");
+    let other = open_with(b.path(), &server.url(), TIMEOUT);
+    assert_eq!(other.get::<u64>("test", "after"), Some(value_of("after")));
+    assert_eq!(other.get::<u64>("test", "before"), None);
+    assert_eq!(other.get::<u64>("test", "down-0-5"), None);
+    let s = shared(&other);
+    assert_eq!((s.hits, s.misses), (1, 2), "{s:?}");
+}
+
+#[test]
+fn a_redis_down_at_open_is_a_shared_tier_that_misses() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let t = Duration::from_millis(100);
+    let cache = open_with(dir.path(), &format!("redis://127.0.0.1:{port}/"), t);
+    let mut worst = Duration::ZERO;
+    work_while_down(&cache, 0, &mut worst);
+    assert!(worst < bound(t), "an operation took {worst:?}");
+    let s = cache.get_stats();
+    assert_eq!(s.shared_hits, 0);
+    assert!(s.shared.unwrap().errors >= 1);
+    assert!(cache.clear_shared().is_err());
+}
+
+#[test]
+fn foreign_bytes_under_our_key_are_misses() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(1_800_000_000.0));
+    let cache = Cache::builder(dir.path())
+        .redis(&server.url())
+        .redis_timeout(TIMEOUT)
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    let name = format!("tokcache:{}", logical_name("test", "k"));
+    let put = |bytes: &str| {
+        cli(server.port, &["DEL", &name]);
+        cli(server.port, &["SET", &name, bytes]);
+    };
+    let foreign = [
+        "not json at all".to_string(),
+        r#"{"key":"other","value":5,"timestamp":1800000000.0,"prefix":"test"}"#.into(),
+        r#"{"key":"k","value":5,"timestamp":1800000000.0,"prefix":"token"}"#.into(),
+        r#"{"key":"k","value":5}"#.into(),
+        format!(
+            "{}]",
+            r#"{"key":"k","value":5,"timestamp":1800000000.0,"prefix":"test"}"#
+        ),
+    ];
+    for (n, bytes) in foreign.iter().enumerate() {
+        put(bytes);
+        assert_eq!(cache.get::<u64>("test", "k"), None, "{bytes}");
+        assert_eq!(shared(&cache).errors, n as u64 + 1, "{bytes}");
+    }
+    // Another type under our key: an error reply.
+    cli(server.port, &["DEL", &name]);
+    cli(server.port, &["HSET", &name, "f", "v"]);
+    assert_eq!(cache.get::<u64>("test", "k"), None);
+    assert_eq!(shared(&cache).errors, foreign.len() as u64 + 1);
+
+    // Ours, but expired for this cache (24 h TTL): a miss.
+    put(r#"{"key":"k","value":5,"timestamp":1799900000.0,"prefix":"test"}"#);
+    assert_eq!(cache.get::<u64>("test", "k"), None);
+    assert_eq!(shared(&cache).misses, 1);
+    // Ours and live: a hit, kept locally with its own timestamp.
+    put(r#"{"key":"k","value":5,"timestamp":1799999000.0,"prefix":"test"}"#);
+    assert_eq!(cache.get::<u64>("test", "k"), Some(5));
+    assert_eq!(shared(&cache).hits, 1);
+    let v = cache.get_value("test", "k").unwrap();
+    assert_eq!(v.timestamp(), 1_799_999_000.0);
+    assert_eq!(cache.get_stats().disk_files, 1);
+}
+
+#[test]
+fn a_full_queue_drops_entries_and_never_blocks_a_set() {
+    let server = Server::start();
+    let t = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder(dir.path())
+        .redis(&server.url())
+        .redis_timeout(t)
+        .redis_queue(10)
+        .open()
+        .unwrap();
+    server.stop(); // the writer's first pipeline waits out its timeout; the queue fills
+    let mut worst = Duration::ZERO;
+    for i in 0..1000 {
+        let k = format!("k{i}");
+        timed(&mut worst, || cache.set("test", &k, &i).unwrap());
+    }
+    timed(&mut worst, || cache.flush().unwrap());
+    assert!(worst < bound(t), "an operation took {worst:?}");
+    let s = shared(&cache);
+    assert_eq!((s.written, s.dropped, s.queued), (0, 1000, 0), "{s:?}");
+    for i in 0..1000 {
+        assert_eq!(cache.get::<u64>("test", &format!("k{i}")), Some(i));
+    }
+    server.resume();
+}
+
+#[test]
+fn removals_and_expiry_reach_the_shared_tier() {
+    let server = Server::start();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let t0 = 1_800_000_000.0;
+    let clock = Arc::new(ManualClock::at(t0));
+    let with_clock = |dir: &std::path::Path| {
+        Cache::builder(dir)
+            .redis(&server.url())
+            .redis_timeout(TIMEOUT)
+            .ttl(Duration::from_secs(3600))
+            .clock(clock.clone())
+            .open()
+            .unwrap()
+    };
+    let (one, two) = (with_clock(a.path()), with_clock(b.path()));
+    let text = "a chat message, looked up by parts";
+    one.set_token_count("cl100k_base", text, 7).unwrap();
+    one.set("test", "gone", &1u64).unwrap();
+    one.flush().unwrap();
+    // Expiry at timestamp + TTL, in Redis too.
+    let name = format!(
+        "tokcache:{}",
+        logical_name(TOKEN_COUNT, &token_count_key("cl100k_base", text))
+    );
+    let pttl: u64 = cli(server.port, &["PTTL", &name]).trim().parse().unwrap();
+    assert!((3_500_000..=3_600_000).contains(&pttl), "{pttl}");
+
+    assert!(one.remove("test", "gone").unwrap());
+    one.flush().unwrap();
+    assert_eq!(two.get::<u64>("test", "gone"), None);
+    clock.advance(3601.0);
+    assert_eq!(two.get_token_count("cl100k_base", text), None, "expired");
+    clock.set(t0 + 10.0);
+    assert_eq!(two.get_token_count("cl100k_base", text), Some(7));
+    let s = shared(&two);
+    assert_eq!((s.hits, s.misses), (1, 2), "{s:?}");
+}
+
+#[test]
+fn a_cluster_with_a_master_killed_holds_no_operation_past_its_timeout() {
+    let mut cluster = Cluster::start();
+    let t = Duration::from_millis(100);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder(dir.path())
+        .redis_cluster(cluster.nodes.iter().map(Server::url))
+        .redis_timeout(t)
+        .open()
+        .unwrap();
+    for i in 0..100 {
+        cache.set("test", &format!("k{i}"), &i).unwrap();
+    }
+    cache.flush().unwrap();
+    assert_eq!(shared(&cache).written, 100);
+    cluster.nodes[1].kill();
+    let mut worst = Duration::ZERO;
+    work_while_down(&cache, 0, &mut worst);
+    assert!(worst < bound(t), "an operation took {worst:?}");
+    let s = shared(&cache);
+    assert!(s.errors + s.timeouts >= 1, "{s:?}");
+}

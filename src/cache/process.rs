@@ -167,6 +167,7 @@ impl Drop for Process {
     fn drop(&mut self) {
         if self.forks != fork::generation() {
             std::mem::forget(Arc::clone(&self.compactor));
+            #[allow(clippy::forget_non_drop)] // without the `redis` feature: nothing to forget
             std::mem::forget(self.shared.take());
             return;
         }

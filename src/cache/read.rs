@@ -136,7 +136,7 @@ impl Cache {
                         &q.key,
                         value.clone(),
                         e.timestamp,
-                    )
+                    );
                 },
             );
             if let Err(err) = kept {

@@ -172,20 +172,20 @@ enum Target {
     One(redis::Client),
     /// The client, and the first node's settings (password, database) for reaching each
     /// master on its own.
-    Cluster(redis::cluster::ClusterClient, redis::ConnectionInfo),
+    Cluster(Box<(redis::cluster::ClusterClient, redis::ConnectionInfo)>),
 }
 
 /// A connection to the shared tier.
 pub(super) enum Connection {
     One(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Connection {
     pub(super) fn as_like(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Connection::One(c) => c,
-            Connection::Cluster(c) => c,
+            Connection::Cluster(c) => &mut **c,
         }
     }
 
@@ -249,7 +249,7 @@ impl Link {
                 .as_str()
                 .into_connection_info()
                 .map_err(invalid)?;
-            Target::Cluster(client, first)
+            Target::Cluster(Box::new((client, first)))
         } else {
             Target::One(redis::Client::open(settings.nodes[0].as_str()).map_err(invalid)?)
         };
@@ -284,7 +284,7 @@ impl Link {
                 c.set_write_timeout(Some(self.timeout))?;
                 Ok(Connection::One(c))
             }
-            Target::Cluster(client, _) => Ok(Connection::Cluster(client.get_connection()?)),
+            Target::Cluster(c) => Ok(Connection::Cluster(Box::new(c.0.get_connection()?))),
         }
     }
 
@@ -333,16 +333,25 @@ impl Link {
         h.backoff = BACKOFF_MIN;
     }
 
-    /// Counts a failure and starts (or lengthens) the back-off; idle connections are dropped
-    /// with it (they are likely as broken as the one that failed).
+    /// Counts a failure; one of the connection (refused, dropped, timed out: not an error reply
+    /// such as `WRONGTYPE`) starts or lengthens the back-off, and drops the idle connections
+    /// (likely as broken as the one that failed).
     pub(super) fn failed(&self, e: &RedisError) {
-        let timed_out = e.is_timeout();
-        let counter = if timed_out {
+        let counter = if e.is_timeout() {
             &self.counters.timeouts
         } else {
             &self.counters.errors
         };
         Counters::add(counter, 1);
+        let unreachable = e.is_timeout()
+            || e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_cluster_error();
+        if !unreachable {
+            log::debug!("shared tier: {e}");
+            return;
+        }
         self.idle.lock().clear();
         let mut h = self.health.lock();
         if h.down_until.is_none() {
@@ -357,7 +366,8 @@ impl Link {
     fn servers(&self) -> RedisResult<Vec<redis::ConnectionInfo>> {
         match &self.target {
             Target::One(client) => Ok(vec![client.get_connection_info().clone()]),
-            Target::Cluster(_, first) => {
+            Target::Cluster(c) => {
+                let first = &c.1;
                 let Connection::Cluster(mut c) = self.connect()? else {
                     unreachable!("a cluster target makes cluster connections")
                 };
