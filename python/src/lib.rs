@@ -11,6 +11,7 @@ mod convert;
 mod text;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeWarning, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -38,6 +39,12 @@ pyo3::create_exception!(
     PyOSError,
     "The cache could not use its directory (it works from RAM, or read-only), so the operation \
      cannot do what it promises (flush, for example)."
+);
+pyo3::create_exception!(
+    tokcache,
+    SharedTierError,
+    PyOSError,
+    "An operation of the shared tier itself (clear_shared) failed, or the cache has none."
 );
 pyo3::create_exception!(
     tokcache,
@@ -70,6 +77,7 @@ fn py_err(e: Error) -> PyErr {
             NewerFormatError::new_err((0, e.to_string(), path.clone()))
         }
         Error::Degraded { .. } => DegradedError::new_err(e.to_string()),
+        Error::Shared { .. } => SharedTierError::new_err(e.to_string()),
         other => PyOSError::new_err(other.to_string()),
     }
 }
@@ -82,11 +90,14 @@ const DEFAULT_ENCODING: &str = "cl100k_base";
 /// The cache: a directory shared by every process that opens it, with a RAM tier per process.
 ///
 /// Cache(temp_dir="temp", max_ram_entries=1000, cache_ttl_hours=24, *, max_ram_bytes=None,
-///       file_mode=None, strict=False)
+///       file_mode=None, strict=False, redis_url=None, redis_namespace="tokcache",
+///       redis_timeout=0.005)
 ///
 /// A directory that cannot be used gives a cache that works from RAM only and a
 /// CacheDegradedWarning (the original degraded the same way); with strict=True it raises
-/// the OSError instead.
+/// the OSError instead. redis_url adds a shared tier below the directory: a Redis URL, or a
+/// Redis Cluster's nodes separated by commas (docs/redis.md); an invalid one raises
+/// ValueError, a server that is down only makes the shared tier miss.
 #[pyclass(frozen, subclass, module = "tokcache")]
 struct Cache {
     /// Boxed: the cache holds cache-line-aligned (128-byte) counters, and Python allocates
@@ -95,6 +106,7 @@ struct Cache {
     temp_dir: PathBuf,
     max_ram_entries: usize,
     cache_ttl_hours: f64,
+    redis_url: Option<String>,
 }
 
 impl Cache {
@@ -107,7 +119,9 @@ impl Cache {
 impl Cache {
     #[new]
     #[pyo3(signature = (temp_dir = PathBuf::from("temp"), max_ram_entries = 1000,
-        cache_ttl_hours = 24.0, *, max_ram_bytes = None, file_mode = None, strict = false))]
+        cache_ttl_hours = 24.0, *, max_ram_bytes = None, file_mode = None, strict = false,
+        redis_url = None, redis_namespace = None, redis_timeout = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         temp_dir: PathBuf,
@@ -116,6 +130,9 @@ impl Cache {
         max_ram_bytes: Option<usize>,
         file_mode: Option<u32>,
         strict: bool,
+        redis_url: Option<String>,
+        redis_namespace: Option<String>,
+        redis_timeout: Option<f64>,
     ) -> PyResult<Self> {
         if !(cache_ttl_hours.is_finite() && cache_ttl_hours >= 0.0) {
             return Err(PyValueError::new_err(format!(
@@ -130,6 +147,26 @@ impl Cache {
         }
         if let Some(mode) = file_mode {
             builder = builder.file_mode(mode);
+        }
+        if let Some(url) = &redis_url {
+            builder = builder.redis(url);
+            if let Some(ns) = &redis_namespace {
+                builder = builder.redis_namespace(ns);
+            }
+            if let Some(secs) = redis_timeout {
+                let timeout = Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|t| !t.is_zero())
+                    .ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "redis_timeout must be a number of seconds > 0, not {secs}"
+                        ))
+                    })?;
+                builder = builder.redis_timeout(timeout);
+            }
+            // A shared tier that cannot be is a mistake of the caller's, not of the machine:
+            // raised whether strict or not.
+            builder.check().map_err(py_err)?;
         }
         let inner = if strict {
             py.detach(|| builder.open()).map_err(py_err)?
@@ -152,6 +189,7 @@ impl Cache {
             temp_dir,
             max_ram_entries,
             cache_ttl_hours,
+            redis_url,
         })
     }
 
@@ -379,6 +417,16 @@ impl Cache {
         d.set_item("recent_index_records", s.recent_index_records)?;
         d.set_item("tail_records", s.tail_records)?;
         d.set_item("storage", storage_name(s.storage))?;
+        if let Some(t) = s.shared {
+            d.set_item("shared_hits", s.shared_hits)?;
+            d.set_item("shared_misses", t.misses)?;
+            d.set_item("shared_errors", t.errors)?;
+            d.set_item("shared_timeouts", t.timeouts)?;
+            d.set_item("shared_skipped", t.skipped)?;
+            d.set_item("shared_written", t.written)?;
+            d.set_item("shared_dropped", t.dropped)?;
+            d.set_item("shared_queued", t.queued)?;
+        }
         Ok(d)
     }
 
@@ -396,8 +444,17 @@ impl Cache {
         py.detach(|| inner.clear_all()).map_err(py_err)
     }
 
-    /// Makes everything set before durable (fsync). Raises DegradedError for a cache that
-    /// works from RAM.
+    /// Deletes this cache's entries (its namespace) from the shared tier, in batches (never
+    /// FLUSHDB); returns how many. Raises SharedTierError without a shared tier, or when Redis
+    /// fails meanwhile.
+    fn clear_shared(&self, py: Python<'_>) -> PyResult<u64> {
+        let inner = &self.inner;
+        py.detach(|| inner.clear_shared()).map_err(py_err)
+    }
+
+    /// Makes everything set before durable (fsync) and, with a shared tier, waits until it is
+    /// written there too (or given up, within the tier's timeouts). Raises DegradedError for a
+    /// cache that works from RAM.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let inner = &self.inner;
         py.detach(|| inner.flush()).map_err(py_err)
@@ -430,6 +487,12 @@ impl Cache {
     }
 
     /// The RAM tier's size in entries.
+    /// The shared tier's Redis URL (or cluster nodes), as given; None without one.
+    #[getter]
+    fn redis_url(&self) -> Option<String> {
+        self.redis_url.clone()
+    }
+
     #[getter]
     fn max_ram_entries(&self) -> usize {
         self.max_ram_entries
@@ -499,6 +562,7 @@ fn _tokcache(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CorruptCacheError", py.get_type::<CorruptCacheError>())?;
     m.add("NewerFormatError", py.get_type::<NewerFormatError>())?;
     m.add("DegradedError", py.get_type::<DegradedError>())?;
+    m.add("SharedTierError", py.get_type::<SharedTierError>())?;
     m.add(
         "CacheDegradedWarning",
         py.get_type::<CacheDegradedWarning>(),

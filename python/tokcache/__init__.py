@@ -28,6 +28,7 @@ from ._tokcache import (
     CorruptCacheError,
     DegradedError,
     NewerFormatError,
+    SharedTierError,
     logical_name,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "CorruptCacheError",
     "DegradedError",
     "NewerFormatError",
+    "SharedTierError",
 ]
 
 __version__ = "0.1.0"
@@ -127,6 +129,9 @@ class PersistentTokenCache(_Cache):
         max_ram_bytes: Optional[int] = None,
         file_mode: Optional[int] = None,
         strict: bool = False,
+        redis_url: Optional[str] = None,
+        redis_namespace: Optional[str] = None,
+        redis_timeout: Optional[float] = None,
     ) -> None:
         # The native constructor opened the cache with these arguments.
         self._flights = _Flights()
@@ -184,12 +189,19 @@ class PersistentTokenCache(_Cache):
                 self.temp_dir,
                 self.max_ram_entries,
                 self.cache_ttl_hours,
+                self.redis_url,
             ),
         )
 
 
-def _reopen(cls: type, temp_dir: Any, max_ram_entries: int, cache_ttl_hours: float) -> Any:
-    return cls(temp_dir, max_ram_entries, cache_ttl_hours)
+def _reopen(
+    cls: type,
+    temp_dir: Any,
+    max_ram_entries: int,
+    cache_ttl_hours: float,
+    redis_url: Optional[str] = None,
+) -> Any:
+    return cls(temp_dir, max_ram_entries, cache_ttl_hours, redis_url=redis_url)
 
 
 _instances: Dict[str, PersistentTokenCache] = {}
@@ -198,9 +210,10 @@ _instances_lock = threading.Lock()
 
 def get_persistent_cache(temp_dir: Union[str, "os.PathLike[str]", None] = None) -> PersistentTokenCache:
     """The process-wide cache of ``temp_dir``: ``$TOKCACHE_DIR`` if not given, else ``temp``
-    (as Rust's ``tokcache::get_persistent_cache``). The same instance for the same directory
-    on every call; a directory that cannot be used gives a RAM-only cache and a warning,
-    never an error. A forked child keeps using its parent's instance (safely)."""
+    (as Rust's ``tokcache::get_persistent_cache``), with a shared tier at ``$TOKCACHE_REDIS``
+    if that is set. The same instance for the same directory on every call; a directory that
+    cannot be used gives a RAM-only cache and a warning, never an error. A forked child keeps
+    using its parent's instance (safely)."""
     if temp_dir is None:
         temp_dir = os.environ.get("TOKCACHE_DIR") or "temp"
     path = os.path.abspath(os.fspath(temp_dir))
@@ -209,7 +222,9 @@ def get_persistent_cache(temp_dir: Union[str, "os.PathLike[str]", None] = None) 
         with _instances_lock:
             cache = _instances.get(path)
             if cache is None:
-                cache = PersistentTokenCache(temp_dir)
+                cache = PersistentTokenCache(
+                    temp_dir, redis_url=os.environ.get("TOKCACHE_REDIS") or None
+                )
                 _instances[path] = cache
     return cache
 

@@ -5,6 +5,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type
 
 from typing import Literal, TypedDict
 
+from typing_extensions import NotRequired
+
 __version__: str
 
 _T = TypeVar("_T")
@@ -30,6 +32,15 @@ class Stats(TypedDict):
     recent_index_records: int
     tail_records: int
     storage: Storage
+    # With a shared tier (redis_url) only.
+    shared_hits: NotRequired[int]
+    shared_misses: NotRequired[int]
+    shared_errors: NotRequired[int]
+    shared_timeouts: NotRequired[int]
+    shared_skipped: NotRequired[int]
+    shared_written: NotRequired[int]
+    shared_dropped: NotRequired[int]
+    shared_queued: NotRequired[int]
 
 class CompactReport(TypedDict):
     expired: int
@@ -40,6 +51,7 @@ class CompactReport(TypedDict):
 class CorruptCacheError(OSError): ...
 class NewerFormatError(OSError): ...
 class DegradedError(OSError): ...
+class SharedTierError(OSError): ...
 class CacheDegradedWarning(RuntimeWarning): ...
 
 class PersistentTokenCache:
@@ -54,6 +66,9 @@ class PersistentTokenCache:
         max_ram_bytes: Optional[int] = None,
         file_mode: Optional[int] = None,
         strict: bool = False,
+        redis_url: Optional[str] = None,
+        redis_namespace: Optional[str] = None,
+        redis_timeout: Optional[float] = None,
     ) -> None: ...
     @overload
     def get(self, key: str, prefix: str = "token") -> Any: ...
@@ -78,12 +93,15 @@ class PersistentTokenCache:
     def clear_expired(self) -> int: ...
     def clear_all(self) -> None: ...
     def flush(self) -> None: ...
+    def clear_shared(self) -> int: ...
     def compact(self) -> CompactReport: ...
     def banner(self) -> str: ...
     @property
     def temp_dir(self) -> Union[str, "os.PathLike[str]"]: ...
     @property
     def max_ram_entries(self) -> int: ...
+    @property
+    def redis_url(self) -> Optional[str]: ...
     @property
     def cache_ttl_hours(self) -> float: ...
     @property

@@ -248,6 +248,17 @@ impl CacheBuilder {
         (self.into_cache(process, ttl_secs), err)
     }
 
+    /// Checks the settings without opening anything: the TTL, and the shared tier's URLs and
+    /// namespace. [`CacheBuilder::open`] fails with the same errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSetting`], naming the setting.
+    pub fn check(&self) -> Result<()> {
+        self.ttl_secs()?;
+        self.check_shared()
+    }
+
     /// Whether the shared tier's settings, if any, are usable.
     fn check_shared(&self) -> Result<()> {
         #[cfg(feature = "redis")]
