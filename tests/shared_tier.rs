@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::redis::{Cluster, Server, cli};
-use common::{expect_success, spawn_child, value_of};
+use common::{expect_success, spawn_child_with, value_of};
 use tokcache::{Cache, ManualClock, SharedStats, TOKEN_COUNT, logical_name, token_count_key};
 
 const KEYS: usize = 300;
@@ -74,8 +74,20 @@ fn machine() {
 
 /// Runs a machine process; its stats.
 fn run_machine(role: &str, dir: &std::path::Path, redis: &str) -> serde_json::Value {
+    run_machine_with(role, dir, redis, &[])
+}
+
+/// Runs a machine process with these variables set too; its stats.
+fn run_machine_with(
+    role: &str,
+    dir: &std::path::Path,
+    redis: &str,
+    vars: &[(&str, &str)],
+) -> serde_json::Value {
     let spec = format!("{role}|{}|{redis}", dir.display());
-    let out = expect_success(spawn_child("machine", "TOKCACHE_MACHINE", &spec));
+    let mut all = vec![("TOKCACHE_MACHINE", spec.as_str())];
+    all.extend_from_slice(vars);
+    let out = expect_success(spawn_child_with("machine", &all));
     let line = out.lines().rfind(|l| l.starts_with('{')).unwrap();
     serde_json::from_str(line).unwrap()
 }
@@ -331,6 +343,52 @@ fn foreign_bytes_under_our_key_are_misses() {
     let v = cache.get_value("test", "k").unwrap();
     assert_eq!(v.timestamp(), 1_799_999_000.0);
     assert_eq!(cache.get_stats().disk_files, 1);
+}
+
+/// `rediss://`: two machines share entries over TLS, the server's certificate checked against
+/// the CA that `SSL_CERT_FILE` names; a process that does not trust that CA refuses the server
+/// (misses and dropped writes, counted; no operation fails), unless its URL ends in
+/// `#insecure`.
+#[test]
+fn tls_with_the_server_certificate_checked() {
+    let server = Server::start_tls();
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let ca = server.ca_file();
+    let trusting = [("SSL_CERT_FILE", ca.as_str())];
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let wrote = run_machine_with("write", a.path(), &url, &trusting);
+    assert_eq!(wrote["shared"]["written"], KEYS as u64, "{wrote}");
+    let read = run_machine_with("read", b.path(), &url, &trusting);
+    assert_eq!(read["shared_hits"], KEYS as u64, "{read}");
+    let stored = server.cli(&[
+        "GET",
+        &format!("tokcache:{}", logical_name("test", &key(0))),
+    ]);
+    assert!(stored.starts_with("{\"key\":"), "{stored}");
+
+    // This process trusts the system's roots only (unless its environment says otherwise).
+    if std::env::var_os("SSL_CERT_FILE").is_none() && std::env::var_os("SSL_CERT_DIR").is_none() {
+        let c = tempfile::tempdir().unwrap();
+        let untrusting = open(c.path(), &url);
+        assert_eq!(untrusting.get::<u64>("test", &key(0)), None);
+        untrusting.set("test", "mine", &1u64).unwrap();
+        untrusting.flush().unwrap();
+        assert_eq!(
+            untrusting.get::<u64>("test", "mine"),
+            Some(1),
+            "local tiers go on"
+        );
+        let s = shared(&untrusting);
+        assert_eq!((s.hits, s.written), (0, 0), "{s:?}");
+        assert!(s.errors >= 1 && s.dropped == 1, "{s:?}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let insecure = open(d.path(), &format!("{url}#insecure"));
+    assert_eq!(
+        insecure.get::<u64>("test", &key(0)),
+        Some(value_of(&key(0)))
+    );
 }
 
 #[test]

@@ -61,6 +61,8 @@ impl Settings {
         if spec.contains(',') {
             let nodes = spec.split(',').map(str::trim).filter(|s| !s.is_empty());
             Self::new(nodes.map(String::from).collect(), true)
+        } else if spec.trim().is_empty() {
+            Self::new(Vec::new(), false)
         } else {
             Self::new(vec![spec.trim().to_string()], false)
         }
@@ -172,6 +174,8 @@ mod tests {
         assert!(three.cluster);
         let seed = Settings::parse("redis://a:1,");
         assert_eq!((seed.nodes.len(), seed.cluster), (1, true));
+        // An empty TOKCACHE_REDIS: no shared tier.
+        assert!(Settings::parse(" ").nodes.is_empty());
     }
 
     #[test]

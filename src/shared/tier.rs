@@ -169,7 +169,7 @@ fn clear_server(conn: &mut redis::Connection, pattern: &str) -> RedisResult<u64>
 
 /// Where the shared tier is: one server, or a cluster.
 enum Target {
-    One(redis::Client),
+    One(Box<redis::Client>),
     /// The client, and the first node's settings (password, database) for reaching each
     /// master on its own.
     Cluster(Box<(redis::cluster::ClusterClient, redis::ConnectionInfo)>),
@@ -251,7 +251,9 @@ impl Link {
                 .map_err(invalid)?;
             Target::Cluster(Box::new((client, first)))
         } else {
-            Target::One(redis::Client::open(settings.nodes[0].as_str()).map_err(invalid)?)
+            Target::One(Box::new(
+                redis::Client::open(settings.nodes[0].as_str()).map_err(invalid)?,
+            ))
         };
         Ok(Self {
             target,

@@ -1,5 +1,6 @@
-//! Real `redis-server` processes on free loopback ports, stopped when dropped: one server, or a
-//! 3-master Redis Cluster made by `redis-cli --cluster create`.
+//! Real `redis-server` processes on free loopback ports, stopped when dropped: one server (plain
+//! or TLS, with a certificate of a test CA made here), or a 3-master Redis Cluster made by
+//! `redis-cli --cluster create`.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -46,12 +47,25 @@ fn command(program: &str) -> Command {
 
 /// A `redis-cli` call against `port`; its standard output.
 pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_with(port, &[], args)
+}
+
+fn cli_with(port: u16, options: &[String], args: &[&str]) -> String {
     let out = command("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(options)
         .args(args)
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Cluster,
+    /// TLS only (no plain port), with `server.pem` / `server.key` signed by `ca.pem`.
+    Tls,
 }
 
 /// One `redis-server` process.
@@ -59,27 +73,36 @@ pub struct Server {
     pub port: u16,
     child: Child,
     dir: tempfile::TempDir,
-    cluster: bool,
+    mode: Mode,
 }
 
 impl Server {
     /// A server without persistence on a free port, ready when this returns.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(Mode::Plain)
     }
 
-    fn start_with(cluster: bool) -> Self {
+    /// A server that speaks TLS only, with a certificate for 127.0.0.1 signed by a CA of its
+    /// own ([`Server::ca_file`]), valid from 1975 to 4096 (the tests also run under faketime).
+    pub fn start_tls() -> Self {
+        Self::start_with(Mode::Tls)
+    }
+
+    fn start_with(mode: Mode) -> Self {
         need("redis-server");
         // A port taken between `free_port` and the server's bind: another try, another port.
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
+            if mode == Mode::Tls {
+                write_certificates(dir.path());
+            }
             let port = free_port();
-            let child = Self::spawn(dir.path(), port, cluster);
+            let child = Self::spawn(dir.path(), port, mode);
             let mut server = Self {
                 port,
                 child,
                 dir,
-                cluster,
+                mode,
             };
             if server.wait_ready() {
                 return server;
@@ -88,22 +111,34 @@ impl Server {
         panic!("redis-server did not start (5 tries)")
     }
 
-    fn spawn(dir: &Path, port: u16, cluster: bool) -> Child {
+    fn spawn(dir: &Path, port: u16, mode: Mode) -> Child {
         let mut c = command("redis-server");
-        c.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        if cluster {
+        let port = port.to_string();
+        if mode == Mode::Tls {
+            c.args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(dir.join("server.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(dir.join("ca.pem"));
+        } else {
+            c.args(["--port", &port]);
+        }
+        c.args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if mode == Mode::Cluster {
             c.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
                 .args(["--cluster-config-file", "nodes.conf"]);
         }
@@ -116,7 +151,7 @@ impl Server {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if cli(self.port, &["PING"]).trim() == "PONG" {
+            if self.cli(&["PING"]).trim() == "PONG" {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -124,8 +159,27 @@ impl Server {
         false
     }
 
+    /// A `redis-cli` call against this server (over TLS for a TLS server).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let options = match self.mode {
+            Mode::Tls => vec!["--tls".into(), "--cacert".into(), self.ca_file()],
+            _ => Vec::new(),
+        };
+        cli_with(self.port, &options, args)
+    }
+
+    /// The CA certificate (PEM) a TLS server's certificate is signed by.
+    pub fn ca_file(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.mode == Mode::Tls {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the server (SIGKILL): what it held is gone.
@@ -139,7 +193,7 @@ impl Server {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            self.child = Self::spawn(self.dir.path(), self.port, self.cluster);
+            self.child = Self::spawn(self.dir.path(), self.port, self.mode);
             if self.wait_ready() {
                 return;
             }
@@ -188,7 +242,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn start() -> Self {
         need("redis-cli");
-        let nodes: Vec<Server> = (0..3).map(|_| Server::start_with(true)).collect();
+        let nodes: Vec<Server> = (0..3).map(|_| Server::start_with(Mode::Cluster)).collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -232,4 +286,25 @@ impl Cluster {
             .map(|n| cli(n.port, &["DBSIZE"]).trim().parse::<u64>().unwrap())
             .sum()
     }
+}
+
+/// A test CA (`ca.pem`) and a certificate for 127.0.0.1 it signed (`server.pem`,
+/// `server.key`), in `dir`.
+fn write_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "tokcache test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    // Its own subject: with the CA's (rcgen's default), it would read as self-signed.
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
 }

@@ -26,7 +26,7 @@ struct Cli {
     /// Age in hours after which entries count as expired.
     #[arg(long, global = true, default_value_t = 24.0)]
     ttl_hours: f64,
-    /// A shared tier: a Redis URL (redis://host:port/db), or a Redis Cluster's nodes separated
+    /// A shared tier: a Redis URL (redis://host:port/db; rediss:// for TLS), or a Redis Cluster's nodes separated
     /// by commas. `get` asks it on a local miss; `set`, `rm` and `import` write there too.
     #[arg(long, global = true, env = "TOKCACHE_REDIS")]
     redis: Option<String>,
