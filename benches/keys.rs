@@ -11,13 +11,17 @@
 //! noisy, so read the ratios within one run. `TOKCACHE_BENCH_SCALE=0.2` runs fewer keys.
 
 #[path = "ops/engines.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod engines;
 
 use std::path::Path;
 use std::time::Instant;
 
+#[path = "common/timing.rs"]
+mod timing;
+
 use engines::{Engine, Original, PREFIX};
+use timing::{fmt, median_p99, shuffled, timed};
 use tokcache::Cache;
 
 /// The text of a bench key (every one starts with the token-count key's head).
@@ -113,41 +117,6 @@ fn rss_anon() -> u64 {
         .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-fn median_p99(mut ns: Vec<u64>) -> (f64, f64) {
-    ns.sort_unstable();
-    let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)] as f64 / 1000.0;
-    (at(0.5), at(0.99))
-}
-
-fn fmt((median, p99): (f64, f64)) -> String {
-    format!("{median:.2} us [{p99:.1}]")
-}
-
-/// Per-operation times of `f` over `order`.
-fn timed(order: &[usize], mut f: impl FnMut(usize)) -> Vec<u64> {
-    order
-        .iter()
-        .map(|&i| {
-            let t = Instant::now();
-            f(i);
-            t.elapsed().as_nanos() as u64
-        })
-        .collect()
-}
-
-/// A fixed shuffle of `0..n`.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    let mut x = seed | 1;
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    v
 }
 
 struct Row {

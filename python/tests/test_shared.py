@@ -91,6 +91,37 @@ def test_two_machines_share_entries_through_redis(tmp_path: Path, redis_url: str
     assert read["hit_rate_percent"] == 100.0
 
 
+_INHERITED = None
+
+
+def _set_in_forked_child(start: int) -> int:
+    assert _INHERITED is not None
+    for i in range(start, start + 100):
+        _INHERITED.set(f"fork-{i}", i)
+    _INHERITED.flush()
+    return os.getpid()
+
+
+def test_a_forked_pool_writes_through_its_own_tier(tmp_path: Path, redis_url: str):
+    """The cache opened (and its writer thread started) in the parent, used in `fork` workers:
+    each worker's sets reach Redis through its own writer."""
+    global _INHERITED
+    _INHERITED = tokcache.PersistentTokenCache(tmp_path / "a", redis_url=redis_url, redis_timeout=2.0)
+    try:
+        _INHERITED.set("parent", 1)
+        _INHERITED.flush()
+        with mp.get_context("fork").Pool(4) as pool:
+            pids = pool.map(_set_in_forked_child, range(0, 400, 100), chunksize=1)
+        assert os.getpid() not in pids
+        other = tokcache.PersistentTokenCache(tmp_path / "b", redis_url=redis_url, redis_timeout=2.0)
+        assert [other.get(f"fork-{i}") for i in range(400)] == list(range(400))
+        assert other.get("parent") == 1
+        assert other.get_stats()["shared_hits"] == 401
+        assert _INHERITED.get_stats()["shared_written"] == 1, "the parent wrote only its own"
+    finally:
+        _INHERITED = None
+
+
 def test_redis_holds_the_original_json(tmp_path: Path, redis_url: str):
     cache = tokcache.PersistentTokenCache(tmp_path, redis_url=redis_url, redis_timeout=2.0)
     cache.set("hello", [1, "two", None], prefix="token")
