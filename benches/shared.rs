@@ -220,7 +220,7 @@ fn main() {
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let server = Server::start();
     let url = server.url();
-    let version = redis_server::cli(server.port, &["INFO", "server"]);
+    let version = server.cli(&["INFO", "server"]);
     let version = version
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::redis::{Cluster, Server, cli};
+use common::redis::{Cluster, Server};
 use common::{expect_success, spawn_child_with, value_of};
 use tokcache::{Cache, ManualClock, SharedStats, TOKEN_COUNT, logical_name, token_count_key};
 
@@ -130,8 +130,8 @@ fn same_bytes_as_export(dir: &std::path::Path, get: impl Fn(&str) -> String) {
 }
 
 /// The raw bytes `redis-cli GET` prints (without its newline).
-fn redis_get(port: u16, key: &str) -> String {
-    let out = cli(port, &["GET", key]);
+fn redis_get(server: &Server, key: &str) -> String {
+    let out = server.cli(&["GET", key]);
     out.strip_suffix('\n').unwrap_or(&out).to_string()
 }
 
@@ -139,10 +139,9 @@ fn redis_get(port: u16, key: &str) -> String {
 fn two_machines_share_entries_through_one_server() {
     let mut server = Server::start();
     let url = server.url();
-    let port = server.port;
     let a = tempfile::tempdir().unwrap();
     run_machine("write", a.path(), &url);
-    same_bytes_as_export(a.path(), |k| redis_get(port, k));
+    same_bytes_as_export(a.path(), |k| redis_get(&server, k));
     two_machines(&url, || server.kill());
 }
 
@@ -153,13 +152,10 @@ fn two_machines_share_entries_through_a_cluster() {
     two_machines(&spec, || {
         // Spread over the three masters, and removed from all of them by namespace only.
         for n in &cluster.nodes {
-            assert_ne!(cli(n.port, &["DBSIZE"]).trim(), "0", "node {}", n.port);
+            assert_ne!(n.cli(&["DBSIZE"]).trim(), "0", "node {}", n.port);
         }
         assert_eq!(cluster.dbsize(), KEYS as u64);
-        cli(
-            cluster.nodes[0].port,
-            &["-c", "SET", "other-program:key", "kept"],
-        );
+        cluster.nodes[0].cli(&["-c", "SET", "other-program:key", "kept"]);
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(open(dir.path(), &spec).clear_shared().unwrap(), KEYS as u64);
         assert_eq!(cluster.dbsize(), 1);
@@ -308,8 +304,8 @@ fn foreign_bytes_under_our_key_are_misses() {
         .unwrap();
     let name = format!("tokcache:{}", logical_name("test", "k"));
     let put = |bytes: &str| {
-        cli(server.port, &["DEL", &name]);
-        cli(server.port, &["SET", &name, bytes]);
+        server.cli(&["DEL", &name]);
+        server.cli(&["SET", &name, bytes]);
     };
     let foreign = [
         "not json at all".to_string(),
@@ -327,8 +323,8 @@ fn foreign_bytes_under_our_key_are_misses() {
         assert_eq!(shared(&cache).errors, n as u64 + 1, "{bytes}");
     }
     // Another type under our key: an error reply.
-    cli(server.port, &["DEL", &name]);
-    cli(server.port, &["HSET", &name, "f", "v"]);
+    server.cli(&["DEL", &name]);
+    server.cli(&["HSET", &name, "f", "v"]);
     assert_eq!(cache.get::<u64>("test", "k"), None);
     assert_eq!(shared(&cache).errors, foreign.len() as u64 + 1);
 
@@ -443,7 +439,7 @@ fn removals_and_expiry_reach_the_shared_tier() {
         "tokcache:{}",
         logical_name(TOKEN_COUNT, &token_count_key("cl100k_base", text))
     );
-    let pttl: u64 = cli(server.port, &["PTTL", &name]).trim().parse().unwrap();
+    let pttl: u64 = server.cli(&["PTTL", &name]).trim().parse().unwrap();
     assert!((3_500_000..=3_600_000).contains(&pttl), "{pttl}");
 
     assert!(one.remove("test", "gone").unwrap());

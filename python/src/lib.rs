@@ -106,7 +106,10 @@ struct Cache {
     temp_dir: PathBuf,
     max_ram_entries: usize,
     cache_ttl_hours: f64,
+    /// The shared tier's settings as given (a pickled cache carries them).
     redis_url: Option<String>,
+    redis_namespace: Option<String>,
+    redis_timeout: Option<f64>,
 }
 
 impl Cache {
@@ -167,6 +170,10 @@ impl Cache {
             // A shared tier that cannot be is a mistake of the caller's, not of the machine:
             // raised whether strict or not.
             builder.check().map_err(py_err)?;
+        } else if redis_namespace.is_some() || redis_timeout.is_some() {
+            return Err(PyValueError::new_err(
+                "redis_namespace and redis_timeout need redis_url",
+            ));
         }
         let inner = if strict {
             py.detach(|| builder.open()).map_err(py_err)?
@@ -190,6 +197,8 @@ impl Cache {
             max_ram_entries,
             cache_ttl_hours,
             redis_url,
+            redis_namespace,
+            redis_timeout,
         })
     }
 
@@ -486,13 +495,25 @@ impl Cache {
         self.temp_dir.clone()
     }
 
-    /// The RAM tier's size in entries.
     /// The shared tier's Redis URL (or cluster nodes), as given; None without one.
     #[getter]
     fn redis_url(&self) -> Option<String> {
         self.redis_url.clone()
     }
 
+    /// The shared tier's key namespace as given (None: the default, "tokcache").
+    #[getter]
+    fn redis_namespace(&self) -> Option<String> {
+        self.redis_namespace.clone()
+    }
+
+    /// The shared tier's timeout in seconds as given (None: the default, 0.005).
+    #[getter]
+    fn redis_timeout(&self) -> Option<f64> {
+        self.redis_timeout
+    }
+
+    /// The RAM tier's size in entries.
     #[getter]
     fn max_ram_entries(&self) -> usize {
         self.max_ram_entries

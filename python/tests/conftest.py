@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh cache directory, and the `tokcache` CLI built from this checkout."""
 
+import functools
 import os
 import shutil
 import subprocess
@@ -27,9 +28,15 @@ def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def cli() -> str:
     """The `tokcache` binary: $TOKCACHE_CLI (the cargo test runner sets it), else built here."""
+    return _cli_path()
+
+
+@functools.cache
+def _cli_path() -> str:
+    """Found (or built) once per pytest run."""
     path = os.environ.get("TOKCACHE_CLI")
     if not path:
         subprocess.run(

@@ -4,6 +4,7 @@ through a real redis-server, and a server that is down costing nothing but misse
 import json
 import multiprocessing as mp
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -17,9 +18,8 @@ import tokcache
 from conftest import run_cli
 
 # The server runs on the real clock when the tests run under faketime.
-_SERVER_ENV = {
-    k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE")
-}
+_FAKETIME_VARS = ("LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE", "FAKETIME_DONT_FAKE_MONOTONIC")
+_SERVER_ENV = {k: v for k, v in os.environ.items() if k not in _FAKETIME_VARS}
 
 
 def _free_port() -> int:
@@ -174,10 +174,24 @@ def test_bad_settings_raise(tmp_path: Path):
         tokcache.PersistentTokenCache(tmp_path, redis_url="redis://h/", redis_namespace="a*")
     with pytest.raises(ValueError, match="redis_timeout"):
         tokcache.PersistentTokenCache(tmp_path, redis_url="redis://h/", redis_timeout=0)
+    with pytest.raises(ValueError, match="need redis_url"):
+        tokcache.PersistentTokenCache(tmp_path, redis_namespace="mine")
     plain = tokcache.PersistentTokenCache(tmp_path)
     assert plain.redis_url is None and "shared_hits" not in plain.get_stats()
     with pytest.raises(tokcache.SharedTierError):
         plain.clear_shared()
+
+
+def test_a_pickled_cache_keeps_its_shared_tier(tmp_path: Path, redis_url: str):
+    """What a `spawn` worker receives opens the same tier: URL, namespace and timeout."""
+    cache = tokcache.PersistentTokenCache(
+        tmp_path / "a", redis_url=redis_url, redis_namespace="team-a", redis_timeout=2.0
+    )
+    copy = pickle.loads(pickle.dumps(cache))
+    assert (copy.redis_url, copy.redis_namespace, copy.redis_timeout) == (redis_url, "team-a", 2.0)
+    copy.set("k", 1)
+    copy.flush()
+    assert _redis_cli(_port(redis_url), "EXISTS", "team-a:" + tokcache.logical_name("k")) == "1"
 
 
 def test_get_persistent_cache_reads_tokcache_redis(tmp_path: Path, redis_url: str):

@@ -190,6 +190,8 @@ class PersistentTokenCache(_Cache):
                 self.max_ram_entries,
                 self.cache_ttl_hours,
                 self.redis_url,
+                self.redis_namespace,
+                self.redis_timeout,
             ),
         )
 
@@ -200,8 +202,17 @@ def _reopen(
     max_ram_entries: int,
     cache_ttl_hours: float,
     redis_url: Optional[str] = None,
+    redis_namespace: Optional[str] = None,
+    redis_timeout: Optional[float] = None,
 ) -> Any:
-    return cls(temp_dir, max_ram_entries, cache_ttl_hours, redis_url=redis_url)
+    return cls(
+        temp_dir,
+        max_ram_entries,
+        cache_ttl_hours,
+        redis_url=redis_url,
+        redis_namespace=redis_namespace,
+        redis_timeout=redis_timeout,
+    )
 
 
 _instances: Dict[str, PersistentTokenCache] = {}

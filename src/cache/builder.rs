@@ -158,9 +158,9 @@ impl CacheBuilder {
 
     /// A shared tier on the Redis server at `url` (`redis://[user:password@]host:port/db`;
     /// `rediss://` for TLS, the server's certificate checked against the system's roots or
-    /// `SSL_CERT_FILE`), below the local tiers: see docs/redis.md. A comma-separated list is the nodes of a
-    /// Redis Cluster, as [`CacheBuilder::redis_cluster`] takes them (the form of
-    /// `TOKCACHE_REDIS` and the CLI's `--redis`). Nothing connects before the first use: a
+    /// `SSL_CERT_FILE`), below the local tiers: see docs/redis.md. A comma-separated list is
+    /// the nodes of a Redis Cluster, as [`CacheBuilder::redis_cluster`] takes them (the form
+    /// of `TOKCACHE_REDIS` and the CLI's `--redis`). Nothing connects before the first use: a
     /// server that is down at open is only a shared tier that misses. An empty `url`: none.
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: &str) -> Self {

@@ -45,12 +45,8 @@ fn command(program: &str) -> Command {
     c
 }
 
-/// A `redis-cli` call against `port`; its standard output.
-pub fn cli(port: u16, args: &[&str]) -> String {
-    cli_with(port, &[], args)
-}
-
-fn cli_with(port: u16, options: &[String], args: &[&str]) -> String {
+/// A `redis-cli` call against `port` (with `options`, e.g. TLS's); its standard output.
+fn cli(port: u16, options: &[String], args: &[&str]) -> String {
     let out = command("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(options)
@@ -165,7 +161,7 @@ impl Server {
             Mode::Tls => vec!["--tls".into(), "--cacert".into(), self.ca_file()],
             _ => Vec::new(),
         };
-        cli_with(self.port, &options, args)
+        cli(self.port, &options, args)
     }
 
     /// The CA certificate (PEM) a TLS server's certificate is signed by.
@@ -262,7 +258,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !nodes
             .iter()
-            .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         {
             assert!(
                 Instant::now() < deadline,
@@ -283,7 +279,7 @@ impl Cluster {
     pub fn dbsize(&self) -> u64 {
         self.nodes
             .iter()
-            .map(|n| cli(n.port, &["DBSIZE"]).trim().parse::<u64>().unwrap())
+            .map(|n| n.cli(&["DBSIZE"]).trim().parse::<u64>().unwrap())
             .sum()
     }
 }
