@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::files::Dir;
+use crate::le;
 use crate::map::SharedPage;
 
 pub(crate) const FILE_NAME: &str = "tokcache.ctl";
@@ -45,11 +46,11 @@ impl Control {
     pub(crate) fn create(dir: &Dir, seed: u64, generation: u64, log: u32) -> Result<()> {
         let mut page = vec![0u8; PAGE_LEN];
         page[..8].copy_from_slice(MAGIC);
-        page[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
-        page[OFF_PAGE_LEN..OFF_PAGE_LEN + 4].copy_from_slice(&(PAGE_LEN as u32).to_le_bytes());
-        page[OFF_SEED..OFF_SEED + 8].copy_from_slice(&seed.to_le_bytes());
-        page[OFF_GENERATION..OFF_GENERATION + 8].copy_from_slice(&generation.to_le_bytes());
-        page[OFF_LOG..OFF_LOG + 4].copy_from_slice(&log.to_le_bytes());
+        le::put(&mut page, OFF_VERSION, VERSION.to_le_bytes());
+        le::put(&mut page, OFF_PAGE_LEN, (PAGE_LEN as u32).to_le_bytes());
+        le::put(&mut page, OFF_SEED, seed.to_le_bytes());
+        le::put(&mut page, OFF_GENERATION, generation.to_le_bytes());
+        le::put(&mut page, OFF_LOG, log.to_le_bytes());
         dir.write_file(FILE_NAME, &page)
     }
 
@@ -76,11 +77,7 @@ impl Control {
                 "bad magic: not a tokcache control page",
             ));
         }
-        let version = u32::from_le_bytes(
-            b[OFF_VERSION..OFF_VERSION + 4]
-                .try_into()
-                .unwrap_or_default(),
-        );
+        let version = u32::from_le_bytes(le::get(b, OFF_VERSION));
         if version != VERSION {
             // No checksum says whether this is damage or a newer release: the store tells by
             // the indexes (see `index::check_not_newer`) before it rebuilds the page.
@@ -89,7 +86,7 @@ impl Control {
                 format!("format version {version}, this build reads {VERSION}"),
             ));
         }
-        let seed = u64::from_le_bytes(b[OFF_SEED..OFF_SEED + 8].try_into().unwrap_or_default());
+        let seed = u64::from_le_bytes(le::get(b, OFF_SEED));
         debug_assert_eq!(page.len(), PAGE_LEN);
         Ok(Self { page, seed })
     }

@@ -39,6 +39,7 @@ mod fork;
 mod hash;
 mod index;
 mod keys;
+mod le;
 mod legacy;
 mod lock;
 mod map;

@@ -2,6 +2,7 @@
 //! of files, maps or types beyond the value kind byte.
 
 use crate::hash::xxh3_64;
+use crate::le;
 
 /// Size of the fixed record header.
 pub(crate) const HEADER_LEN: usize = 32;
@@ -158,17 +159,17 @@ pub(crate) fn encode_parts(
     out.reserve(total);
     out.extend_from_slice(&[0; HEADER_LEN]);
     let h = &mut out[start..start + HEADER_LEN];
-    h[OFF_KEY_LEN..OFF_KEY_LEN + 4].copy_from_slice(&(key_len as u32).to_le_bytes());
-    h[OFF_KEY_HASH..OFF_KEY_HASH + 8].copy_from_slice(&key_hash.to_le_bytes());
-    h[OFF_TIMESTAMP..OFF_TIMESTAMP + 8].copy_from_slice(&timestamp.to_le_bytes());
-    h[OFF_VALUE_LEN..OFF_VALUE_LEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    le::put(h, OFF_KEY_LEN, (key_len as u32).to_le_bytes());
+    le::put(h, OFF_KEY_HASH, key_hash.to_le_bytes());
+    le::put(h, OFF_TIMESTAMP, timestamp.to_le_bytes());
+    le::put(h, OFF_VALUE_LEN, (value.len() as u32).to_le_bytes());
     let (prefix_byte, magic, text) = match prefix {
         Prefix::Text(t) => (t.len() as u8, MAGIC, t.as_bytes()),
         Prefix::Interned(id) => (id, MAGIC_INTERNED, &[][..]),
     };
     h[OFF_PREFIX_LEN] = prefix_byte;
     h[OFF_KIND] = kind as u8;
-    h[OFF_MAGIC..OFF_MAGIC + 2].copy_from_slice(&magic.to_le_bytes());
+    le::put(h, OFF_MAGIC, magic.to_le_bytes());
     out.extend_from_slice(value);
     out.extend_from_slice(text);
     let summed_end = out.len();
@@ -177,17 +178,7 @@ pub(crate) fn encode_parts(
     }
     out.resize(start + total, 0);
     let sum = xxh3_64(&out[start + 4..summed_end]) as u32;
-    out[start + OFF_SUM..start + OFF_SUM + 4].copy_from_slice(&sum.to_le_bytes());
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
+    le::put(&mut out[start..], OFF_SUM, sum.to_le_bytes());
 }
 
 /// The lengths a record header gives.
@@ -202,13 +193,13 @@ struct Extent {
 
 /// Reads a header's magic and lengths (nothing else is checked).
 fn extent(h: &[u8]) -> Result<Extent, &'static str> {
-    let interned = match u16::from_le_bytes([h[OFF_MAGIC], h[OFF_MAGIC + 1]]) {
+    let interned = match u16::from_le_bytes(le::get(h, OFF_MAGIC)) {
         MAGIC => false,
         MAGIC_INTERNED => true,
         _ => return Err("bad record magic"),
     };
-    let key_len = u32_at(h, OFF_KEY_LEN) as usize;
-    let value_len = u32_at(h, OFF_VALUE_LEN) as usize;
+    let key_len = u32::from_le_bytes(le::get(h, OFF_KEY_LEN)) as usize;
+    let value_len = u32::from_le_bytes(le::get(h, OFF_VALUE_LEN)) as usize;
     let (prefix_len, form) = if interned {
         (0, Prefix::Interned(h[OFF_PREFIX_LEN]))
     } else {
@@ -273,7 +264,7 @@ pub(crate) fn decode<'a, P: PrefixNames + ?Sized>(
     let value_end = HEADER_LEN + value_len;
     let prefix_end = value_end + prefix_len;
     let sum = xxh3_64(&rec[4..prefix_end]) as u32;
-    if sum != u32_at(h, OFF_SUM) {
+    if sum != u32::from_le_bytes(le::get(h, OFF_SUM)) {
         return Err("record checksum mismatch");
     }
     let ok_kind_len = match kind {
@@ -293,8 +284,8 @@ pub(crate) fn decode<'a, P: PrefixNames + ?Sized>(
     };
     Ok(RecordRef {
         kind,
-        key_hash: u64_at(h, OFF_KEY_HASH),
-        timestamp: f64::from_le_bytes(u64_at(h, OFF_TIMESTAMP).to_le_bytes()),
+        key_hash: u64::from_le_bytes(le::get(h, OFF_KEY_HASH)),
+        timestamp: f64::from_le_bytes(le::get(h, OFF_TIMESTAMP)),
         value: &rec[HEADER_LEN..value_end],
         prefix,
         prefix_id,

@@ -1,21 +1,9 @@
 //! Appending records to the log: under the write lock, after catching up, at the committed
 //! length (through the writer's mapping or `pwrite`), then publishing the new length.
 
-use std::sync::atomic::Ordering;
-
 use super::{Lookup, Store, View};
-use crate::error::{IoContext, Result};
-use crate::files;
-use crate::map::WriteMap;
+use crate::error::Result;
 use crate::record;
-use crate::segment;
-
-/// Appends this large are written with `pwrite`, not copied in through the writer's mapping:
-/// that copy first makes the mapping's pages, which for space reserved but never written means
-/// zeroing them, and `pwrite` fills whole pages itself. (1200 sets of 100 KB keys here: 140-163
-/// ms through the mapping, 107-110 ms with `pwrite`.) Smaller records keep the mapping, which
-/// saves a system call each.
-const PWRITE_FROM: usize = 64 << 10;
 
 impl Store {
     /// Appends encoded records (under the lock) and publishes them. `true`: the log is past its
@@ -79,7 +67,7 @@ impl Store {
             // compaction seals this one), never over bytes other processes were told about.
             log::warn!(
                 "{}: damaged past its intact {} bytes; sealing it",
-                v.log_path.display(),
+                v.log.path().display(),
                 v.scanned
             );
         }
@@ -88,25 +76,13 @@ impl Store {
         }
         let off = v.scanned;
         let committed = off + bytes.len() as u64;
-        let view = &mut *v;
-        if let Some(file) = &view.log {
-            view.log_len = segment::reserve(
-                file,
-                &view.log_path,
-                view.log_start,
-                view.log_len,
-                committed,
-            )?;
-        }
-        let mapped = bytes.len() < PWRITE_FROM && self.write_mapped(view, off, &bytes)?;
-        if !mapped && let Some(file) = &view.log {
-            files::append_at(file, &view.log_path, off, &bytes)?;
-        }
+        let start = v.log_start;
+        v.log.append(start, off, &bytes, &self.mapped_writes)?;
         self.control.publish_committed(committed);
         v.scan_log(committed, |_| {})?;
         // What the log's map lets be borrowed never reaches past the published records (the
         // writer's mapping fills the space after them).
-        debug_assert!(v.log_map.bytes().len() as u64 <= committed);
+        debug_assert!(v.log.map().bytes().len() as u64 <= committed);
         published();
         let (full, wait) = self.wants_compaction(&v);
         drop((v, l, w));
@@ -119,36 +95,6 @@ impl Store {
             return Ok(false);
         }
         Ok(full)
-    }
-
-    /// Copies records into the log through the writable mapping, (re)mapping it after growth.
-    /// `false`: not done, the caller writes them with `pwrite` (file system without safe mapped
-    /// writes, or space that cannot be allocated: the write then reports a full disk itself).
-    pub(super) fn write_mapped(&self, v: &mut View, off: u64, bytes: &[u8]) -> Result<bool> {
-        if !self.mapped_writes.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        let end = off + bytes.len() as u64;
-        if v.log_write.as_ref().is_none_or(|m| !m.covers(off, end)) {
-            v.log_write = None;
-            let Some(file) = &v.log else {
-                return Ok(false);
-            };
-            // From the 2 MiB boundary below the append to the space reserved: appends go on
-            // from there until the log grows again.
-            let start = off - off % crate::map::HUGE_PAGE;
-            // Space another process reserved may be sparse (its file system call failed, say):
-            // everything mapped for writing must be allocated.
-            if let Err(e) = crate::map::allocate(file, start, v.log_len.saturating_sub(start)) {
-                log::debug!("{}: appends use pwrite ({e})", v.log_path.display());
-                self.mapped_writes.store(false, Ordering::Relaxed);
-                return Ok(false);
-            }
-            let map = WriteMap::new(file, start, v.log_len)
-                .ctx("map segment for writing", &v.log_path)?;
-            v.log_write = Some(map);
-        }
-        Ok(v.log_write.as_ref().is_some_and(|m| m.write(off, bytes)))
     }
 
     /// Whether the tail should go into a new index: it has `compact_records` records or

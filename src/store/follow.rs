@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 
 use parking_lot::{RwLock, RwLockWriteGuard};
 
-use super::tail::Tail;
 use super::view::SegmentMaps;
 use super::{Reader, Store, View, discard, is_newer, is_not_found, pack, rest_end};
 use crate::control::State;
@@ -69,25 +68,22 @@ impl Store {
             Arc::clone(&self.prefixes),
             state.generation,
             Some(index),
+            recent,
             segments,
             infos,
             active,
             log_start,
             log_path,
         );
-        view.recent = recent;
         self.ensure_log(&mut view, false)?;
-        if let Some(file) = &view.log {
-            view.log_head = Arc::new(segment::map_segment(file, &view.log_path, log_start)?);
-        }
-        if view.log.is_none() && state.committed > 0 {
+        view.log.map_head(log_start)?;
+        if !view.log.is_open() && state.committed > 0 {
             let missing = io::Error::from(io::ErrorKind::NotFound);
-            return Err(Error::io("open segment", &view.log_path, missing));
+            return Err(Error::io("open segment", view.log.path(), missing));
         }
         let carried = prev.is_some_and(|p| view.carry_tail(&p.read()));
         if !carried {
-            let expected = state.committed.min(view.log_len).saturating_sub(log_start) / 96;
-            view.tail = Tail::with_capacity(expected.min(1 << 24) as usize);
+            view.presize_tail(state.committed, self.opts.compact_records);
         }
         view.scan_log(state.committed, |_| {})?;
         Ok(view)
@@ -182,7 +178,7 @@ impl Store {
     /// loaded): without it the view could neither see others' records nor append after them.
     /// `create`: make it if it is missing (writers); otherwise a missing one stays `None`.
     pub(super) fn ensure_log(&self, v: &mut View, create: bool) -> Result<()> {
-        if v.log.is_some() {
+        if v.log.is_open() {
             return Ok(());
         }
         let file = if create {
@@ -192,18 +188,15 @@ impl Store {
                 .read(true)
                 .write(self.is_writable())
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(&v.log_path);
+                .open(v.log.path());
             match opened {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(Error::io("open segment", &v.log_path, e)),
+                Err(e) => return Err(Error::io("open segment", v.log.path(), e)),
             }
         };
-        v.log_len = file.metadata().ctx("stat segment", &v.log_path)?.len();
         // Nothing visible until a scan of the committed records (`View::scan_log`).
-        v.log_map = Arc::new(segment::map_segment(&file, &v.log_path, v.log_len)?.hidden());
-        v.log = Some(file);
-        Ok(())
+        v.log.attach(file)
     }
 
     /// The view, caught up with the control page, held for writing. The caller holds the file

@@ -8,7 +8,7 @@ use super::compact::CompactReport;
 use super::rewrite::Rewriter;
 use super::tail::TailLoc;
 use super::{Store, View, key_eq};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::files::{self, Staged};
 use crate::index::{self, Index, IndexBody, SegmentInfo, Slot};
 use crate::keys::random_seed;
@@ -291,8 +291,8 @@ impl Store {
             .map(|s| s.len)
             .sum();
         let keeps_log = referenced.contains(&v.active);
-        if let (Some(log), true) = (&v.log, keeps_log) {
-            log.sync_data().ctx("sync segment", &v.log_path)?;
+        if keeps_log {
+            v.log.sync()?;
         }
         let generation = v.generation + 1;
         let body = IndexBody::build(
@@ -347,9 +347,7 @@ impl Store {
             .collect();
         let record_bytes = log.iter().map(|(_, l)| u64::from(l.len())).sum();
         // The records it points at must be as durable as it is.
-        if let Some(file) = &v.log {
-            file.sync_data().ctx("sync segment", &v.log_path)?;
-        }
+        v.log.sync()?;
         let generation = v.generation + 1;
         let base = index.body();
         let body = IndexBody::build(
@@ -400,18 +398,13 @@ impl Store {
             // generation, and reserves again as it appends), but for a large log's last,
             // partly filled 2 MiB (`segment::huge_aligned`), unless the compaction was asked
             // for. Only ever shrunk: what stays is space reserved before.
-            if let Some(log) = &v.log {
-                let len = log.metadata().ctx("stat segment", &v.log_path)?.len();
-                let keep = if asked {
-                    v.scanned
-                } else {
-                    segment::huge_aligned(v.scanned)
-                }
-                .max(v.seen_committed);
-                if keep < len {
-                    log.set_len(keep).ctx("trim segment", &v.log_path)?;
-                }
-            }
+            let keep = if asked {
+                v.scanned
+            } else {
+                segment::huge_aligned(v.scanned)
+            };
+            v.log
+                .shrink_to(keep.max(v.seen_committed), "trim segment")?;
             v.scanned
         } else {
             // Records appended since the snapshot go, as they are, to the start of the new
@@ -419,19 +412,16 @@ impl Store {
             let (log, log_path) = self.dir.create_log(plan.new_active)?;
             let start = usize::try_from(plan.sealed_at).unwrap_or(usize::MAX);
             let end = usize::try_from(v.scanned).unwrap_or(usize::MAX);
-            let appended = v.log_map.bytes().get(start..end).unwrap_or_default();
+            let appended = v.log.map().bytes().get(start..end).unwrap_or_default();
             if !appended.is_empty() {
                 files::append_at(&log, &log_path, 0, appended)?;
             }
-            if let (Some(old), true) = (&v.log, plan.keeps_log) {
+            if plan.keeps_log {
                 // Seal: trim the space reserved past the published length (nobody reads it),
                 // never below it (a damaged tail stays, as dead bytes, until the segment is
                 // rewritten into a new file).
-                let keep = v.scanned.max(v.seen_committed);
-                let len = old.metadata().ctx("stat segment", &v.log_path)?.len();
-                if keep < len {
-                    old.set_len(keep).ctx("seal segment", &v.log_path)?;
-                }
+                v.log
+                    .shrink_to(v.scanned.max(v.seen_committed), "seal segment")?;
             }
             appended.len() as u64
         };

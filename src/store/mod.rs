@@ -25,6 +25,7 @@ mod append;
 mod compact;
 mod follow;
 mod generation;
+mod logfile;
 mod rebuild;
 mod rewrite;
 mod tail;
@@ -343,6 +344,7 @@ impl Store {
             Arc::clone(prefixes),
             u64::MAX,
             None,
+            None,
             SegmentMaps::default(),
             Vec::new(),
             u32::MAX,
@@ -354,9 +356,7 @@ impl Store {
     /// Makes everything appended so far durable.
     pub(crate) fn flush(&self) -> Result<()> {
         let v = self.view.read();
-        if let Some(log) = &v.log {
-            log.sync_data().ctx("sync segment", &v.log_path)?;
-        }
+        v.log.sync()?;
         self.control.flush(&self.ctl_path)
     }
 

@@ -62,7 +62,7 @@ impl Store {
             .iter()
             .filter_map(|i| Some((i.id, v.segments.get(i.id)?, i.len)))
             .collect();
-        all.push((v.active, &v.log_map, v.seen_committed));
+        all.push((v.active, v.log.map(), v.seen_committed));
         for (id, map, len) in all {
             if (map.bytes().len() as u64) < len {
                 report.problems.push(format!(

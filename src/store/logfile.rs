@@ -1,0 +1,208 @@
+//! The log (a generation's active segment) as one process holds it: its file, the mappings
+//! records are read through, the writer's writable mapping, and its length on disk.
+//!
+//! What the log *holds* (where the tail begins, how far it is scanned, the tail table) is the
+//! view's; this type only owns the file and its mappings, and keeps the rules for them in one
+//! place: nothing is borrowed past the published records, space is reserved before it is
+//! written, a file is only ever shrunk down to what was published.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Error, IoContext, Result};
+use crate::files;
+use crate::map::{self, ReadMap, WriteMap};
+use crate::segment;
+
+/// Appends this large are written with `pwrite`, not copied in through the writer's mapping:
+/// that copy first makes the mapping's pages, which for space reserved but never written means
+/// zeroing them, and `pwrite` fills whole pages itself. (1200 sets of 100 KB keys here: 140-163
+/// ms through the mapping, 107-110 ms with `pwrite`.) Smaller records keep the mapping, which
+/// saves a system call each.
+const PWRITE_FROM: usize = 64 << 10;
+
+/// The log's file and mappings. The file is `None` until the log exists (a reader may load a
+/// generation before any writer has made its log).
+pub(super) struct Log {
+    path: PathBuf,
+    file: Option<File>,
+    /// The log as scanned: remapped as it grows, and showing only the published records.
+    map: Arc<ReadMap>,
+    /// The log up to the view's `log_start`, which the indexes cover, mapped once: index hits
+    /// in the log do not go through `map`, which is remapped as the log grows.
+    head: Arc<ReadMap>,
+    /// Length of the file (preallocated past the published length), as last seen.
+    len: u64,
+    /// The writer's writable mapping, from a 2 MiB boundary below the appends to `len`.
+    write: Option<WriteMap>,
+}
+
+impl Log {
+    /// The log at `path`, not opened yet.
+    pub(super) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            file: None,
+            map: Arc::new(ReadMap::empty()),
+            head: Arc::new(ReadMap::empty()),
+            len: 0,
+            write: None,
+        }
+    }
+
+    /// The same file (a handle of its own) and read mappings, without the writable mapping:
+    /// what compaction reads while writers go on.
+    pub(super) fn snapshot(&self) -> Result<Self> {
+        let file = match &self.file {
+            Some(f) => Some(f.try_clone().ctx("duplicate segment handle", &self.path)?),
+            None => None,
+        };
+        Ok(Self {
+            path: self.path.clone(),
+            file,
+            map: Arc::clone(&self.map),
+            head: Arc::clone(&self.head),
+            len: self.len,
+            write: None,
+        })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Length of the file as last seen (reserved space included).
+    pub(super) fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    /// The log as scanned (see [`Log::show`]).
+    pub(super) fn map(&self) -> &Arc<ReadMap> {
+        &self.map
+    }
+
+    /// The log up to where the indexes stop covering it (see [`Log::map_head`]).
+    pub(super) fn head(&self) -> &Arc<ReadMap> {
+        &self.head
+    }
+
+    /// Takes the opened file and maps it, with nothing visible until [`Log::show`].
+    pub(super) fn attach(&mut self, file: File) -> Result<()> {
+        self.len = file.metadata().ctx("stat segment", &self.path)?.len();
+        self.map = Arc::new(segment::map_segment(&file, &self.path, self.len)?.hidden());
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Maps the first `len` bytes once, for the indexes' hits in the log (see `head`).
+    pub(super) fn map_head(&mut self, len: u64) -> Result<()> {
+        if let Some(file) = &self.file {
+            self.head = Arc::new(segment::map_segment(file, &self.path, len)?);
+        }
+        Ok(())
+    }
+
+    /// Lets the first `visible` bytes (published records) be borrowed through [`Log::map`],
+    /// remapping the file first if it grew past the mapping.
+    pub(super) fn show(&mut self, visible: u64) -> Result<()> {
+        if (self.map.mapped_len() as u64) < visible
+            && let Some(file) = &self.file
+        {
+            self.len = file.metadata().ctx("stat segment", &self.path)?.len();
+            self.map = Arc::new(segment::map_segment(file, &self.path, self.len)?.hidden());
+        }
+        self.map.show(visible);
+        Ok(())
+    }
+
+    /// A fresh mapping of the file as it is now, never past `end` (see `View::scan_rest`).
+    /// `None` if the log is not open or cannot be read.
+    pub(super) fn map_up_to(&self, end: u64) -> Option<ReadMap> {
+        let file = self.file.as_ref()?;
+        let len = file.metadata().ok()?.len();
+        segment::map_segment(file, &self.path, len.min(end)).ok()
+    }
+
+    /// Writes `bytes` at `off`, the published length, after reserving the space for them
+    /// (`start`: where the tail begins, which sets the reservation's step). Small appends go
+    /// through the writable mapping while `mapped` allows it; that is turned off for good when
+    /// the space cannot be allocated, and `pwrite` then reports a full disk itself.
+    pub(super) fn append(
+        &mut self,
+        start: u64,
+        off: u64,
+        bytes: &[u8],
+        mapped: &AtomicBool,
+    ) -> Result<()> {
+        let Some(file) = &self.file else {
+            let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+            return Err(Error::io("append to segment", &self.path, missing));
+        };
+        let end = off + bytes.len() as u64;
+        self.len = segment::reserve(file, &self.path, start, self.len, end)?;
+        if bytes.len() < PWRITE_FROM
+            && mapped.load(Ordering::Relaxed)
+            && self.write_mapped(off, bytes, mapped)?
+        {
+            return Ok(());
+        }
+        match &self.file {
+            Some(file) => files::append_at(file, &self.path, off, bytes),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies `bytes` to `off` through the writable mapping, (re)mapping it after growth.
+    /// `false`: not done, the caller writes them with `pwrite`; if the space cannot be
+    /// allocated, `mapped` is turned off.
+    fn write_mapped(&mut self, off: u64, bytes: &[u8], mapped: &AtomicBool) -> Result<bool> {
+        let end = off + bytes.len() as u64;
+        if self.write.as_ref().is_none_or(|m| !m.covers(off, end)) {
+            self.write = None;
+            let Some(file) = &self.file else {
+                return Ok(false);
+            };
+            // From the 2 MiB boundary below the append to the space reserved: appends go on
+            // from there until the log grows again.
+            let start = off - off % map::HUGE_PAGE;
+            // Space another process reserved may be sparse (its file system call failed, say):
+            // everything mapped for writing must be allocated.
+            if let Err(e) = map::allocate(file, start, self.len.saturating_sub(start)) {
+                log::debug!("{}: appends use pwrite ({e})", self.path.display());
+                mapped.store(false, Ordering::Relaxed);
+                return Ok(false);
+            }
+            let map =
+                WriteMap::new(file, start, self.len).ctx("map segment for writing", &self.path)?;
+            self.write = Some(map);
+        }
+        Ok(self.write.as_ref().is_some_and(|m| m.write(off, bytes)))
+    }
+
+    /// Makes what was written durable (nothing to do if the log does not exist).
+    pub(super) fn sync(&self) -> Result<()> {
+        match &self.file {
+            Some(file) => file.sync_data().ctx("sync segment", &self.path),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives back the space reserved past `keep` (`what` names the step in an error). Only
+    /// ever shrinks the file: a length others reserved below `keep` stays.
+    pub(super) fn shrink_to(&self, keep: u64, what: &'static str) -> Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let len = file.metadata().ctx("stat segment", &self.path)?.len();
+        if keep < len {
+            file.set_len(keep).ctx(what, &self.path)?;
+        }
+        Ok(())
+    }
+}
