@@ -214,6 +214,7 @@ fn main() {
         "| key size | keys | engine | set | sets, MB/s | hit, fresh handle | hot hit | vs floor (fresh / hot) | reader memory |"
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let mut dd_lines = Vec::new();
     for (size, n) in SIZES {
         let n = ((n as f64 * scale) as usize).max(HOT + 1);
         let keys: Vec<String> = (0..n).map(|i| message(i, size)).collect();
@@ -224,7 +225,25 @@ fn main() {
             format!("{} KB", size >> 10)
         };
         let tok_dir = root.path().join(format!("tok-{size}"));
+        // The disk's speed changes from minute to minute here: measured right before and
+        // right after tokcache's sets, each compared with both.
+        let dd_before = dd_rate(root.path());
         let mut rows = vec![run::<Tok>("tokcache", &tok_dir, &keys, true)];
+        let dd_after = dd_rate(root.path());
+        dd_lines.push(format!(
+            "- {label}: tokcache's sets {:.0} MB/s = {} the directory's `dd` ({} MB/s before, {} after)",
+            rows[0].set_rate,
+            match (dd_before, dd_after) {
+                (Some(b), Some(a)) => format!(
+                    "{:.2}x-{:.2}x",
+                    rows[0].set_rate / b.max(a),
+                    rows[0].set_rate / b.min(a)
+                ),
+                _ => "? x".into(),
+            },
+            dd_before.map_or("?".into(), |r| format!("{r:.0}")),
+            dd_after.map_or("?".into(), |r| format!("{r:.0}")),
+        ));
         let memory = reader_memory(&tok_dir, size);
         rows.push(run::<TokBuilt>(
             "tokcache, key built per call",
@@ -275,24 +294,28 @@ fn main() {
         println!("| {label} | {n} | LMDB | keys over 511 bytes are refused | | | | | |");
     }
     println!(
-        "\nsequential write bandwidth of the same directory: {}",
-        dd_bandwidth(root.path())
+        "\nsets against the same directory's sequential write bandwidth (`dd` of 256 MiB, conv=fdatasync):"
     );
+    for line in dd_lines {
+        println!("{line}");
+    }
 }
 
-/// `dd` of 256 MiB with `conv=fdatasync` into `dir`, as dd reports it.
-fn dd_bandwidth(dir: &Path) -> String {
-    let out = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M", "count=256", "conv=fdatasync"])
-        .arg(format!("of={}", dir.join("dd.bin").display()))
-        .output();
-    let _ = std::fs::remove_file(dir.join("dd.bin"));
-    match out {
-        Ok(o) => String::from_utf8_lossy(&o.stderr)
-            .lines()
-            .last()
-            .unwrap_or("dd printed nothing")
-            .to_string(),
-        Err(e) => format!("dd did not run: {e}"),
-    }
+/// MB/s of `dd` writing 256 MiB with `conv=fdatasync` into `dir`, timed here (dd's own
+/// figure rounds, and changes unit with speed); `None` if it could not run.
+fn dd_rate(dir: &Path) -> Option<f64> {
+    const MIB: usize = 256;
+    let file = dir.join("dd.bin");
+    let start = Instant::now();
+    let status = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "conv=fdatasync", "status=none"])
+        .arg(format!("count={MIB}"))
+        .arg(format!("of={}", file.display()))
+        .status();
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(file);
+    status
+        .ok()
+        .filter(std::process::ExitStatus::success)
+        .map(|_| (MIB << 20) as f64 / elapsed / 1e6)
 }
