@@ -53,7 +53,7 @@ impl Store {
         let active = body.active_segment.to_native();
         let log_start = body.log_start.to_native();
         let mut segments = SegmentMaps::default();
-        // The log, when the index lists it too, is mapped below (`log_head`, `log_map`).
+        // The log, when the index lists it too, is mapped below (`Log::map_head`, `Log::show`).
         for info in infos.iter_mut().filter(|i| i.id != active) {
             let p = self.dir.join(&segment::segment_name(info.id));
             let file = File::open(&p).ctx("open segment", &p)?;
