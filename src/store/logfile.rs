@@ -94,8 +94,7 @@ impl Log {
 
     /// Takes the opened file and maps it, with nothing visible until [`Log::show`].
     pub(super) fn attach(&mut self, file: File) -> Result<()> {
-        self.len = file.metadata().ctx("stat segment", &self.path)?.len();
-        self.map = Arc::new(segment::map_segment(&file, &self.path, self.len)?.hidden());
+        (self.map, self.len) = map_whole(&file, &self.path)?;
         self.file = Some(file);
         Ok(())
     }
@@ -114,8 +113,7 @@ impl Log {
         if (self.map.mapped_len() as u64) < visible
             && let Some(file) = &self.file
         {
-            self.len = file.metadata().ctx("stat segment", &self.path)?.len();
-            self.map = Arc::new(segment::map_segment(file, &self.path, self.len)?.hidden());
+            (self.map, self.len) = map_whole(file, &self.path)?;
         }
         self.map.show(visible);
         Ok(())
@@ -124,9 +122,15 @@ impl Log {
     /// A fresh mapping of the file as it is now, never past `end` (see `View::scan_rest`).
     /// `None` if the log is not open or cannot be read.
     pub(super) fn map_up_to(&self, end: u64) -> Option<ReadMap> {
-        let file = self.file.as_ref()?;
-        let len = file.metadata().ok()?.len();
-        segment::map_segment(file, &self.path, len.min(end)).ok()
+        segment::map_segment(self.file.as_ref()?, &self.path, end).ok()
+    }
+
+    /// The file, which an append needs: a writer opens (or makes) the log before it appends.
+    fn file(&self) -> Result<&File> {
+        self.file.as_ref().ok_or_else(|| {
+            let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+            Error::io("append to segment", &self.path, missing)
+        })
     }
 
     /// Writes `bytes` at `off`, the published length, after reserving the space for them
@@ -140,22 +144,15 @@ impl Log {
         bytes: &[u8],
         mapped: &AtomicBool,
     ) -> Result<()> {
-        let Some(file) = &self.file else {
-            let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
-            return Err(Error::io("append to segment", &self.path, missing));
-        };
         let end = off + bytes.len() as u64;
-        self.len = segment::reserve(file, &self.path, start, self.len, end)?;
+        self.len = segment::reserve(self.file()?, &self.path, start, self.len, end)?;
         if bytes.len() < PWRITE_FROM
             && mapped.load(Ordering::Relaxed)
             && self.write_mapped(off, bytes, mapped)?
         {
             return Ok(());
         }
-        match &self.file {
-            Some(file) => files::append_at(file, &self.path, off, bytes),
-            None => Ok(()),
-        }
+        files::append_at(self.file()?, &self.path, off, bytes)
     }
 
     /// Copies `bytes` to `off` through the writable mapping, (re)mapping it after growth.
@@ -165,9 +162,7 @@ impl Log {
         let end = off + bytes.len() as u64;
         if self.write.as_ref().is_none_or(|m| !m.covers(off, end)) {
             self.write = None;
-            let Some(file) = &self.file else {
-                return Ok(false);
-            };
+            let file = self.file()?;
             // From the 2 MiB boundary below the append to the space reserved: appends go on
             // from there until the log grows again.
             let start = off - off % map::HUGE_PAGE;
@@ -205,4 +200,12 @@ impl Log {
         }
         Ok(())
     }
+}
+
+/// The whole file as it is now, mapped with nothing visible, and its length: `map_segment`
+/// clamps the mapping to the length on disk, so one `fstat` gives both.
+fn map_whole(file: &File, path: &Path) -> Result<(Arc<ReadMap>, u64)> {
+    let map = segment::map_segment(file, path, u64::MAX)?;
+    let len = map.mapped_len() as u64;
+    Ok((Arc::new(map.hidden()), len))
 }
