@@ -74,7 +74,7 @@ pub mod bench_support {
 pub use store::{CompactReport, VerifyReport};
 
 /// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults, and with the feature
-/// `redis`, a shared tier at `$TOKCACHE_REDIS` if set ([`CacheBuilder::redis`]). Never fails: a
+/// `redis`, a shared tier at `$TOKCACHE_REDIS` if set (`CacheBuilder::redis`). Never fails: a
 /// directory it cannot use gives a RAM-only cache and a warning (see [`Cache::storage`]).
 /// It is never dropped, so a compaction its thread runs when the process exits is cut short
 /// (harmless: the next one starts over); a short-lived program that writes much can call
