@@ -26,6 +26,8 @@ const OFF_COMMITTED: usize = 32;
 const OFF_LOCK: usize = 40;
 /// The current log's segment id (0: not known, a page written before it was kept).
 const OFF_LOG: usize = 44;
+/// How many times a compaction was about to trim a log (see [`Control::announce_trim`]).
+const OFF_TRIMS: usize = 48;
 
 /// A consistent reading of the moving fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +71,9 @@ impl Control {
                 format!("control page is {len} bytes, not {PAGE_LEN}"),
             ));
         }
-        let page = SharedPage::new(&file, PAGE_LEN, writable).ctx("map control page", path)?;
-        let b = page.bytes();
+        let page = SharedPage::new(&file, PAGE_LEN, OFF_GENERATION, writable)
+            .ctx("map control page", path)?;
+        let b = page.header();
         if &b[..8] != MAGIC {
             return Err(Error::corrupt(
                 path,
@@ -132,6 +135,22 @@ impl Control {
         self.page
             .atomic(OFF_GENERATION)
             .store(generation, Ordering::Release);
+    }
+
+    /// Says, before a compaction shrinks a log, that it will: every writer then checks the
+    /// log's length again before it appends (see [`Control::trims`]). Caller holds the write
+    /// lock. A compaction killed after this and before the trim costs writers one `fstat`.
+    pub(crate) fn announce_trim(&self) {
+        if self.page.is_writable() {
+            self.page.atomic(OFF_TRIMS).fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How many trims were announced. A writer that learnt the log's length under the write
+    /// lock while this read `n` may trust that length for as long as it still reads `n`:
+    /// trims are announced, under the lock, before they are made.
+    pub(crate) fn trims(&self) -> u64 {
+        self.page.atomic(OFF_TRIMS).load(Ordering::Acquire)
     }
 
     /// The current log's segment id, if the page records it: no published segment has a

@@ -111,6 +111,18 @@ pub(crate) fn is_staged(name: &str) -> bool {
     (name.starts_with("seg-") || name.starts_with("index-")) && name.ends_with(STAGED_SUFFIX)
 }
 
+/// Whether `name` is a whole new file being written ([`Dir::write_file`]: `NAME.new`) of one
+/// of the cache's files: a leftover of a process that died before renaming it, when no
+/// process holds the write lock (every such file is written under it).
+pub(crate) fn is_new_file(name: &str) -> bool {
+    name.strip_suffix(".new").is_some_and(|n| {
+        n.ends_with(".tki")
+            || n.ends_with(".ctl")
+            || n.ends_with(".tkp")
+            || n == "tokcache.migrating"
+    })
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -143,7 +155,9 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&staging);
         return Err(crate::Error::io("write", &staging, e));
     }
+    kill_point!("file.staged");
     fs::rename(&staging, path).ctx("rename into place", path)?;
+    kill_point!("file.renamed");
     if let Some(parent) = path.parent() {
         sync_dir(parent)?;
     }

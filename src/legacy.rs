@@ -125,6 +125,7 @@ pub(crate) fn resume(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
         return Ok(()); // finished by the process that held the lock before
     }
     migrate(store, ttl_secs, now)?;
+    kill_point!("migration.migrated");
     fs::remove_file(&path).ctx("remove", &path)?;
     sync_dir(store.dir())?;
     drop(lock);
@@ -161,6 +162,7 @@ fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
         if buf.len() >= BATCH {
             taken += store.append_absent(&buf)?.0;
             buf.clear();
+            kill_point!("migration.batch");
         }
     }
     if !buf.is_empty() {

@@ -28,6 +28,9 @@ compile_error!(
     "tokcache stores little-endian words and borrows them in place: little-endian targets only"
 );
 
+#[macro_use]
+mod killpoint;
+
 mod cache;
 mod clock;
 mod control;

@@ -351,10 +351,14 @@ pub(crate) fn detach_fds(fds: impl Iterator<Item = i32>) {
 pub(crate) struct SharedPage {
     map: MmapRaw,
     writable: bool,
+    /// The bytes before the first atomic: written once, when the page is made.
+    header: usize,
 }
 
 impl SharedPage {
-    pub(crate) fn new(file: &File, len: usize, writable: bool) -> io::Result<Self> {
+    /// Maps `len` bytes of `file`: `header` bytes of fixed fields, then the atomics.
+    pub(crate) fn new(file: &File, len: usize, header: usize, writable: bool) -> io::Result<Self> {
+        assert!(header <= len, "header longer than the page");
         let mut options = MmapOptions::new();
         options.len(len);
         let map = if writable {
@@ -362,7 +366,11 @@ impl SharedPage {
         } else {
             options.map_raw_read_only(file)?
         };
-        Ok(Self { map, writable })
+        Ok(Self {
+            map,
+            writable,
+            header,
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -373,17 +381,18 @@ impl SharedPage {
         self.writable
     }
 
-    /// The bytes of the page, for reading the immutable header fields.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` bytes long and lives as long as `self`. Other processes
-        // only change the atomic fields, which this slice is never used to read.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
+    /// The header: the fixed fields before the atomics (never written once the page is made).
+    pub(crate) fn header(&self) -> &[u8] {
+        // SAFETY: the mapping is at least `header` bytes long (asserted in `new`) and lives as
+        // long as `self`; no process writes these bytes after the page is made, and the atomics
+        // all lie past them (asserted in `atomic` and `atomic_u32`).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.header) }
     }
 
     /// The atomic at byte `offset`.
     pub(crate) fn atomic(&self, offset: usize) -> &AtomicU64 {
         assert!(
-            offset.is_multiple_of(8) && offset + 8 <= self.map.len(),
+            offset.is_multiple_of(8) && offset >= self.header && offset + 8 <= self.map.len(),
             "control field out of page"
         );
         // SAFETY: the page is page-aligned, `offset` is 8-aligned and in bounds (asserted), the
@@ -396,7 +405,7 @@ impl SharedPage {
     /// The 32-bit atomic at byte `offset` (a futex word).
     pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         assert!(
-            offset.is_multiple_of(4) && offset + 4 <= self.map.len(),
+            offset.is_multiple_of(4) && offset >= self.header && offset + 4 <= self.map.len(),
             "control field out of page"
         );
         // SAFETY: as for `atomic`, with 4-byte alignment and size.
@@ -456,6 +465,18 @@ pub(crate) fn prefetch<T>(r: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;
+}
+
+/// Ends this process at once with SIGKILL, as the OOM killer would: no destructor, no flush,
+/// no exit handler runs (the tests' kill points, `killpoint.rs`).
+#[cfg(feature = "killpoints")]
+pub(crate) fn kill_self() -> ! {
+    // SAFETY: `kill` and `getpid` take no pointers; SIGKILL cannot be caught.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    // SIGKILL to oneself is delivered before `kill` returns; should it not be, nothing goes on.
+    std::process::abort()
 }
 
 #[cfg(test)]

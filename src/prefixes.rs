@@ -126,8 +126,10 @@ impl Prefixes {
             .open(&self.path)
             .ctx("open", &self.path)?;
         files::append_at(&file, &self.path, parsed.len, &bytes)?;
+        kill_point!("prefix.appended");
         // Durable before any record names it.
         file.sync_all().ctx("sync", &self.path)?;
+        kill_point!("prefix.synced");
         if parsed.len == 0 {
             self.dir.sync()?;
         }

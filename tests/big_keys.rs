@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::child_spec;
+
 use tokcache::{Cache, Storage};
 
 fn message(i: usize, len: usize) -> String {
@@ -93,9 +95,7 @@ fn a_reader_of_long_keys_holds_little_private_memory() {
 #[test]
 #[ignore = "child process of a_reader_of_long_keys_holds_little_private_memory"]
 fn reader_of_long_keys() {
-    let Ok(dir) = std::env::var("TOKCACHE_LONG_READER") else {
-        return;
-    };
+    let dir = child_spec("TOKCACHE_LONG_READER");
     let keys: Vec<String> = (0..1000).map(|i| message(i, 8192)).collect();
     let before = rss_anon();
     let cache = Cache::open(&dir).unwrap();

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{Rng, expect_success, spawn_child, value_of};
+use common::{Rng, child_spec, expect_success, spawn_child, value_of};
 use tokcache::Cache;
 
 const ENTRIES: u64 = 200_000;
@@ -196,8 +196,14 @@ fn appends_go_on_past_the_limit_during_a_compaction_and_wait_at_one_and_a_half_t
             }
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(500));
     // Past 100 records the appends find the compaction taken and go on; at 150 they wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sets.load(Ordering::Relaxed) < 149 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    // ... and keep waiting while the compaction is held.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!writer.is_finished());
     let done = sets.load(Ordering::Relaxed);
     assert_eq!(
         done, 149,
@@ -380,9 +386,7 @@ fn open_small_tail(dir: &Path) -> Cache {
 #[test]
 #[ignore = "entry point of the writer process of recent_indexes_are_followed_by_another_process"]
 fn recent_index_writer() {
-    let Ok(dir) = std::env::var("TOKCACHE_RECENT_WRITER") else {
-        return;
-    };
+    let dir = child_spec("TOKCACHE_RECENT_WRITER");
     let cache = open_small_tail(Path::new(&dir));
     let mut rng = Rng(5);
     for i in 0..FOLLOWED_KEYS {

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Rng, expect_success, spawn_child, value_of};
+use common::{Rng, child_spec, expect_success, spawn_child, value_of};
 use tokcache::Cache;
 
 const PROCESSES: u64 = 8;
@@ -33,9 +33,7 @@ fn open(dir: &str) -> Cache {
 #[test]
 #[ignore = "entry point of the worker processes"]
 fn mixed_worker() {
-    let Ok(spec) = std::env::var("TOKCACHE_MIXED") else {
-        return;
-    };
+    let spec = child_spec("TOKCACHE_MIXED");
     let (dir, p) = spec.split_once('|').unwrap();
     let p: u64 = p.parse().unwrap();
     let cache = Arc::new(open(dir));

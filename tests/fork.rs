@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Rng, expect_success, spawn_child};
+use common::{Rng, child_spec, expect_success, spawn_child};
 use tokcache::Cache;
 
 const WORKERS: usize = 8;
@@ -69,9 +69,7 @@ fn work(cache: &Cache, me: u64, ops: u64, writes: u64, seed: u64) -> u64 {
 #[test]
 #[ignore = "entry point of the parent process of this file"]
 fn fork_parent() {
-    let Ok(spec) = std::env::var("TOKCACHE_FORK_PARENT") else {
-        return;
-    };
+    let spec = child_spec("TOKCACHE_FORK_PARENT");
     let parts: Vec<&str> = spec.split('|').collect();
     let (dir, ops, kill, seed): (&str, u64, bool, u64) = (
         parts[0],

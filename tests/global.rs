@@ -2,14 +2,12 @@
 
 mod common;
 
-use common::{expect_success, spawn_child};
+use common::{child_spec, expect_success, spawn_child};
 
 #[test]
 #[ignore = "entry point of the child process"]
 fn global_child() {
-    let Ok(dir) = std::env::var("TOKCACHE_DIR") else {
-        return;
-    };
+    let dir = child_spec("TOKCACHE_DIR");
     let cache = tokcache::get_persistent_cache();
     assert_eq!(cache.dir(), std::path::Path::new(&dir));
     assert!(

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::spawn_child;
+use common::{child_spec, spawn_child};
 use tokcache::Cache;
 
 const ENTRY: &str = "holder";
@@ -35,7 +35,7 @@ fn stamp_owner(dir: &Path, token: u32) {
 #[test]
 #[ignore = "entry point of the lock-holding process"]
 fn holder() {
-    let Ok(spec) = std::env::var(VAR) else { return };
+    let spec = child_spec(VAR);
     let (dir, token) = spec.split_once(';').unwrap();
     let token: u32 = token.parse().unwrap();
     let lock = OpenOptions::new()

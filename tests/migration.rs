@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Rng, expect_success, spawn_child};
+use common::{Rng, child_spec, expect_success, spawn_child};
 use tokcache::Cache;
 
 const PREFIX: &str = "token_count";
@@ -56,9 +56,7 @@ fn remove_cache_files(dir: &Path) {
 #[test]
 #[ignore = "entry point of the worker processes of this file"]
 fn worker() {
-    let Ok(spec) = std::env::var("TOKCACHE_MIGRATION") else {
-        return;
-    };
+    let spec = child_spec("TOKCACHE_MIGRATION");
     let parts: Vec<&str> = spec.split('|').collect();
     let cache = Cache::open(parts[1]).unwrap();
     match parts[0] {

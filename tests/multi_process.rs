@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{expect_success, spawn_child, spawn_child_with, value_of};
+use common::{child_spec, expect_success, spawn_child, spawn_child_with, value_of};
 use tokcache::Cache;
 
 const WORKERS: usize = 4;
@@ -30,9 +30,7 @@ fn worker_prefix(me: usize, i: usize) -> String {
 #[test]
 #[ignore = "entry point of the worker processes of this file"]
 fn worker() {
-    let Ok(spec) = std::env::var("TOKCACHE_WORKER") else {
-        return;
-    };
+    let spec = child_spec("TOKCACHE_WORKER");
     let (dir, me) = spec.split_once('|').unwrap();
     let me: usize = me.parse().unwrap();
     let cache = open(dir);
@@ -188,9 +186,7 @@ fn overwrite_and_remove_are_seen_by_another_process() {
 #[test]
 #[ignore = "entry point of a reader process"]
 fn reader() {
-    let Ok(dir) = std::env::var("TOKCACHE_READER") else {
-        return;
-    };
+    let dir = child_spec("TOKCACHE_READER");
     let c = Cache::open(dir).unwrap();
     assert_eq!(c.get::<u64>("test", "own-9-1"), Some(value_of("own-9-1")));
     assert!(c.remove("test", "own-9-1").unwrap());
@@ -199,9 +195,7 @@ fn reader() {
 #[test]
 #[ignore = "entry point of the processes racing to create a cache"]
 fn racer() {
-    let Ok(spec) = std::env::var("TOKCACHE_RACER") else {
-        return;
-    };
+    let spec = child_spec("TOKCACHE_RACER");
     let (dir, me) = spec.split_once('|').unwrap();
     let cache = Cache::open(dir).unwrap();
     for i in 0..20 {
@@ -242,9 +236,7 @@ fn processes_racing_to_create_a_fresh_directory_lose_nothing() {
 #[test]
 #[ignore = "entry point of a process that changes one key, then compacts"]
 fn compactor() {
-    let Ok(spec) = std::env::var("TOKCACHE_COMPACTOR") else {
-        return;
-    };
+    let spec = child_spec("TOKCACHE_COMPACTOR");
     let (dir, round) = spec.split_once('|').unwrap();
     let cache = Cache::open(dir).unwrap();
     cache

@@ -6,7 +6,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{expect_success, spawn_child, value_of};
+use common::{child_spec, expect_success, spawn_child, value_of};
 use tokcache::Cache;
 
 /// Every segment's bytes, end to end.
@@ -38,9 +38,7 @@ fn listed(cache: &Cache) -> Vec<(String, String)> {
 #[test]
 #[ignore = "entry point of a process that adds a prefix"]
 fn prefix_adder() {
-    let Ok(dir) = std::env::var("TOKCACHE_PREFIX_ADDER") else {
-        return;
-    };
+    let dir = child_spec("TOKCACHE_PREFIX_ADDER");
     let cache = Cache::open(dir).unwrap();
     assert_eq!(cache.get::<u64>("token_count", "k0"), Some(value_of("k0")));
     for i in 0..50 {

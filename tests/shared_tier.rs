@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::redis::{Cluster, Server};
-use common::{expect_success, spawn_child_with, value_of};
+use common::{child_spec, expect_success, spawn_child_with, value_of};
 use tokcache::{Cache, ManualClock, SharedStats, TOKEN_COUNT, logical_name, token_count_key};
 
 const KEYS: usize = 300;
@@ -37,9 +37,7 @@ fn shared(cache: &Cache) -> SharedStats {
 #[test]
 #[ignore = "entry point of the machine processes of this file"]
 fn machine() {
-    let Ok(spec) = std::env::var("TOKCACHE_MACHINE") else {
-        return;
-    };
+    let spec = child_spec("TOKCACHE_MACHINE");
     let mut it = spec.splitn(3, '|');
     let (role, dir, redis) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
     let cache = open(dir.as_ref(), redis);

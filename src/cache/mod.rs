@@ -262,6 +262,11 @@ impl Cache {
 
     /// Removes `key`; `true` if it was there (an entry of the original's files that a migration
     /// under way has not brought in yet is removed too, and counts as not there).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Degraded`] if the key is on disk and the cache cannot write there (a read-only
+    /// directory): nothing is removed, since the entry would come back on the next `get`.
     pub fn remove(&self, prefix: &str, key: &str) -> Result<bool> {
         validate_prefix(prefix)?;
         let key = Key::whole(key.as_bytes());
@@ -270,6 +275,9 @@ impl Cache {
             r.get(hash, prefix, &key, Lookup::Alone, |_, _| ())
                 .is_some()
         });
+        if on_disk && self.local().writable_store().is_none() {
+            return Err(self.not_writable());
+        }
         let in_ram = self.local().ram.get(hash, prefix, &key).is_some();
         // While the original's files are migrated, a key not in yet may still come: the
         // removal is written all the same, so that the migration leaves the key out.
@@ -353,21 +361,30 @@ impl Cache {
         self.local()
             .writable_store()
             .map(|s| &**s)
-            .ok_or_else(|| Error::Degraded {
-                reason: format!(
-                    "{} is not writable ({:?})",
-                    self.settings.dir.display(),
-                    self.local().storage()
-                ),
-            })
+            .ok_or_else(|| self.not_writable())
+    }
+
+    /// What a write that the disk tier cannot take returns.
+    fn not_writable(&self) -> Error {
+        Error::Degraded {
+            reason: format!(
+                "{} is not writable ({:?})",
+                self.settings.dir.display(),
+                self.local().storage()
+            ),
+        }
     }
 
     /// Drops expired entries from disk and reclaims their space; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Degraded`] without a writable disk tier (read-only or RAM-only), as
+    /// [`Cache::compact`].
     pub fn clear_expired(&self) -> Result<usize> {
-        let Ok(store) = self.writable_store() else {
-            return Ok(0);
-        };
-        let report = store.compact(self.settings.clock.now(), true)?;
+        let report = self
+            .writable_store()?
+            .compact(self.settings.clock.now(), true)?;
         Ok(report.expired as usize)
     }
 
@@ -379,9 +396,15 @@ impl Cache {
 
     /// Removes every entry from RAM and disk, the original-format entry files included.
     /// Files that are not entries are left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Degraded`] on a read-only directory (the RAM tier is cleared, the disk keeps
+    /// its entries, which later gets return).
     pub fn clear_all(&self) -> Result<()> {
         self.local().ram.clear();
-        if let Ok(store) = self.writable_store() {
+        if self.local().store.is_some() {
+            let store = self.writable_store()?;
             store.clear()?;
             for path in legacy::list_files(&self.settings.dir)? {
                 if legacy::read_file(&path).is_ok() {
@@ -507,8 +530,15 @@ mod tests {
             let panicked = s.spawn(|| {
                 cache.get_or_insert_with("test", "k", || -> u64 {
                     started.wait();
-                    // Long enough for the other caller to be waiting on the key.
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    // Until the other caller has joined this key's flight (the map's handle,
+                    // this caller's, and the waiter's): it then waits on its mutex.
+                    let waiting = || {
+                        let flights = cache.local().flights.lock();
+                        flights.values().any(|m| Arc::strong_count(m) >= 3)
+                    };
+                    while !waiting() {
+                        std::thread::yield_now();
+                    }
                     panic!("compute failed")
                 })
             });

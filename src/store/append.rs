@@ -77,8 +77,11 @@ impl Store {
         let off = v.scanned;
         let committed = off + bytes.len() as u64;
         let start = v.log_start;
+        v.log.confirm_len(self.control.trims())?;
         v.log.append(start, off, &bytes, &self.mapped_writes)?;
+        kill_point!("append.written");
         self.control.publish_committed(committed);
+        kill_point!("append.published");
         v.scan_log(committed, |_| {})?;
         // What the log's map lets be borrowed never reaches past the published records (the
         // writer's mapping fills the space after them).

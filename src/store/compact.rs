@@ -132,6 +132,7 @@ impl Store {
                 return Ok(None);
             }
             self.remove_leftovers(&v);
+            kill_point!("compact.leftovers_removed");
             (v.snapshot()?, v.scanned)
         };
         // The snapshot's tail table, read from the log without the lock.
@@ -182,9 +183,11 @@ impl Store {
             }
             for s in plan.staged.drain(..) {
                 s.publish()?;
+                kill_point!("compact.renamed");
             }
         }
         self.dir.sync()?;
+        kill_point!("compact.renames_synced");
         Ok(true)
     }
 

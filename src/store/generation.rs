@@ -8,7 +8,7 @@ use super::compact::CompactReport;
 use super::rewrite::Rewriter;
 use super::tail::TailLoc;
 use super::{Store, View, key_eq};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::files::{self, Staged};
 use crate::index::{self, Index, IndexBody, SegmentInfo, Slot};
 use crate::keys::random_seed;
@@ -324,6 +324,7 @@ impl Store {
             self.dir
                 .write_staged(&name, nonce, &body.to_file_bytes()?)?,
         );
+        kill_point!("plan.index_staged");
         Ok(Some(plan))
     }
 
@@ -365,6 +366,7 @@ impl Store {
         let staged = self
             .dir
             .write_staged(&name, nonce, &body.to_file_bytes()?)?;
+        kill_point!("plan.recent_index_staged");
         Ok(Plan {
             generation: v.generation,
             full: false,
@@ -403,8 +405,11 @@ impl Store {
             } else {
                 segment::huge_aligned(v.scanned)
             };
+            self.control.announce_trim();
+            kill_point!("commit.trim_announced");
             v.log
                 .shrink_to(keep.max(v.seen_committed), "trim segment")?;
+            kill_point!("commit.trimmed");
             v.scanned
         } else {
             // Records appended since the snapshot go, as they are, to the start of the new
@@ -415,13 +420,20 @@ impl Store {
             let appended = v.log.map().bytes().get(start..end).unwrap_or_default();
             if !appended.is_empty() {
                 files::append_at(&log, &log_path, 0, appended)?;
+                kill_point!("commit.tail_copied");
+                // Made durable before the generation that names it is published: records
+                // flushed to the old log live on here only.
+                log.sync_data().ctx("sync segment", &log_path)?;
             }
+            kill_point!("commit.new_log");
             if plan.keeps_log {
                 // Seal: trim the space reserved past the published length (nobody reads it),
                 // never below it (a damaged tail stays, as dead bytes, until the segment is
                 // rewritten into a new file).
+                self.control.announce_trim();
                 v.log
                     .shrink_to(v.scanned.max(v.seen_committed), "seal segment")?;
+                kill_point!("commit.sealed");
             }
             appended.len() as u64
         };
@@ -434,8 +446,10 @@ impl Store {
         if new_names {
             self.dir.sync()?;
         }
+        kill_point!("commit.before_publish");
         self.control
             .publish_generation(plan.report.generation, committed, plan.new_active);
+        kill_point!("commit.published");
         let mut garbage: Vec<PathBuf> = plan
             .dropped
             .iter()

@@ -37,6 +37,9 @@ pub(super) struct Log {
     len: u64,
     /// The writer's writable mapping, from a 2 MiB boundary below the appends to `len`.
     write: Option<WriteMap>,
+    /// The control page's count of announced trims when `len` was last read under the write
+    /// lock (`None`: never). While it is unchanged no process has shrunk the file since.
+    trims_seen: Option<u64>,
 }
 
 impl Log {
@@ -49,6 +52,7 @@ impl Log {
             head: Arc::new(ReadMap::empty()),
             len: 0,
             write: None,
+            trims_seen: None,
         }
     }
 
@@ -66,6 +70,7 @@ impl Log {
             head: Arc::clone(&self.head),
             len: self.len,
             write: None,
+            trims_seen: None,
         })
     }
 
@@ -133,6 +138,25 @@ impl Log {
         })
     }
 
+    /// Makes sure the length this writer believes is the file's, before it appends under the
+    /// write lock: if a trim was announced since it last looked (`trims`: the control page's
+    /// count), the file is statted again and the writable mapping, which may reach past the
+    /// new end, dropped. A compaction killed between its trim and the publication of its
+    /// generation leaves the same generation with a shorter log: writing through the old
+    /// mapping past the end would kill this process with SIGBUS, or, inside the last page,
+    /// put records where the file does not keep them.
+    pub(super) fn confirm_len(&mut self, trims: u64) -> Result<()> {
+        if self.trims_seen == Some(trims) {
+            return Ok(());
+        }
+        if let Some(file) = &self.file {
+            self.len = file.metadata().ctx("stat segment", &self.path)?.len();
+            self.write = None;
+            self.trims_seen = Some(trims);
+        }
+        Ok(())
+    }
+
     /// Writes `bytes` at `off`, the published length, after reserving the space for them
     /// (`start`: where the tail begins, which sets the reservation's step). Small appends go
     /// through the writable mapping while `mapped` allows it; that is turned off for good when
@@ -146,6 +170,7 @@ impl Log {
     ) -> Result<()> {
         let end = off + bytes.len() as u64;
         self.len = segment::reserve(self.file()?, &self.path, start, self.len, end)?;
+        kill_point!("append.reserved");
         if bytes.len() < PWRITE_FROM
             && mapped.load(Ordering::Relaxed)
             && self.write_mapped(off, bytes, mapped)?

@@ -211,6 +211,7 @@ impl Store {
                         } else {
                             0
                         };
+                        kill_point!("open.generation_written");
                         Control::create(&dir, seed, generation, log)?;
                         drop(held);
                         (Control::open(&ctl_path, true)?, !empty)

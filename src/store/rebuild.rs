@@ -25,8 +25,8 @@ impl Store {
     }
 
     /// Deletes the segments not in `named`, the indexes of other generations than those of
-    /// `indexes`, and, with `staged`, compaction's staged files (only when no compaction can be
-    /// under way).
+    /// `indexes`, and, with `staged`, compaction's staged files and whole files being written
+    /// (only when no compaction can be under way and the caller holds the write lock).
     pub(super) fn remove_unnamed(&self, named: &HashSet<u32>, indexes: &[u64], staged: bool) {
         let Ok(entries) = fs::read_dir(&self.dir.path) else {
             return;
@@ -36,7 +36,7 @@ impl Store {
             let Some(name) = name.to_str() else {
                 continue;
             };
-            let stale = (staged && files::is_staged(name))
+            let stale = (staged && (files::is_staged(name) || files::is_new_file(name)))
                 || segment::parse_segment_name(name).is_some_and(|id| !named.contains(&id))
                 || index::parse_index_name(name).is_some_and(|g| !indexes.contains(&g));
             if stale {
@@ -49,6 +49,7 @@ impl Store {
     /// Makes the published generation durable, then deletes the files of the old one.
     pub(super) fn retire(&self, garbage: &[PathBuf]) -> Result<()> {
         self.control.flush(&self.ctl_path)?;
+        kill_point!("retire.flushed");
         self.remove_garbage(garbage);
         Ok(())
     }
@@ -61,6 +62,7 @@ impl Store {
                 }
                 _ => {}
             }
+            kill_point!("garbage.removed_one");
         }
     }
 
@@ -76,11 +78,14 @@ impl Store {
             .collect();
         // The active segment exists before any index names it.
         self.dir.open_log(body.active_segment)?;
+        kill_point!("install.log_created");
         self.dir
             .write_file(&index::index_name(generation), &body.to_file_bytes()?)?;
         self.dir.sync()?;
+        kill_point!("install.index_written");
         self.control
             .publish_generation(generation, 0, body.active_segment);
+        kill_point!("install.published");
         self.control.flush(&self.ctl_path)?;
         // A compaction may be under way (clear and rebuild do not take its lock): its staged
         // files stay; it finds the generation changed and removes them itself.
@@ -100,7 +105,10 @@ impl Store {
         Ok(log)
     }
 
-    /// Removes every entry: a new, empty generation; all segments deleted.
+    /// Removes every entry: a new, empty generation is published, then the segments that no
+    /// generation names any more are deleted. (Deleting them first would leave every other
+    /// process appending to deleted files, its writes lost, if this one died in between.)
+    /// On a disk too full for the new generation's few bytes, the segments go first after all.
     pub(crate) fn clear(&self) -> Result<()> {
         let _w = self.writer.lock();
         let _l = self.lock()?;
@@ -108,24 +116,27 @@ impl Store {
         let generation = v.generation + 1;
         let segments = self.list_segments()?;
         let active = new_log_id(segments.last().copied())?;
-        // Segments go first, so that clearing works on a full disk. A crash in between leaves
-        // an index whose segments are gone, which open rebuilds (from nothing: cleared).
-        for id in segments {
-            let p = self.dir.join(&segment::segment_name(id));
-            fs::remove_file(&p).ctx("remove segment", &p)?;
-        }
-        // Unmap them too: a deleted file's space comes back when the last map goes.
+        let empty = || {
+            IndexBody::build(
+                generation,
+                self.seed(),
+                generation,
+                active,
+                0,
+                Vec::new(),
+                Vec::new(),
+            )
+        };
+        // Unmap the old segments too: a deleted file's space comes back when the last map goes.
         *v = Self::empty_view(&self.dir, &self.prefixes);
-        let body = IndexBody::build(
-            generation,
-            self.seed(),
-            generation,
-            active,
-            0,
-            Vec::new(),
-            Vec::new(),
-        )?;
-        self.install(&mut v, body)?;
+        if let Err(e) = self.install(&mut v, empty()?) {
+            log::warn!("clearing with the segments deleted first: {e}");
+            for id in segments {
+                let p = self.dir.join(&segment::segment_name(id));
+                fs::remove_file(&p).ctx("remove segment", &p)?;
+            }
+            self.install(&mut v, empty()?)?;
+        }
         (self.on_change)(None);
         Ok(())
     }
@@ -202,6 +213,7 @@ impl Store {
             }
         }
         files::append_at(&file, &path, 0, &buf)?;
+        kill_point!("rebuild.written");
         file.sync_all().ctx("sync segment", &path)?;
         let info = SegmentInfo {
             id,

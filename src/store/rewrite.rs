@@ -125,6 +125,7 @@ impl<'a> Rewriter<'a> {
         if let (Some(written), Some(s)) = (self.written, self.staged.last()) {
             let at = written - self.buf.len() as u64;
             files::append_at(&s.file, &s.path, at, &self.buf)?;
+            kill_point!("rewrite.written");
         }
         self.buf.clear();
         Ok(())
@@ -135,6 +136,7 @@ impl<'a> Rewriter<'a> {
             self.write_out()?;
             if let Some(s) = self.staged.last() {
                 s.file.sync_all().ctx("sync segment", &s.path)?;
+                kill_point!("rewrite.synced");
             }
             self.written = None;
         }

@@ -20,6 +20,18 @@ pub struct VerifyReport {
     pub slots_checked: u64,
     /// Each problem, in words; empty when the cache is sound.
     pub problems: Vec<String>,
+    /// Files that no generation names, left by a process that died in the middle of writing
+    /// them (a compaction, a clear, a rebuild): not damage, only space, which the next
+    /// compaction gives back.
+    pub litter: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is damaged (litter may be there: see [`VerifyReport::litter`]).
+    #[must_use]
+    pub fn is_sound(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 impl Store {
@@ -112,10 +124,13 @@ impl Store {
                 ) {
                     (Some(id), _) => !referenced.contains(&id),
                     (_, Some(g)) => !v.index_generations().contains(&g),
-                    _ => name.ends_with(".tki.new") || name.ends_with(".ctl.new"),
+                    _ => crate::files::is_new_file(&name) || crate::files::is_staged(&name),
                 };
                 if orphan {
-                    report.problems.push(format!("{name}: not referenced by the current generation (left by an interrupted writer; compaction removes it)"));
+                    report.litter.push(format!(
+                        "{name}: named by no generation (left by an interrupted writer; the next \
+                         compaction removes it)"
+                    ));
                 }
             }
         }

@@ -11,6 +11,15 @@ pub fn value_of(key: &str) -> u64 {
     }) >> 8
 }
 
+/// The spec a parent process gave this child process in `var`. The child entry points are
+/// `#[ignore]`d tests: run by hand (`cargo test -- --ignored`) without their variable they fail
+/// here, rather than pass having done nothing.
+pub fn child_spec(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("an entry point of a child process: {var} is not set (its test starts it)")
+    })
+}
+
 /// Starts this test binary running only the ignored test `entry`, with `var=spec`.
 pub fn spawn_child(entry: &str, var: &str, spec: &str) -> Child {
     spawn_child_with(entry, &[(var, spec)])
@@ -40,7 +49,8 @@ pub fn expect_success(child: Child) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "child failed: {}\n{}",
+        "child failed ({}): {}\n{}",
+        out.status,
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );

@@ -476,14 +476,20 @@ fn run(cli: Cli) -> CliResult {
                 "checked {} records and {} index slots: {}",
                 report.records_checked,
                 report.slots_checked,
-                if report.problems.is_empty() {
-                    "sound"
-                } else {
-                    "PROBLEMS"
+                match (report.is_sound(), report.litter.len()) {
+                    (false, _) => "PROBLEMS".to_string(),
+                    (true, 0) => "sound".to_string(),
+                    (true, n) => format!(
+                        "sound ({n} file(s) of litter: left by an interrupted writer, \
+                         removed by the next compaction)"
+                    ),
                 }
             );
             for p in &report.problems {
                 println!("problem: {p}");
+            }
+            for l in &report.litter {
+                println!("litter: {l}");
             }
             if report.problems.is_empty() {
                 Ok(())

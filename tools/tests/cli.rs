@@ -232,7 +232,14 @@ fn verify_compact_clear() {
     }
     std::fs::write(d.join("settings.json"), "{}").unwrap();
     assert!(ok(&run(d, &["verify"])).contains("sound"));
+    // What a compaction killed half way leaves (a segment no generation names) is litter: it
+    // is reported, but the cache is sound (exit 0), and the next compaction removes it.
+    std::fs::write(d.join("seg-0000099999.tks"), b"half a compaction").unwrap();
+    let out = ok(&run(d, &["verify"]));
+    assert!(out.contains("sound (1 file(s) of litter"), "{out}");
+    assert!(out.contains("litter: seg-0000099999.tks"), "{out}");
     assert!(ok(&run(d, &["compact"])).starts_with("generation 1"));
+    assert!(!d.join("seg-0000099999.tks").exists());
     assert!(ok(&run(d, &["clear-expired"])).starts_with("removed 0 expired entries"));
     // Damage a record: verify fails with exit 2 and names the file.
     let seg = std::fs::read_dir(d)
