@@ -167,6 +167,10 @@ impl Control {
     }
 
     pub(crate) fn flush(&self, path: &Path) -> Result<()> {
+        #[cfg(feature = "killpoints")]
+        if let Ok(file) = std::fs::File::open(path) {
+            crate::crashsim::file_synced(&file);
+        }
         self.page.flush().ctx("sync control page", path)
     }
 }

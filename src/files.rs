@@ -61,7 +61,7 @@ impl Dir {
         let staged = self.create_staged(name, nonce)?;
         (&staged.file)
             .write_all(bytes)
-            .and_then(|()| staged.file.sync_all())
+            .and_then(|()| sync_file(&staged.file, false))
             .ctx("write", &staged.path)?;
         Ok(staged)
     }
@@ -124,9 +124,23 @@ pub(crate) fn is_new_file(name: &str) -> bool {
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(feature = "killpoints")]
+    crate::crashsim::dir_synced(dir);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx("sync directory", dir)
+}
+
+/// `fsync` of one of the cache's files (`fdatasync` with `data_only`): every file the cache
+/// makes durable goes through here (the machine-crash test records each, see `crashsim.rs`).
+pub(crate) fn sync_file(file: &File, data_only: bool) -> std::io::Result<()> {
+    #[cfg(feature = "killpoints")]
+    crate::crashsim::file_synced(file);
+    if data_only {
+        file.sync_data()
+    } else {
+        file.sync_all()
+    }
 }
 
 /// Options to open one of the cache's files for reading and writing: `mode` the permission
@@ -150,7 +164,7 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .create_new(true)
         .open(&staging)
         .ctx("create", &staging)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let written = file.write_all(bytes).and_then(|()| sync_file(&file, false));
     if let Err(e) = written {
         let _ = fs::remove_file(&staging);
         return Err(crate::Error::io("write", &staging, e));

@@ -34,6 +34,8 @@ mod killpoint;
 mod cache;
 mod clock;
 mod control;
+#[cfg(feature = "killpoints")]
+mod crashsim;
 mod entry;
 mod error;
 mod files;

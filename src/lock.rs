@@ -261,3 +261,10 @@ impl Drop for Locked<'_> {
         }
     }
 }
+
+/// Blocks until this process holds an exclusive `flock` of `file` (released when it is
+/// closed): the machine-crash shadow's lock (`crashsim.rs`).
+#[cfg(feature = "killpoints")]
+pub(crate) fn hold_exclusive(file: &File) -> std::io::Result<()> {
+    fs2::FileExt::lock_exclusive(file)
+}

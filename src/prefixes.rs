@@ -128,7 +128,7 @@ impl Prefixes {
         files::append_at(&file, &self.path, parsed.len, &bytes)?;
         kill_point!("prefix.appended");
         // Durable before any record names it.
-        file.sync_all().ctx("sync", &self.path)?;
+        files::sync_file(&file, false).ctx("sync", &self.path)?;
         kill_point!("prefix.synced");
         if parsed.len == 0 {
             self.dir.sync()?;

@@ -423,7 +423,7 @@ impl Store {
                 kill_point!("commit.tail_copied");
                 // Made durable before the generation that names it is published: records
                 // flushed to the old log live on here only.
-                log.sync_data().ctx("sync segment", &log_path)?;
+                files::sync_file(&log, true).ctx("sync segment", &log_path)?;
             }
             kill_point!("commit.new_log");
             if plan.keeps_log {

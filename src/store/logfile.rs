@@ -208,7 +208,7 @@ impl Log {
     /// Makes what was written durable (nothing to do if the log does not exist).
     pub(super) fn sync(&self) -> Result<()> {
         match &self.file {
-            Some(file) => file.sync_data().ctx("sync segment", &self.path),
+            Some(file) => files::sync_file(file, true).ctx("sync segment", &self.path),
             None => Ok(()),
         }
     }

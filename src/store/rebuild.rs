@@ -214,7 +214,7 @@ impl Store {
         }
         files::append_at(&file, &path, 0, &buf)?;
         kill_point!("rebuild.written");
-        file.sync_all().ctx("sync segment", &path)?;
+        files::sync_file(&file, false).ctx("sync segment", &path)?;
         let info = SegmentInfo {
             id,
             len: buf.len() as u64,

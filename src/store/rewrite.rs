@@ -135,7 +135,7 @@ impl<'a> Rewriter<'a> {
         if self.written.is_some() {
             self.write_out()?;
             if let Some(s) = self.staged.last() {
-                s.file.sync_all().ctx("sync segment", &s.path)?;
+                files::sync_file(&s.file, false).ctx("sync segment", &s.path)?;
                 kill_point!("rewrite.synced");
             }
             self.written = None;
