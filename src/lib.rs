@@ -48,6 +48,7 @@ mod le;
 mod legacy;
 mod lock;
 mod map;
+mod pool;
 mod prefixes;
 mod pyjson;
 mod ram;
@@ -60,7 +61,9 @@ mod value;
 
 use std::sync::OnceLock;
 
-pub use cache::{Cache, CacheBuilder, Stats, Storage};
+pub use cache::{
+    Cache, CacheBuilder, PoolCounts, PoolStats, ProcessStats, Stats, Storage, pool_stats,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, ValueKind, ValueRef};
 pub use error::{Error, Result};

@@ -402,6 +402,23 @@ impl SharedPage {
         unsafe { &*(self.map.as_mut_ptr().add(offset) as *const AtomicU64) }
     }
 
+    /// The `n` atomics from byte `offset` on.
+    pub(crate) fn atomics(&self, offset: usize, n: usize) -> &[AtomicU64] {
+        assert!(
+            offset.is_multiple_of(8)
+                && offset >= self.header
+                && n.checked_mul(8)
+                    .and_then(|len| offset.checked_add(len))
+                    .is_some_and(|end| end <= self.map.len()),
+            "control fields out of page"
+        );
+        // SAFETY: as for `atomic`, for `n` consecutive 8-aligned words, all in bounds
+        // (asserted).
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_mut_ptr().add(offset) as *const AtomicU64, n)
+        }
+    }
+
     /// The 32-bit atomic at byte `offset` (a futex word).
     pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         assert!(

@@ -181,6 +181,7 @@ impl RamTier {
         Some((e.value.clone(), e.timestamp))
     }
 
+    /// Returns how many entries it evicted to make room.
     pub(crate) fn insert(
         &self,
         hash: u64,
@@ -188,9 +189,9 @@ impl RamTier {
         key: &Key<'_>,
         value: Stored,
         timestamp: f64,
-    ) {
+    ) -> u64 {
         if self.capacity == 0 {
-            return;
+            return 0;
         }
         let mut guard = self.shard(hash).write();
         let shard = &mut *guard;
@@ -199,8 +200,9 @@ impl RamTier {
             if let Some(&i) = shard.by_hash.get(&hash) {
                 shard.remove_at(i);
             }
-            return;
+            return 0;
         }
+        let evicted_before = shard.evictions;
         let i = if let Some(&i) = shard.by_hash.get(&hash) {
             shard.bytes -= shard.entries[i].bytes();
             shard.entries[i].refill(hash, prefix, key, value, timestamp);
@@ -228,6 +230,7 @@ impl RamTier {
         };
         shard.bytes += shard.entries[i].bytes();
         shard.shrink(i);
+        shard.evictions - evicted_before
     }
 
     /// Bytes the entries hold (see `entry_bytes`).

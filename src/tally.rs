@@ -41,8 +41,8 @@ impl Tally {
     }
 }
 
-/// This thread's stripe.
-fn stripe() -> usize {
+/// This thread's stripe (of `STRIPES`; the pool statistics use the same number).
+pub(crate) fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static MINE: Cell<usize> = const { Cell::new(usize::MAX) };

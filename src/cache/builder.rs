@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::files::Dir;
 use crate::keys::random_seed;
 use crate::legacy;
+use crate::pool;
 use crate::ram::RamTier;
 use crate::shared::{self, Tier};
 use crate::store::{self, Store};
@@ -52,6 +53,8 @@ pub struct CacheBuilder {
     pub(super) compact_bytes: u64,
     pub(super) gc_min_dead: u64,
     pub(super) background: bool,
+    /// Whether this handle counts into the directory's pool statistics.
+    pub(super) pool: bool,
     pub(super) clock: Arc<dyn Clock>,
     /// The shared tier's settings; no nodes: none.
     pub(super) shared: shared::Settings,
@@ -69,6 +72,7 @@ impl CacheBuilder {
             compact_bytes: 64 << 20,
             gc_min_dead: 16 << 20,
             background: true,
+            pool: true,
             clock: Arc::new(SystemClock),
             shared: shared::Settings::new(Vec::new(), false),
         }
@@ -147,6 +151,15 @@ impl CacheBuilder {
     /// log compacts before it returns. Dropping the cache waits for a compaction under way.
     pub fn compact_in_background(mut self, yes: bool) -> Self {
         self.background = yes;
+        self
+    }
+
+    /// Whether this handle's lookups and writes count in the directory's pool statistics
+    /// ([`Cache::pool_stats`]; default `true`). A monitor that only reads them (`tokcache
+    /// stats`, `tokcache top`) turns it off, so that it does not show as one of the pool's
+    /// processes.
+    pub fn count_in_pool(mut self, yes: bool) -> Self {
+        self.pool = yes;
         self
     }
 
@@ -320,7 +333,19 @@ impl CacheBuilder {
                 .map_err(|e| log::warn!("no shared tier: {e}"))
                 .ok()
         };
-        (Process::new(store, ram, shared, self.background), err)
+        // Counted into the directory's pool statistics where this handle may write there.
+        let pool = match &store {
+            Some(s) if s.is_writable() && self.pool => {
+                let slot = Arc::new(pool::Slot::claim(&Dir {
+                    path: self.dir.clone(),
+                    mode: self.file_mode,
+                }));
+                s.count_into(Arc::clone(&slot));
+                slot
+            }
+            _ => Arc::new(pool::Slot::private()),
+        };
+        (Process::new(store, ram, shared, self.background, pool), err)
     }
 
     /// The disk tier, telling `ram` of the keys other processes change.

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod builder;
+mod pool_stats;
 mod process;
 mod read;
 mod stats;
 
 pub use builder::CacheBuilder;
 use parking_lot::Mutex;
+pub use pool_stats::{PoolCounts, PoolStats, ProcessStats, pool_stats};
 use process::{Flights, Process};
 pub use stats::{Stats, Storage};
 
@@ -20,6 +22,7 @@ use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::keys::{Key, TOKEN_COUNT, validate_prefix};
 use crate::legacy;
+use crate::pool;
 use crate::record::{self, Kind, MAX_RECORD_LEN};
 use crate::store::{self, CompactReport, Lookup, Store, VerifyReport};
 use crate::tally::Tally;
@@ -204,6 +207,7 @@ impl Cache {
             tier.put(prefix, &key, &value, now);
         }
         self.saves.fetch_add(1, Ordering::Relaxed);
+        self.local().pool.add(pool::Counter::Set);
         Ok(())
     }
 
@@ -222,7 +226,7 @@ impl Cache {
         if on_disk && prefix.len() + key.len() > RAM_KEY_MAX {
             local.ram.remove(hash);
         } else {
-            local.ram.insert(hash, prefix, key, value, timestamp);
+            local.count_ram_evictions(local.ram.insert(hash, prefix, key, value, timestamp));
         }
     }
 
@@ -293,6 +297,7 @@ impl Cache {
             )?;
         }
         self.local().ram.remove(hash);
+        self.local().pool.add(pool::Counter::Removal);
         if let Some(tier) = &self.local().shared {
             tier.remove(prefix, &key);
         }
@@ -509,6 +514,7 @@ impl Cache {
             tier.put_original(&e);
         }
         self.saves.fetch_add(1, Ordering::Relaxed);
+        self.local().pool.add(pool::Counter::Set);
         Ok(true)
     }
 }

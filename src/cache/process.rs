@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use super::Storage;
 use crate::fork;
 use crate::keys::HashKeyed;
+use crate::pool;
 use crate::ram::RamTier;
 use crate::shared::Tier;
 use crate::store::Store;
@@ -34,6 +35,8 @@ pub(super) struct Process {
     pub(super) flights: Flights,
     /// The state of a child process forked from this one, made there when first needed.
     child: OnceLock<Box<Process>>,
+    /// This handle's slot of the pool statistics (shared with the compaction thread).
+    pub(super) pool: Arc<pool::Slot>,
 }
 
 /// A cache's compaction thread: its handle, until joined, whether it runs, and whether a write
@@ -68,6 +71,7 @@ impl Process {
         ram: Arc<RamTier>,
         shared: Option<Tier>,
         background: bool,
+        pool: Arc<pool::Slot>,
     ) -> Self {
         fork::watch();
         Self {
@@ -79,6 +83,14 @@ impl Process {
             background,
             flights: Mutex::default(),
             child: OnceLock::new(),
+            pool,
+        }
+    }
+
+    /// Counts entries the RAM tier evicted.
+    pub(super) fn count_ram_evictions(&self, n: u64) {
+        if n > 0 {
+            self.pool.add_n(pool::Counter::RamEviction, n);
         }
     }
 

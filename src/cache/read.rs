@@ -11,6 +11,7 @@ use crate::entry::ValueRef;
 use crate::error::{Error, Result};
 use crate::keys::{Key, TOKEN_COUNT, validate_prefix};
 use crate::map::ReadMap;
+use crate::pool;
 use crate::record::{Kind, RecordRef};
 use crate::store::{self, Lookup};
 use crate::tally::Found;
@@ -158,6 +159,7 @@ impl Cache {
         let (value, ts) = q.local.ram.get(q.hash, q.prefix, &q.key)?;
         if self.expired(ts, self.settings.clock.now_coarse()) {
             q.local.ram.remove(q.hash);
+            q.local.pool.add(pool::Counter::Expired);
             return None;
         }
         Some((value, ts))
@@ -166,6 +168,12 @@ impl Cache {
     fn count(&self, q: &Asked<'_>, found: Found) {
         if q.count {
             self.tally.add(found);
+            q.local.pool.add(match found {
+                Found::RamHit => pool::Counter::RamHit,
+                Found::DiskHit => pool::Counter::DiskHit,
+                Found::Miss => pool::Counter::Miss,
+                Found::SharedHit => pool::Counter::SharedHit,
+            });
         }
     }
 
@@ -299,9 +307,11 @@ impl Cache {
             }
             Hit::Disk(_, rec) => {
                 let stored = Stored::decode_value(rec.kind, rec.value)?;
-                q.local
-                    .ram
-                    .insert(q.hash, q.prefix, &q.key, stored.clone(), rec.timestamp);
+                let evicted =
+                    q.local
+                        .ram
+                        .insert(q.hash, q.prefix, &q.key, stored.clone(), rec.timestamp);
+                q.local.count_ram_evictions(evicted);
                 Ok(ValueRef::owned(stored, rec.timestamp))
             }
         }

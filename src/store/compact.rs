@@ -123,6 +123,7 @@ impl Store {
         expire: bool,
         only_if_full: bool,
     ) -> Result<Option<CompactReport>> {
+        let started = std::time::Instant::now();
         self.follow_generation()?;
         let (mut snapshot, upto) = {
             let _w = self.writer.lock();
@@ -163,6 +164,7 @@ impl Store {
         };
         drop((v, l, w));
         self.retire(&garbage)?;
+        self.count_compaction(started, report.expired);
         Ok(Some(report))
     }
 
@@ -200,6 +202,7 @@ impl Store {
         now: f64,
         expire: bool,
     ) -> Result<CompactReport> {
+        let started = std::time::Instant::now();
         let Some(plan) = self.plan(v, now, expire, true, true)? else {
             return self.rebuild_damaged(v);
         };
@@ -209,6 +212,7 @@ impl Store {
             self.load_view(self.control.state(), None)?,
         ));
         self.retire(&garbage)?;
+        self.count_compaction(started, report.expired);
         Ok(report)
     }
 

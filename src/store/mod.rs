@@ -17,6 +17,7 @@ use crate::index::{self};
 use crate::keys::{KeyBytes, random_seed};
 use crate::lock::LockFile;
 use crate::map::ReadMap;
+use crate::pool::{self, Counter};
 use crate::prefixes::Prefixes;
 use crate::record::{self, Kind, RecordRef};
 use crate::segment;
@@ -124,6 +125,8 @@ pub(crate) struct Store {
     /// After finding another compaction under way, or a failed one: (generation, tail records)
     /// before which appends do not try to start one again.
     retry_compaction: Mutex<(u64, u64)>,
+    /// Where the compactions of this handle are counted (the pool statistics), once set.
+    pool: std::sync::OnceLock<Arc<pool::Slot>>,
 }
 
 /// A control page state in one word, when it fits (generations and committed lengths below
@@ -239,6 +242,7 @@ impl Store {
             seen: AtomicU64::new(u64::MAX),
             on_change,
             retry_compaction: Mutex::new((u64::MAX, 0)),
+            pool: std::sync::OnceLock::new(),
         };
         if rebuild {
             let _w = store.writer.lock();
@@ -267,6 +271,23 @@ impl Store {
 
     pub(crate) fn is_writable(&self) -> bool {
         self.lock.is_some()
+    }
+
+    /// Counts this handle's compactions (and what they drop) into `slot` from now on.
+    pub(crate) fn count_into(&self, slot: Arc<pool::Slot>) {
+        let _ = self.pool.set(slot);
+    }
+
+    /// Counts a compaction that started at `started` and dropped `expired` entries.
+    pub(super) fn count_compaction(&self, started: std::time::Instant, expired: u64) {
+        if let Some(p) = self.pool.get() {
+            p.add(Counter::Compaction);
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            p.add_n(Counter::CompactionMicros, micros);
+            if expired > 0 {
+                p.add_n(Counter::Expired, expired);
+            }
+        }
     }
 
     pub(crate) fn seed(&self) -> u64 {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod metrics;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokcache::{Cache, Storage};
@@ -42,12 +44,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Print the cache's statistics.
+    /// Print the cache's statistics, and the pool's: every process's counts summed, a row per
+    /// live process.
     Stats {
-        /// One JSON object instead of text.
-        #[arg(long)]
+        /// One JSON object instead of text (the pool's totals in "pool").
+        #[arg(long, conflicts_with = "prometheus")]
         json: bool,
+        /// The Prometheus text exposition format.
+        #[arg(long)]
+        prometheus: bool,
     },
+    /// Serve the Prometheus metrics of `stats --prometheus` over HTTP at /metrics.
+    ServeMetrics {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+    },
+    /// A live view of the pool: hit rates, operations per second, disk, the busiest processes
+    /// (redrawn every second; q quits).
+    Top,
     /// Print an entry's value as JSON (exit 1 on a miss).
     Get {
         #[arg(long, default_value = "token")]
@@ -115,7 +130,17 @@ fn fail(msg: impl std::fmt::Display) -> (u8, String) {
     (EXIT_FAILED, msg.to_string())
 }
 
+/// The cache as a monitor opens it: it must exist, and the monitor's own handle does not
+/// count as one of the pool's processes.
+fn open_monitor(cli: &Cli) -> Result<Cache, (u8, String)> {
+    open_with(cli, true, false)
+}
+
 fn open(cli: &Cli, must_exist: bool) -> Result<Cache, (u8, String)> {
+    open_with(cli, must_exist, true)
+}
+
+fn open_with(cli: &Cli, must_exist: bool, in_pool: bool) -> Result<Cache, (u8, String)> {
     if must_exist && !cli.dir.is_dir() {
         return Err(fail(format!(
             "{} is not a directory (use --dir or TOKCACHE_DIR)",
@@ -125,7 +150,9 @@ fn open(cli: &Cli, must_exist: bool) -> Result<Cache, (u8, String)> {
     if !(cli.ttl_hours.is_finite() && cli.ttl_hours > 0.0) {
         return Err(fail("--ttl-hours must be a positive number"));
     }
-    let mut builder = Cache::builder(&cli.dir).ttl_hours(cli.ttl_hours);
+    let mut builder = Cache::builder(&cli.dir)
+        .ttl_hours(cli.ttl_hours)
+        .count_in_pool(in_pool);
     if let Some(url) = &cli.redis {
         builder = builder
             .redis(url)
@@ -186,10 +213,17 @@ fn preview(key: &str) -> String {
     p
 }
 
-fn stats(cache: &Cache, json: bool) -> CliResult {
+fn stats(cache: &Cache, json: bool, prometheus: bool) -> CliResult {
     let s = cache.get_stats();
+    let pool = cache.pool_stats().map_err(fail)?;
+    if prometheus {
+        print!("{}", metrics::prometheus(&pool, &s, 20));
+        return Ok(());
+    }
     if json {
-        println!("{}", serde_json::to_string(&s).map_err(fail)?);
+        let mut v = serde_json::to_value(&s).map_err(fail)?;
+        v["pool"] = metrics::pool_json(&pool);
+        println!("{}", serde_json::to_string(&v).map_err(fail)?);
         return Ok(());
     }
     println!("directory:        {}", s.temp_dir);
@@ -204,6 +238,7 @@ fn stats(cache: &Cache, json: bool) -> CliResult {
     println!("recent index:     {} records", s.recent_index_records);
     println!("appended since:   {} records", s.tail_records);
     println!("storage:          {:?}", s.storage);
+    print!("{}", metrics::pool_text(&pool));
     if let Some(t) = &s.shared {
         println!(
             "shared tier:      {} hits, {} misses, {} errors, {} timeouts, {} written, {} dropped",
@@ -363,7 +398,9 @@ fn ls(cache: &Cache, prefix: Option<&str>, limit: Option<usize>) {
 
 fn run(cli: Cli) -> CliResult {
     match &cli.cmd {
-        Cmd::Stats { json } => stats(&open(&cli, true)?, *json),
+        Cmd::Stats { json, prometheus } => stats(&open_monitor(&cli)?, *json, *prometheus),
+        Cmd::ServeMetrics { listen } => metrics::serve(&open_monitor(&cli)?, listen).map_err(fail),
+        Cmd::Top => metrics::top(&open_monitor(&cli)?).map_err(fail),
         Cmd::Get { prefix, key } => {
             let cache = open(&cli, true)?;
             tokcache::validate_prefix(prefix).map_err(fail)?;

@@ -1,0 +1,364 @@
+//! Pool statistics: the counters of every process that uses a cache directory, in one shared
+//! file, `tokcache.stats` (docs/format.md, "Pool statistics"). Each cache handle claims a slot
+//! of its own (an open-file-description lock on the slot's byte says it is alive; the kernel
+//! drops it when the process dies) and counts into it with relaxed atomic adds, the lookups of
+//! each thread on a cache line of their own (striped as [`crate::tally`] does), so processes
+//! never write to each other's lines. Reading sums every slot, dead ones included, plus the
+//! counts of dead processes whose slots were taken over since (`retired`): a process that
+//! exits or is killed keeps its counts in the totals.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{IoContext, Result};
+use crate::files::{Dir, file_options};
+use crate::fork::Held;
+use crate::map::{self, SharedPage};
+
+pub(crate) const FILE_NAME: &str = "tokcache.stats";
+const MAGIC: &[u8; 8] = b"TOKCSTA1";
+const VERSION: u32 = 1;
+/// Bytes before the first slot: the fixed header (`HEADER_FIXED`), then the retired totals.
+const HEADER: usize = 4096;
+const HEADER_FIXED: usize = 64;
+/// Where the retired totals start (one word per counter).
+const RETIRED_WORD: usize = 16;
+/// Handles that can count at once; past that, a handle counts for itself only.
+pub(crate) const SLOTS: usize = 256;
+const WORDS_PER_LINE: usize = 16;
+const STRIPES: usize = 8;
+/// A slot: one line of who it is, one of rare counters, one per stripe of lookup counters.
+const SLOT_WORDS: usize = (2 + STRIPES) * WORDS_PER_LINE;
+const FILE_LEN: usize = HEADER + SLOTS * SLOT_WORDS * 8;
+/// The pid, start and last-seen words of a slot's first line.
+const PID: usize = 0;
+const STARTED: usize = 1;
+const LAST_SEEN: usize = 2;
+
+/// What is counted. The first [`HOT`] are counted on every lookup or set (striped by thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Counter {
+    RamHit = 0,
+    DiskHit,
+    Miss,
+    SharedHit,
+    Set,
+    Removal,
+    RamEviction,
+    DiskEviction,
+    Expired,
+    Compaction,
+    CompactionMicros,
+}
+
+const HOT: usize = 5;
+const COUNTERS: usize = 11;
+const ALL: [Counter; COUNTERS] = [
+    Counter::RamHit,
+    Counter::DiskHit,
+    Counter::Miss,
+    Counter::SharedHit,
+    Counter::Set,
+    Counter::Removal,
+    Counter::RamEviction,
+    Counter::DiskEviction,
+    Counter::Expired,
+    Counter::Compaction,
+    Counter::CompactionMicros,
+];
+
+/// The word of `counter` in a slot, for stripe `stripe`.
+fn word_of(counter: Counter, stripe: usize) -> usize {
+    let c = counter as usize;
+    if c < HOT {
+        (2 + stripe) * WORDS_PER_LINE + c
+    } else {
+        WORDS_PER_LINE + (c - HOT)
+    }
+}
+
+/// Totals of one slot, or of the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts(pub [u64; COUNTERS]);
+
+impl Counts {
+    pub(crate) fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    fn add(&mut self, other: &Counts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.wrapping_add(b);
+        }
+    }
+}
+
+/// One live slot, as read.
+#[derive(Clone, Debug)]
+pub(crate) struct Row {
+    pub pid: u32,
+    pub started: f64,
+    pub last_seen: f64,
+    pub counts: Counts,
+}
+
+/// What [`read`] found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Reading {
+    pub totals: Counts,
+    pub live: Vec<Row>,
+}
+
+/// The mapped file.
+struct PoolFile {
+    page: SharedPage,
+    /// Declared before `file`: unregistered before it is closed (fork.rs).
+    _held: Held,
+    file: File,
+}
+
+impl PoolFile {
+    fn words(&self, first: usize, n: usize) -> &[AtomicU64] {
+        self.page.atomics(first * 8, n)
+    }
+
+    fn slot(&self, i: usize) -> &[AtomicU64] {
+        self.words(HEADER / 8 + i * SLOT_WORDS, SLOT_WORDS)
+    }
+
+    fn retired(&self) -> &[AtomicU64] {
+        self.words(RETIRED_WORD, COUNTERS)
+    }
+}
+
+fn slot_counts(words: &[AtomicU64]) -> Counts {
+    let mut c = Counts::default();
+    for counter in ALL {
+        let i = counter as usize;
+        c.0[i] = if i < HOT {
+            (0..STRIPES)
+                .map(|s| words[word_of(counter, s)].load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        } else {
+            words[word_of(counter, 0)].load(Ordering::Relaxed)
+        };
+    }
+    c
+}
+
+fn zero_counts(words: &[AtomicU64]) {
+    for w in &words[WORDS_PER_LINE..] {
+        w.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Where a handle counts: its slot of the directory's file, or memory of its own (a read-only
+/// or RAM-only cache, or every slot taken).
+pub(crate) struct Slot {
+    shared: Option<(Arc<PoolFile>, usize)>,
+    private: Box<[AtomicU64]>,
+}
+
+impl Slot {
+    /// Memory of its own: counted for this handle only.
+    pub(crate) fn private() -> Self {
+        Self {
+            shared: None,
+            private: (0..SLOT_WORDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Claims a slot of `dir`'s file (made if missing). On any failure the handle counts for
+    /// itself only (the cache works the same; the pool's totals miss it).
+    pub(crate) fn claim(dir: &Dir) -> Self {
+        match claim(dir) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                log::info!(
+                    "{}: every pool-statistics slot is taken; this handle counts for itself",
+                    dir.path.display()
+                );
+                Self::private()
+            }
+            Err(e) => {
+                log::debug!("pool statistics off for this handle: {e}");
+                Self::private()
+            }
+        }
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        match &self.shared {
+            Some((file, i)) => file.slot(*i),
+            None => &self.private,
+        }
+    }
+
+    /// Counts one `counter`.
+    #[inline]
+    pub(crate) fn add(&self, counter: Counter) {
+        self.add_n(counter, 1);
+    }
+
+    /// Counts `n` of `counter`. Every 1024th lookup or set of a thread also notes the time
+    /// (the pool's "last seen" of this handle).
+    #[inline]
+    pub(crate) fn add_n(&self, counter: Counter, n: u64) {
+        let stripe = crate::tally::stripe();
+        let words = self.words();
+        let before = words[word_of(counter, stripe)].fetch_add(n, Ordering::Relaxed);
+        if (counter as usize) < HOT && before.is_multiple_of(1024) {
+            self.seen_now();
+        }
+    }
+
+    fn seen_now(&self) {
+        if let Some(now) = map::coarse_realtime() {
+            self.words()[LAST_SEEN].store(now.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// The slot's index in the file, if it has one.
+    pub(crate) fn index(&self) -> Option<usize> {
+        self.shared.as_ref().map(|(_, i)| *i)
+    }
+}
+
+fn open_file(dir: &Dir) -> Result<File> {
+    let path = dir.join(FILE_NAME);
+    match file_options(dir.mode).open(&path) {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(crate::Error::io("open", &path, e)),
+    }
+    // Made whole under a temporary name, then linked into place: never replaced, so that all
+    // processes count into one file.
+    let tmp = dir.join(&format!("{FILE_NAME}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let f = file_options(dir.mode)
+        .create_new(true)
+        .open(&tmp)
+        .ctx("create", &tmp)?;
+    let mut header = vec![0u8; HEADER_FIXED];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(SLOTS as u32).to_le_bytes());
+    header[16..20].copy_from_slice(&((SLOT_WORDS * 8) as u32).to_le_bytes());
+    let made = f
+        .set_len(FILE_LEN as u64)
+        .and_then(|()| f.write_all_at(&header, 0))
+        .and_then(|()| std::fs::hard_link(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match made {
+        Ok(()) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            file_options(dir.mode).open(&path).ctx("open", &path)
+        }
+        Err(e) => Err(crate::Error::io("create", &path, e)),
+    }
+}
+
+fn map_file(file: File, path: &Path, writable: bool) -> Result<PoolFile> {
+    let len = file.metadata().ctx("stat", path)?.len();
+    let mut header = [0u8; 20];
+    file.read_exact_at(&mut header, 0).ctx("read", path)?;
+    if len != FILE_LEN as u64
+        || &header[..8] != MAGIC
+        || header[8..12] != VERSION.to_le_bytes()
+        || header[12..16] != (SLOTS as u32).to_le_bytes()
+    {
+        return Err(crate::Error::corrupt(
+            path,
+            "not a pool statistics file of this version",
+        ));
+    }
+    let page = SharedPage::new(&file, FILE_LEN, HEADER_FIXED, writable).ctx("map", path)?;
+    Ok(PoolFile {
+        page,
+        _held: Held::register(&file),
+        file,
+    })
+}
+
+fn claim(dir: &Dir) -> Result<Option<Slot>> {
+    let path = dir.join(FILE_NAME);
+    let pool = Arc::new(map_file(open_file(dir)?, &path, true)?);
+    for i in 0..SLOTS {
+        if !map::lock_byte(&pool.file, i as u64).ctx("lock", &path)? {
+            continue;
+        }
+        // Ours now: a process that had it is gone. Its counts go to the retired totals
+        // before the slot is cleared (a reader in between may count them twice, never lose
+        // them).
+        let words = pool.slot(i);
+        let left = slot_counts(words);
+        if left != Counts::default() {
+            for (r, n) in pool.retired().iter().zip(left.0) {
+                r.fetch_add(n, Ordering::Relaxed);
+            }
+            zero_counts(words);
+        }
+        words[PID].store(u64::from(std::process::id()), Ordering::Relaxed);
+        let now = map::coarse_realtime().unwrap_or(0.0).to_bits();
+        words[STARTED].store(now, Ordering::Relaxed);
+        words[LAST_SEEN].store(now, Ordering::Relaxed);
+        return Ok(Some(Slot {
+            shared: Some((pool, i)),
+            private: Box::new([]),
+        }));
+    }
+    Ok(None)
+}
+
+/// Reads the pool's totals and its live handles (`own`: a slot of this process, alive though
+/// its lock does not show to itself). `None` if the directory has no statistics file yet.
+pub(crate) fn read(dir: &Path, own: &[usize]) -> Result<Option<Reading>> {
+    let path = dir.join(FILE_NAME);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::Error::io("open", &path, e)),
+    };
+    let pool = map_file(file, &path, false)?;
+    let mut reading = Reading::default();
+    for (r, w) in reading.totals.0.iter_mut().zip(pool.retired()) {
+        *r = w.load(Ordering::Relaxed);
+    }
+    for i in 0..SLOTS {
+        let words = pool.slot(i);
+        let counts = slot_counts(words);
+        reading.totals.add(&counts);
+        let alive =
+            own.contains(&i) || map::byte_is_locked(&pool.file, i as u64).ctx("lock", &path)?;
+        if alive {
+            reading.live.push(Row {
+                pid: words[PID].load(Ordering::Relaxed) as u32,
+                started: f64::from_bits(words[STARTED].load(Ordering::Relaxed)),
+                last_seen: f64::from_bits(words[LAST_SEEN].load(Ordering::Relaxed)),
+                counts,
+            });
+        }
+    }
+    Ok(Some(reading))
+}
+
+/// Sets every count of the pool to zero (the live handles' too).
+pub(crate) fn reset(dir: &Dir) -> Result<()> {
+    let path: PathBuf = dir.join(FILE_NAME);
+    let pool = map_file(open_file(dir)?, &path, true)?;
+    for r in pool.retired() {
+        r.store(0, Ordering::Relaxed);
+    }
+    for i in 0..SLOTS {
+        zero_counts(pool.slot(i));
+    }
+    Ok(())
+}
