@@ -70,9 +70,16 @@ fn cache_dir(name: String, n: u64, key: fn(u64) -> String) -> PathBuf {
 
 /// Runs `round` (which does `per_round` operations) for about `secs` seconds; ns per operation.
 fn throughput(secs: u64, per_round: u64, mut round: impl FnMut()) -> f64 {
+    // `LOOPS_ROUNDS=N`: exactly N rounds, whatever the time (for instruction counts).
+    let rounds: Option<u64> = std::env::var("LOOPS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok());
     let start = Instant::now();
     let mut ops = 0;
-    while start.elapsed() < Duration::from_secs(secs) {
+    while match rounds {
+        Some(n) => ops < n * per_round,
+        None => start.elapsed() < Duration::from_secs(secs),
+    } {
         round();
         ops += per_round;
     }

@@ -237,7 +237,7 @@ fn open_file(dir: &Dir) -> Result<File> {
     }
     // Made whole under a temporary name, then linked into place: never replaced, so that all
     // processes count into one file.
-    let tmp = dir.join(&format!("{FILE_NAME}.{}.tmp", std::process::id()));
+    let tmp = dir.join(&format!("{FILE_NAME}.{}.new", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let f = file_options(dir.mode)
         .create_new(true)

@@ -439,6 +439,51 @@ impl Cache {
         Ok(d)
     }
 
+    /// The counters of every process using the directory, summed (``get_stats`` tells this
+    /// cache's own): hits by tier, misses, saves, removals, evictions, expired entries dropped,
+    /// compactions; ``processes``, the live handles, and ``live``, a dict per live handle.
+    fn pool_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let inner = &self.inner;
+        let pool = py.detach(|| inner.pool_stats()).map_err(py_err)?;
+        let counts = |c: &tokcache::PoolCounts| -> PyResult<Bound<'py, PyDict>> {
+            let d = PyDict::new(py);
+            d.set_item("ram_hits", c.ram_hits)?;
+            d.set_item("disk_hits", c.disk_hits)?;
+            d.set_item("shared_hits", c.shared_hits)?;
+            d.set_item("misses", c.misses)?;
+            d.set_item("saves", c.sets)?;
+            d.set_item("removals", c.removals)?;
+            d.set_item("ram_evictions", c.ram_evictions)?;
+            d.set_item("disk_evictions", c.disk_evictions)?;
+            d.set_item("expired", c.expired)?;
+            d.set_item("compactions", c.compactions)?;
+            d.set_item("compaction_seconds", c.compaction_seconds)?;
+            d.set_item(
+                "hit_rate_percent",
+                (c.hit_rate() * 10_000.0).round() / 100.0,
+            )?;
+            Ok(d)
+        };
+        let d = counts(&pool.totals)?;
+        d.set_item("processes", pool.processes.len())?;
+        let live = pyo3::types::PyList::empty(py);
+        for p in &pool.processes {
+            let row = counts(&p.counts)?;
+            row.set_item("pid", p.pid)?;
+            row.set_item("started", p.started)?;
+            row.set_item("last_seen", p.last_seen)?;
+            live.append(row)?;
+        }
+        d.set_item("live", live)?;
+        Ok(d)
+    }
+
+    /// Sets every count of the pool's statistics to zero.
+    fn reset_pool_stats(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = &self.inner;
+        py.detach(|| inner.reset_pool_stats()).map_err(py_err)
+    }
+
     /// Removes the expired entries from the directory (reclaiming their space); returns how
     /// many.
     fn clear_expired(&self, py: Python<'_>) -> PyResult<usize> {

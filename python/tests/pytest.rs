@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What the tests need from the package registry; the virtualenv is reinstalled when it changes.
-const REQUIREMENTS: &[&str] = &["maturin>=1.9,<2", "pytest>=8", "hypothesis>=6.100"];
+const REQUIREMENTS: &[&str] = &[
+    "maturin>=1.9,<2",
+    "pytest>=8",
+    "hypothesis>=6.100",
+    "prometheus_client>=0.20",
+];
 
 /// Environment variables of faketime: kept away from the builds, which must see the real clock.
 const FAKETIME_VARS: &[&str] = &["LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC"];

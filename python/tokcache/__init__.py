@@ -43,6 +43,7 @@ __all__ = [
     "DegradedError",
     "NewerFormatError",
     "SharedTierError",
+    "PoolCollector",
 ]
 
 __version__ = "0.1.0"
@@ -292,3 +293,52 @@ def persistent_cache(
         return wrapper
 
     return decorate
+
+
+class PoolCollector:
+    """A ``prometheus_client`` collector of a cache's pool statistics (every process using its
+    directory, summed) and sizes::
+
+        from prometheus_client import REGISTRY
+        REGISTRY.register(tokcache.PoolCollector(cache))
+
+    It exposes the metrics of ``tokcache stats --prometheus``: ``tokcache_hits_total{tier}``,
+    ``tokcache_misses_total``, ``tokcache_sets_total``, ``tokcache_evictions_total{tier}``, ...,
+    and the gauges ``tokcache_disk_bytes``, ``tokcache_entries``, ``tokcache_processes``."""
+
+    def __init__(self, cache: PersistentTokenCache) -> None:
+        self._cache = cache
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        pool = self._cache.pool_stats()
+        stats = self._cache.get_stats()
+        hits = CounterMetricFamily(
+            "tokcache_hits", "Lookups answered, by the tier that answered.", labels=["tier"]
+        )
+        for tier in ("ram", "disk", "shared"):
+            hits.add_metric([tier], pool[tier + "_hits"])
+        yield hits
+        for name, key, help_text in (
+            ("tokcache_misses", "misses", "Lookups that found nothing."),
+            ("tokcache_sets", "saves", "Entries written."),
+            ("tokcache_removals", "removals", "Entries removed."),
+            ("tokcache_expired", "expired", "Expired entries dropped."),
+            ("tokcache_compactions", "compactions", "Compactions done."),
+            ("tokcache_compaction_seconds", "compaction_seconds", "Time spent compacting."),
+        ):
+            yield CounterMetricFamily(name, help_text, value=pool[key])
+        evictions = CounterMetricFamily(
+            "tokcache_evictions", "Entries evicted to make room, by tier.", labels=["tier"]
+        )
+        evictions.add_metric(["ram"], pool["ram_evictions"])
+        evictions.add_metric(["disk"], pool["disk_evictions"])
+        yield evictions
+        for name, value, help_text in (
+            ("tokcache_disk_bytes", stats["disk_bytes"], "Bytes of the segment files."),
+            ("tokcache_live_bytes", stats["live_bytes"], "Bytes of live records."),
+            ("tokcache_entries", stats["disk_files"], "Entries on disk."),
+            ("tokcache_processes", pool["processes"], "Live cache handles of the pool."),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=value)

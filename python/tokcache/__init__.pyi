@@ -1,7 +1,7 @@
 """Type stubs of the tokcache package (the native methods live in tokcache._tokcache)."""
 
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, Union, overload
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar, Union, overload
 
 from typing import Literal, TypedDict
 
@@ -42,6 +42,29 @@ class Stats(TypedDict):
     shared_dropped: NotRequired[int]
     shared_queued: NotRequired[int]
 
+class PoolCounts(TypedDict):
+    ram_hits: int
+    disk_hits: int
+    shared_hits: int
+    misses: int
+    saves: int
+    removals: int
+    ram_evictions: int
+    disk_evictions: int
+    expired: int
+    compactions: int
+    compaction_seconds: float
+    hit_rate_percent: float
+
+class ProcessRow(PoolCounts):
+    pid: int
+    started: float
+    last_seen: float
+
+class PoolStats(PoolCounts):
+    processes: int
+    live: List[ProcessRow]
+
 class CompactReport(TypedDict):
     expired: int
     bytes_freed: int
@@ -53,6 +76,10 @@ class NewerFormatError(OSError): ...
 class DegradedError(OSError): ...
 class SharedTierError(OSError): ...
 class CacheDegradedWarning(RuntimeWarning): ...
+
+class PoolCollector:
+    def __init__(self, cache: PersistentTokenCache) -> None: ...
+    def collect(self) -> Iterator[Any]: ...
 
 class PersistentTokenCache:
     """A persistent token cache in ``temp_dir``, shared by every process that opens it."""
@@ -90,6 +117,8 @@ class PersistentTokenCache:
     def get_token_count(self, text: str, encoding: str = "cl100k_base") -> Optional[int]: ...
     def set_token_count(self, text: str, count: int, encoding: str = "cl100k_base") -> None: ...
     def get_stats(self) -> Stats: ...
+    def pool_stats(self) -> PoolStats: ...
+    def reset_pool_stats(self) -> None: ...
     def clear_expired(self) -> int: ...
     def clear_all(self) -> None: ...
     def flush(self) -> None: ...
