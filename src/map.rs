@@ -438,6 +438,59 @@ impl SharedPage {
     }
 }
 
+/// A run of `AtomicU64`s in a shared page (or in anonymous memory) that one owner indexes on a
+/// hot path: one bounds check per access, no re-slicing of the page. It keeps what it points
+/// into alive.
+pub(crate) struct Words {
+    ptr: *const AtomicU64,
+    len: usize,
+    _keep: WordsKeep,
+}
+
+enum WordsKeep {
+    Page { _page: Arc<SharedPage> },
+    Anon { _map: memmap2::MmapMut },
+}
+
+// SAFETY: `ptr` points into memory that `_keep` owns and that lives as long as `self`; it is
+// only ever accessed through `&AtomicU64`, which is `Sync`.
+#[allow(unsafe_code)]
+unsafe impl Send for Words {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for Words {}
+
+impl Words {
+    /// The `n` words from byte `offset` of `page` (checked as [`SharedPage::atomics`] checks).
+    pub(crate) fn in_page(page: Arc<SharedPage>, offset: usize, n: usize) -> Self {
+        let ptr = page.atomics(offset, n).as_ptr();
+        Self {
+            ptr,
+            len: n,
+            _keep: WordsKeep::Page { _page: page },
+        }
+    }
+
+    /// `n` zeroed words of anonymous memory of this process.
+    pub(crate) fn anonymous(n: usize) -> io::Result<Self> {
+        let map = MmapOptions::new().len((n * 8).max(1)).map_anon()?;
+        Ok(Self {
+            ptr: map.as_ptr().cast::<AtomicU64>(),
+            len: n,
+            _keep: WordsKeep::Anon { _map: map },
+        })
+    }
+
+    /// Word `i`.
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> &AtomicU64 {
+        assert!(i < self.len, "word out of range");
+        // SAFETY: `i` is in bounds (asserted); the memory is page-aligned, lives as long as
+        // `self` (`_keep`), and is only accessed through atomics.
+        unsafe { &*self.ptr.add(i) }
+    }
+}
+
 /// Accesses an archive that `validate` has already checked once.
 pub(crate) fn access_validated<T: rkyv::Portable>(bytes: &[u8]) -> &T {
     // SAFETY: callers pass only bytes that `rkyv::access::<T, _>` accepted when the index was

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{IoContext, Result};
 use crate::files::{Dir, file_options};
 use crate::fork::Held;
-use crate::map::{self, SharedPage};
+use crate::map::{self, SharedPage, Words};
 
 pub(crate) const FILE_NAME: &str = "tokcache.stats";
 const MAGIC: &[u8; 8] = b"TOKCSTA1";
@@ -115,7 +115,7 @@ pub(crate) struct Reading {
 
 /// The mapped file.
 struct PoolFile {
-    page: SharedPage,
+    page: Arc<SharedPage>,
     /// Declared before `file`: unregistered before it is closed (fork.rs).
     _held: Held,
     file: File,
@@ -135,19 +135,24 @@ impl PoolFile {
     }
 }
 
-fn slot_counts(words: &[AtomicU64]) -> Counts {
+/// A slot's counts, from its words as `word` loads them.
+fn slot_counts(word: impl Fn(usize) -> u64) -> Counts {
     let mut c = Counts::default();
     for counter in ALL {
         let i = counter as usize;
         c.0[i] = if i < HOT {
             (0..STRIPES)
-                .map(|s| words[word_of(counter, s)].load(Ordering::Relaxed))
+                .map(|s| word(word_of(counter, s)))
                 .fold(0u64, u64::wrapping_add)
         } else {
-            words[word_of(counter, 0)].load(Ordering::Relaxed)
+            word(word_of(counter, 0))
         };
     }
     c
+}
+
+fn load(words: &[AtomicU64]) -> impl Fn(usize) -> u64 + '_ {
+    |i| words[i].load(Ordering::Relaxed)
 }
 
 fn zero_counts(words: &[AtomicU64]) {
@@ -159,16 +164,17 @@ fn zero_counts(words: &[AtomicU64]) {
 /// Where a handle counts: its slot of the directory's file, or memory of its own (a read-only
 /// or RAM-only cache, or every slot taken).
 pub(crate) struct Slot {
+    words: Option<Words>,
+    /// The file (its lock on the slot's byte says the slot is taken) and the slot's index.
     shared: Option<(Arc<PoolFile>, usize)>,
-    private: Box<[AtomicU64]>,
 }
 
 impl Slot {
-    /// Memory of its own: counted for this handle only.
+    /// Memory of its own: counted for this handle only (nowhere if even that cannot be had).
     pub(crate) fn private() -> Self {
         Self {
+            words: Words::anonymous(SLOT_WORDS).ok(),
             shared: None,
-            private: (0..SLOT_WORDS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -191,40 +197,41 @@ impl Slot {
         }
     }
 
-    fn words(&self) -> &[AtomicU64] {
-        match &self.shared {
-            Some((file, i)) => file.slot(*i),
-            None => &self.private,
-        }
-    }
-
     /// Counts one `counter`.
     #[inline]
     pub(crate) fn add(&self, counter: Counter) {
         self.add_n(counter, 1);
     }
 
-    /// Counts `n` of `counter`. Every 1024th lookup or set of a thread also notes the time
-    /// (the pool's "last seen" of this handle).
+    /// Counts `n` of `counter`.
     #[inline]
     pub(crate) fn add_n(&self, counter: Counter, n: u64) {
-        let stripe = crate::tally::stripe();
-        let words = self.words();
-        let before = words[word_of(counter, stripe)].fetch_add(n, Ordering::Relaxed);
-        if (counter as usize) < HOT && before.is_multiple_of(1024) {
-            self.seen_now();
-        }
+        self.add_in(crate::tally::stripe(), counter, n);
     }
 
-    fn seen_now(&self) {
-        if let Some(now) = map::coarse_realtime() {
-            self.words()[LAST_SEEN].store(now.to_bits(), Ordering::Relaxed);
+    /// Counts `n` of `counter` in `stripe` (this thread's: [`crate::tally::stripe`]). Every
+    /// 1024th lookup or set of a stripe also notes the time (the handle's "last seen").
+    #[inline]
+    pub(crate) fn add_in(&self, stripe: usize, counter: Counter, n: u64) {
+        let Some(words) = &self.words else { return };
+        let before = words
+            .get(word_of(counter, stripe))
+            .fetch_add(n, Ordering::Relaxed);
+        if (counter as usize) < HOT && before.is_multiple_of(1024) {
+            seen_now(words);
         }
     }
 
     /// The slot's index in the file, if it has one.
     pub(crate) fn index(&self) -> Option<usize> {
         self.shared.as_ref().map(|(_, i)| *i)
+    }
+}
+
+#[cold]
+fn seen_now(words: &Words) {
+    if let Some(now) = map::coarse_realtime() {
+        words.get(LAST_SEEN).store(now.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -278,7 +285,7 @@ fn map_file(file: File, path: &Path, writable: bool) -> Result<PoolFile> {
     }
     let page = SharedPage::new(&file, FILE_LEN, HEADER_FIXED, writable).ctx("map", path)?;
     Ok(PoolFile {
-        page,
+        page: Arc::new(page),
         _held: Held::register(&file),
         file,
     })
@@ -295,7 +302,7 @@ fn claim(dir: &Dir) -> Result<Option<Slot>> {
         // before the slot is cleared (a reader in between may count them twice, never lose
         // them).
         let words = pool.slot(i);
-        let left = slot_counts(words);
+        let left = slot_counts(load(words));
         if left != Counts::default() {
             for (r, n) in pool.retired().iter().zip(left.0) {
                 r.fetch_add(n, Ordering::Relaxed);
@@ -306,9 +313,14 @@ fn claim(dir: &Dir) -> Result<Option<Slot>> {
         let now = map::coarse_realtime().unwrap_or(0.0).to_bits();
         words[STARTED].store(now, Ordering::Relaxed);
         words[LAST_SEEN].store(now, Ordering::Relaxed);
+        let words = Words::in_page(
+            Arc::clone(&pool.page),
+            HEADER + i * SLOT_WORDS * 8,
+            SLOT_WORDS,
+        );
         return Ok(Some(Slot {
+            words: Some(words),
             shared: Some((pool, i)),
-            private: Box::new([]),
         }));
     }
     Ok(None)
@@ -334,7 +346,7 @@ pub(crate) fn read(dir: &Path, own: &[usize]) -> Result<Option<Reading>> {
     }
     for i in 0..SLOTS {
         let words = pool.slot(i);
-        let counts = slot_counts(words);
+        let counts = slot_counts(load(words));
         reading.totals.add(&counts);
         let alive =
             own.contains(&i) || map::byte_is_locked(&pool.file, i as u64).ctx("lock", &path)?;

@@ -30,8 +30,11 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    pub(crate) fn add(&self, found: Found) {
-        self.stripes[stripe()].0[found as usize].fetch_add(1, Ordering::Relaxed);
+    /// Counts `found` in `stripe` (this thread's: [`stripe`], which the caller also uses to
+    /// count it in the pool's statistics).
+    #[inline]
+    pub(crate) fn add_in(&self, stripe: usize, found: Found) {
+        self.stripes[stripe % STRIPES].0[found as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self, found: Found) -> u64 {
@@ -67,11 +70,14 @@ mod tests {
                 let tally = &tally;
                 s.spawn(move || {
                     for _ in 0..1000 {
-                        tally.add(if t % 3 == 0 {
-                            Found::Miss
-                        } else {
-                            Found::DiskHit
-                        });
+                        tally.add_in(
+                            stripe(),
+                            if t % 3 == 0 {
+                                Found::Miss
+                            } else {
+                                Found::DiskHit
+                            },
+                        );
                     }
                 });
             }

@@ -14,7 +14,7 @@ use crate::map::ReadMap;
 use crate::pool;
 use crate::record::{Kind, RecordRef};
 use crate::store::{self, Lookup};
-use crate::tally::Found;
+use crate::tally::{self, Found};
 use crate::value::Stored;
 
 /// A key a lookup asks for: of a valid prefix, with its hash; `count`: whether the lookup goes
@@ -167,13 +167,15 @@ impl Cache {
 
     fn count(&self, q: &Asked<'_>, found: Found) {
         if q.count {
-            self.tally.add(found);
-            q.local.pool.add(match found {
+            let stripe = tally::stripe();
+            self.tally.add_in(stripe, found);
+            let counter = match found {
                 Found::RamHit => pool::Counter::RamHit,
                 Found::DiskHit => pool::Counter::DiskHit,
                 Found::Miss => pool::Counter::Miss,
                 Found::SharedHit => pool::Counter::SharedHit,
-            });
+            };
+            q.local.pool.add_in(stripe, counter, 1);
         }
     }
 
