@@ -36,9 +36,21 @@ fn real_clock(mut cmd: Command) -> Command {
     cmd
 }
 
-/// `python3` (or `$PYTHON`), with a clear message when there is none.
+#[path = "../../tests/common/system.rs"]
+mod system;
+
+/// `python3` (or `$PYTHON`), with a clear message when there is none. Debian's python3-venv
+/// (venv's `ensurepip`) is installed here if it is missing and this runs as root.
 fn python() -> String {
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    system::ensure(
+        &python,
+        &[
+            "-c",
+            "import sys, venv, ensurepip; assert sys.version_info >= (3, 9)",
+        ],
+        "python3-venv",
+    );
     let found = Command::new(&python)
         .args(["-c", "import sys, venv; assert sys.version_info >= (3, 9)"])
         .output();

@@ -73,3 +73,4 @@ impl Rng {
     }
 }
 pub mod redis;
+pub mod system;

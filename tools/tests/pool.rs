@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/common/system.rs"]
+mod system;
+
 fn tokcache(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tokcache"));
     c.arg("--dir").arg(dir).env_remove("TOKCACHE_DIR");
@@ -149,10 +152,11 @@ fn tmux(args: &[&str]) -> Output {
 
 #[test]
 fn top_shows_a_running_workload_and_quits_on_q() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: tmux is not installed (.ci/run installs it)");
-        return;
-    }
+    assert!(
+        system::ensure("tmux", &["-V"], "tmux"),
+        "this test reads `tokcache top` from a tmux pane: install the Debian package tmux \
+         (the test does it itself as root)"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("cache");
     ok(&run(&d, &["set", "seed", "1"]));
