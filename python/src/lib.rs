@@ -16,7 +16,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyRuntimeWarning, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
-use tokcache::{Cache as Inner, Error, Storage};
+use tokcache::{Cache as Inner, DEFAULT_PREFIX, Error, Storage};
 
 use convert::{Stored, to_py, to_stored, tokens_from};
 use text::utf8;
@@ -82,8 +82,6 @@ fn py_err(e: Error) -> PyErr {
     }
 }
 
-/// The prefix the original used when none is given.
-const DEFAULT_PREFIX: &str = "token";
 /// The tokenizer of the real workload.
 const DEFAULT_ENCODING: &str = "cl100k_base";
 
@@ -110,6 +108,10 @@ struct Cache {
     redis_url: Option<String>,
     redis_namespace: Option<String>,
     redis_timeout: Option<f64>,
+    /// The other settings as given, which a pickled cache carries too.
+    max_ram_bytes: Option<usize>,
+    file_mode: Option<u32>,
+    strict: bool,
 }
 
 impl Cache {
@@ -199,6 +201,9 @@ impl Cache {
             redis_url,
             redis_namespace,
             redis_timeout,
+            max_ram_bytes,
+            file_mode,
+            strict,
         })
     }
 
@@ -466,7 +471,7 @@ impl Cache {
         };
         let d = counts(&pool.totals)?;
         d.set_item("processes", pool.processes.len())?;
-        let live = pyo3::types::PyList::empty(py);
+        let live = PyList::empty(py);
         for p in &pool.processes {
             let row = counts(&p.counts)?;
             row.set_item("pid", p.pid)?;
@@ -562,6 +567,24 @@ impl Cache {
     #[getter]
     fn max_ram_entries(&self) -> usize {
         self.max_ram_entries
+    }
+
+    /// The RAM tier's byte bound as given (None: the default, 16 MiB).
+    #[getter]
+    fn max_ram_bytes(&self) -> Option<usize> {
+        self.max_ram_bytes
+    }
+
+    /// The permission bits of new files as given (None: the default, 0o600).
+    #[getter]
+    fn file_mode(&self) -> Option<u32> {
+        self.file_mode
+    }
+
+    /// Whether a directory that cannot be used raises (True) or gives a RAM-only cache.
+    #[getter]
+    fn strict(&self) -> bool {
+        self.strict
     }
 
     /// The TTL in hours.

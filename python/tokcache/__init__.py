@@ -193,6 +193,9 @@ class PersistentTokenCache(_Cache):
                 self.redis_url,
                 self.redis_namespace,
                 self.redis_timeout,
+                self.max_ram_bytes,
+                self.file_mode,
+                self.strict,
             ),
         )
 
@@ -205,6 +208,9 @@ def _reopen(
     redis_url: Optional[str] = None,
     redis_namespace: Optional[str] = None,
     redis_timeout: Optional[float] = None,
+    max_ram_bytes: Optional[int] = None,
+    file_mode: Optional[int] = None,
+    strict: bool = False,
 ) -> Any:
     return cls(
         temp_dir,
@@ -213,6 +219,9 @@ def _reopen(
         redis_url=redis_url,
         redis_namespace=redis_namespace,
         redis_timeout=redis_timeout,
+        max_ram_bytes=max_ram_bytes,
+        file_mode=file_mode,
+        strict=strict,
     )
 
 

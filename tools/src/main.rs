@@ -95,7 +95,13 @@ enum Cmd {
         /// Export expired entries too.
         #[arg(long)]
         include_expired: bool,
+        /// Only the entries of these logical names ({prefix}_{md5}, `.json` optional; repeat).
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
+    /// Print one entry by its logical name ({prefix}_{md5}, `.json` optional) exactly as the
+    /// original's file held it (the bytes `export` writes; expired entries too; exit 1 if none).
+    Show { name: String },
     /// Import a directory of the original's {prefix}_{md5}.json files or a JSONL export.
     Import { src: PathBuf },
     /// List entries: logical name, prefix, age, value size, key preview.
@@ -248,11 +254,83 @@ fn stats(cache: &Cache, json: bool, prometheus: bool) -> CliResult {
     Ok(())
 }
 
+/// Which entries `export` and `show` take: of a prefix, of some logical names.
+struct Filter<'a> {
+    prefix: Option<&'a str>,
+    /// Logical names (`.json` left off); empty: any.
+    names: Vec<String>,
+    /// The prefixes those names have (`{prefix}_{md5}`): only their entries are hashed.
+    name_prefixes: Vec<String>,
+}
+
+impl<'a> Filter<'a> {
+    fn new(prefix: Option<&'a str>, names: &[String]) -> Result<Self, (u8, String)> {
+        let mut f = Filter {
+            prefix,
+            names: Vec::new(),
+            name_prefixes: Vec::new(),
+        };
+        for n in names {
+            let n = n.strip_suffix(".json").unwrap_or(n);
+            let ok = n.rsplit_once('_').filter(|(p, md5)| {
+                !p.is_empty()
+                    && md5.len() == 32
+                    && md5
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            let Some((p, _)) = ok else {
+                return Err(fail(format!(
+                    "{n}: not a logical name ({{prefix}}_{{md5 of the key, 32 lower-case hex digits}})"
+                )));
+            };
+            f.name_prefixes.push(p.to_string());
+            f.names.push(n.to_string());
+        }
+        Ok(f)
+    }
+
+    fn takes(&self, e: &tokcache::Entry<'_>) -> bool {
+        if self.prefix.is_some_and(|p| p != e.prefix()) {
+            return false;
+        }
+        self.names.is_empty()
+            || (self.name_prefixes.iter().any(|p| p == e.prefix())
+                && self.names.contains(&e.logical_name()))
+    }
+}
+
+/// `show NAME`: the entry's original JSON, byte for byte as `export` writes its file (a newline
+/// after it only on a terminal).
+fn show(cache: &Cache, name: &str) -> CliResult {
+    let filter = Filter::new(None, &[name.to_string()])?;
+    let mut found = None;
+    cache.for_each_entry(|e| {
+        if found.is_none() && filter.takes(e) {
+            found = Some(e.to_original_json());
+        }
+    });
+    match found {
+        Some(Some(json)) => {
+            let mut out = io::stdout().lock();
+            out.write_all(json.as_bytes()).map_err(fail)?;
+            if out.is_terminal() {
+                writeln!(out).map_err(fail)?;
+            }
+            Ok(())
+        }
+        Some(None) => Err(fail(format!(
+            "{name}: the stored value cannot be written as JSON"
+        ))),
+        None => Err((EXIT_NOT_FOUND, format!("{name}: no such entry"))),
+    }
+}
+
 fn export(
     cache: &Cache,
     out: &Path,
     format: Format,
-    prefix: Option<&str>,
+    filter: &Filter<'_>,
     include_expired: bool,
 ) -> CliResult {
     let total = cache.get_stats().disk_files;
@@ -274,10 +352,7 @@ fn export(
     };
     cache.for_each_entry(|e| {
         pb.inc(1);
-        if failed.is_some()
-            || (!include_expired && e.is_expired())
-            || prefix.is_some_and(|p| p != e.prefix())
-        {
+        if failed.is_some() || (!include_expired && e.is_expired()) || !filter.takes(e) {
             return;
         }
         let Some(json) = e.to_original_json() else {
@@ -402,7 +477,8 @@ fn run(cli: Cli) -> CliResult {
         Cmd::ServeMetrics { listen } => metrics::serve(&open_monitor(&cli)?, listen).map_err(fail),
         Cmd::Top => metrics::top(&open_monitor(&cli)?).map_err(fail),
         Cmd::Get { prefix, key } => {
-            let cache = open(&cli, true)?;
+            // Through a shared tier, a machine reads before anything made its directory.
+            let cache = open(&cli, cli.redis.is_none())?;
             tokcache::validate_prefix(prefix).map_err(fail)?;
             match cache.get_ref(prefix, key) {
                 Some(v) => {
@@ -447,13 +523,15 @@ fn run(cli: Cli) -> CliResult {
             format,
             prefix,
             include_expired,
+            names,
         } => export(
             &open(&cli, true)?,
             out,
             *format,
-            prefix.as_deref(),
+            &Filter::new(prefix.as_deref(), names)?,
             *include_expired,
         ),
+        Cmd::Show { name } => show(&open(&cli, true)?, name),
         Cmd::Import { src } => import(&open(&cli, false)?, src),
         Cmd::Ls { prefix, limit } => {
             ls(&open(&cli, true)?, prefix.as_deref(), *limit);

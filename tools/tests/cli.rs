@@ -291,3 +291,49 @@ fn repairs_made_while_opening_are_reported() {
     );
     assert_eq!(ok(&run(d, &["get", "--prefix", "test", "k3"])), "3\n");
 }
+
+#[test]
+fn show_prints_one_entry_as_its_exported_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("out");
+    ok(&run(
+        &cache,
+        &[&["import", fixture().to_str().unwrap()], FOREVER].concat(),
+    ));
+    ok(&run(
+        &cache,
+        &[&["export", "--out", out.to_str().unwrap()], FOREVER].concat(),
+    ));
+    let mut shown = 0;
+    for e in std::fs::read_dir(&out).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let file = std::fs::read(e.path()).unwrap();
+        // By name, with or without `.json`: the file's bytes exactly (cat temp/NAME.json).
+        for n in [name.as_str(), name.strip_suffix(".json").unwrap()] {
+            let printed = run(&cache, &[&["show", n], FOREVER].concat());
+            assert_eq!(ok(&printed).into_bytes(), file, "{n}");
+        }
+        // export --name takes just that one.
+        let one = tmp.path().join(format!("one-{shown}"));
+        ok(&run(
+            &cache,
+            &[
+                &["export", "--out", one.to_str().unwrap(), "--name", &name],
+                FOREVER,
+            ]
+            .concat(),
+        ));
+        let listed: Vec<_> = std::fs::read_dir(&one).unwrap().collect();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(std::fs::read(one.join(&name)).unwrap(), file);
+        shown += 1;
+    }
+    assert!(shown >= 8);
+    let missing = run(&cache, &["show", "token_00000000000000000000000000000000"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let bad = run(&cache, &["show", "not-a-name"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a logical name"));
+}
