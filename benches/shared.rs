@@ -15,11 +15,11 @@
 //! machine's cores with the bench; read the ratios within one run. `TOKCACHE_BENCH_SCALE=0.2`
 //! runs fewer keys.
 
-#[path = "../tests/common/system.rs"]
-mod system;
 #[path = "../tests/common/redis.rs"]
 #[allow(dead_code)]
 mod redis_server;
+#[path = "../tests/common/system.rs"]
+mod system;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

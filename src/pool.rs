@@ -53,10 +53,14 @@ pub(crate) enum Counter {
     Expired,
     Compaction,
     CompactionMicros,
+    /// Failed operations of the shared tier (errors and timeouts).
+    SharedError,
+    /// Entries the shared tier's writer dropped (queue full, tier down).
+    SharedDrop,
 }
 
 const HOT: usize = 5;
-const COUNTERS: usize = 11;
+const COUNTERS: usize = 13;
 const ALL: [Counter; COUNTERS] = [
     Counter::RamHit,
     Counter::DiskHit,
@@ -69,6 +73,8 @@ const ALL: [Counter; COUNTERS] = [
     Counter::Expired,
     Counter::Compaction,
     Counter::CompactionMicros,
+    Counter::SharedError,
+    Counter::SharedDrop,
 ];
 
 /// The word of `counter` in a slot, for stripe `stripe`.

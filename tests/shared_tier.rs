@@ -236,6 +236,12 @@ fn a_stopped_server_holds_no_operation_past_its_timeout() {
     assert!(s.timeouts >= 1, "{s:?}");
     assert!(s.skipped >= 1, "lookups held off while backing off: {s:?}");
     assert!(s.dropped >= 1, "{s:?}");
+    let pool = cache.pool_stats().unwrap().totals;
+    assert_eq!(
+        (pool.shared_errors, pool.shared_drops),
+        (s.errors + s.timeouts, s.dropped),
+        "the pool counts the tier's failures and drops: {pool:?}"
+    );
 
     server.resume();
     until_written(&cache, "after");
@@ -406,6 +412,9 @@ fn a_full_queue_drops_entries_and_never_blocks_a_set() {
     assert!(worst < bound(t), "an operation took {worst:?}");
     let s = shared(&cache);
     assert_eq!((s.written, s.dropped, s.queued), (0, 1000, 0), "{s:?}");
+    // The pool's statistics count the drops too.
+    let pool = cache.pool_stats().unwrap();
+    assert_eq!(pool.totals.shared_drops, 1000, "{pool:?}");
     for i in 0..1000 {
         assert_eq!(cache.get::<u64>("test", &format!("k{i}")), Some(i));
     }

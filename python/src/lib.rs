@@ -463,6 +463,8 @@ impl Cache {
             d.set_item("expired", c.expired)?;
             d.set_item("compactions", c.compactions)?;
             d.set_item("compaction_seconds", c.compaction_seconds)?;
+            d.set_item("shared_errors", c.shared_errors)?;
+            d.set_item("shared_drops", c.shared_drops)?;
             d.set_item(
                 "hit_rate_percent",
                 (c.hit_rate() * 10_000.0).round() / 100.0,

@@ -336,6 +336,8 @@ class PoolCollector:
             ("tokcache_expired", "expired", "Expired entries dropped."),
             ("tokcache_compactions", "compactions", "Compactions done."),
             ("tokcache_compaction_seconds", "compaction_seconds", "Time spent compacting."),
+            ("tokcache_shared_errors", "shared_errors", "Failed operations of the shared tier."),
+            ("tokcache_shared_dropped", "shared_drops", "Entries the shared tier's writer dropped."),
         ):
             yield CounterMetricFamily(name, help_text, value=pool[key])
         evictions = CounterMetricFamily(

@@ -54,6 +54,8 @@ class PoolCounts(TypedDict):
     expired: int
     compactions: int
     compaction_seconds: float
+    shared_errors: int
+    shared_drops: int
     hit_rate_percent: float
 
 class ProcessRow(PoolCounts):

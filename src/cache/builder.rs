@@ -341,6 +341,9 @@ impl CacheBuilder {
                     mode: self.file_mode,
                 }));
                 s.count_into(Arc::clone(&slot));
+                if let Some(t) = &shared {
+                    t.count_into(Arc::clone(&slot));
+                }
                 slot
             }
             _ => Arc::new(pool::Slot::private()),

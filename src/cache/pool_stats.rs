@@ -36,6 +36,10 @@ pub struct PoolCounts {
     pub compactions: u64,
     /// Time those compactions took, in seconds.
     pub compaction_seconds: f64,
+    /// Failed operations of the shared tier (errors and timeouts).
+    pub shared_errors: u64,
+    /// Entries the shared tier's writer dropped (its queue full, or the tier down).
+    pub shared_drops: u64,
 }
 
 impl PoolCounts {
@@ -52,6 +56,8 @@ impl PoolCounts {
             expired: c.get(Counter::Expired),
             compactions: c.get(Counter::Compaction),
             compaction_seconds: c.get(Counter::CompactionMicros) as f64 / 1e6,
+            shared_errors: c.get(Counter::SharedError),
+            shared_drops: c.get(Counter::SharedDrop),
         }
     }
 

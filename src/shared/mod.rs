@@ -138,12 +138,39 @@ pub(crate) struct Counters {
     pub(crate) skipped: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// The pool statistics' slot of the cache handle, where errors and drops are counted too.
+    pub(crate) pool: std::sync::OnceLock<std::sync::Arc<crate::pool::Slot>>,
 }
 
 #[cfg(feature = "redis")]
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a failed operation (`timeout`: one that timed out), here and in the pool.
+    pub(crate) fn failure(&self, timeout: bool) {
+        Self::add(
+            if timeout {
+                &self.timeouts
+            } else {
+                &self.errors
+            },
+            1,
+        );
+        self.in_pool(crate::pool::Counter::SharedError, 1);
+    }
+
+    /// Counts `n` entries the writer dropped, here and in the pool.
+    pub(crate) fn drop_n(&self, n: u64) {
+        Self::add(&self.dropped, n);
+        self.in_pool(crate::pool::Counter::SharedDrop, n);
+    }
+
+    fn in_pool(&self, counter: crate::pool::Counter, n: u64) {
+        if let Some(p) = self.pool.get() {
+            p.add_n(counter, n);
+        }
     }
 
     pub(crate) fn snapshot(&self, queued: u64) -> SharedStats {

@@ -25,6 +25,10 @@ impl Tier {
         match *self {}
     }
 
+    pub(crate) fn count_into(&self, _: Arc<crate::pool::Slot>) {
+        match *self {}
+    }
+
     pub(crate) fn put(&self, _: &str, _: &Key<'_>, _: &Stored, _: f64) {
         match *self {}
     }

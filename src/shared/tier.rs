@@ -32,6 +32,11 @@ pub(crate) struct Tier {
 impl Tier {
     /// Checks the settings and starts the writer; connects only when first used, so that a
     /// server down at open costs nothing then.
+    /// Counts this tier's errors and drops in `slot` too (the pool statistics).
+    pub(crate) fn count_into(&self, slot: Arc<crate::pool::Slot>) {
+        let _ = self.link.counters.pool.set(slot);
+    }
+
     pub(crate) fn open(settings: &Settings, clock: Arc<dyn Clock>, ttl_secs: f64) -> Result<Self> {
         settings.check()?;
         let link = Arc::new(Link::new(settings)?);
@@ -77,7 +82,7 @@ impl Tier {
 
     fn foreign(&self, name: &str, why: &str) -> Option<OriginalEntry> {
         log::debug!("shared tier: {name} does not hold our entry: {why}");
-        Counters::add(&self.link.counters.errors, 1);
+        self.link.counters.failure(false);
         None
     }
 
@@ -339,12 +344,7 @@ impl Link {
     /// such as `WRONGTYPE`) starts or lengthens the back-off, and drops the idle connections
     /// (likely as broken as the one that failed).
     pub(super) fn failed(&self, e: &RedisError) {
-        let counter = if e.is_timeout() {
-            &self.counters.timeouts
-        } else {
-            &self.counters.errors
-        };
-        Counters::add(counter, 1);
+        self.counters.failure(e.is_timeout());
         let unreachable = e.is_timeout()
             || e.is_io_error()
             || e.is_connection_refusal()

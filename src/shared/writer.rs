@@ -97,7 +97,7 @@ impl Writer {
         let mut st = q.state.lock();
         if self.thread.is_none() || st.ops.len() >= q.capacity {
             drop(st);
-            Counters::add(&self.link.counters.dropped, 1);
+            self.link.counters.drop_n(1);
             return;
         }
         st.ops.push_back(op);
@@ -170,7 +170,7 @@ fn write(
     let n = batch.len() as u64;
     let counters = &link.counters;
     if link.backing_off() {
-        Counters::add(&counters.dropped, n);
+        counters.drop_n(n);
         return;
     }
     let now = clock.now();
@@ -186,7 +186,7 @@ fn write(
         Ok(c) => c,
         Err(e) => {
             link.failed(&e);
-            Counters::add(&counters.dropped, sent);
+            counters.drop_n(sent);
             return;
         }
     };
@@ -198,7 +198,7 @@ fn write(
         }
         Err(e) => {
             link.failed(&e);
-            Counters::add(&counters.dropped, sent);
+            counters.drop_n(sent);
         }
     }
 }

@@ -39,7 +39,9 @@ pub fn ensure(program: &str, check: &[&str], package: &str) -> bool {
     if works(program, check) {
         return true;
     }
-    let _one = APT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if works(program, check) {
         return true;
     }

@@ -37,6 +37,8 @@ pub(crate) fn pool_json(pool: &PoolStats) -> serde_json::Value {
         "expired": t.expired,
         "compactions": t.compactions,
         "compaction_seconds": t.compaction_seconds,
+        "shared_errors": t.shared_errors,
+        "shared_drops": t.shared_drops,
         "hit_rate_percent": (t.hit_rate() * 10_000.0).round() / 100.0,
         "processes": pool.processes.len(),
         "live": pool.processes,
@@ -169,6 +171,20 @@ pub(crate) fn prometheus(pool: &PoolStats, s: &Stats, max_processes: usize) -> S
         "counter",
         "Time spent compacting.",
         &[("", t.compaction_seconds)],
+    );
+    family(
+        &mut out,
+        "tokcache_shared_errors_total",
+        "counter",
+        "Failed operations of the shared tier (errors and timeouts).",
+        &[("", f(t.shared_errors))],
+    );
+    family(
+        &mut out,
+        "tokcache_shared_dropped_total",
+        "counter",
+        "Entries the shared tier's writer dropped.",
+        &[("", f(t.shared_drops))],
     );
     family(
         &mut out,
