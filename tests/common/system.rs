@@ -7,6 +7,22 @@
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+/// A command on the real clock: the suite also runs under `faketime`, and `redis-server` hangs
+/// at start with libfaketime preloaded (apt-get has no use for a faked clock either).
+fn command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    for v in [
+        "LD_PRELOAD",
+        "FAKETIME",
+        "FAKETIME_NO_CACHE",
+        "FAKETIME_DONT_FAKE_MONOTONIC",
+        "DONT_FAKE_MONOTONIC",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// Whether `program --version` (or `check`, if given) runs.
 fn works(program: &str, check: &[&str]) -> bool {
     let args: &[&str] = if check.is_empty() {
@@ -14,7 +30,7 @@ fn works(program: &str, check: &[&str]) -> bool {
     } else {
         check
     };
-    Command::new(program)
+    command(program)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -23,7 +39,7 @@ fn works(program: &str, check: &[&str]) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
+    command("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
@@ -50,7 +66,7 @@ pub fn ensure(program: &str, check: &[&str], package: &str) -> bool {
     }
     eprintln!("installing the Debian package {package} for the tests");
     let install = || {
-        Command::new("apt-get")
+        command("apt-get")
             .args([
                 "-o",
                 "DPkg::Lock::Timeout=300",
@@ -65,13 +81,13 @@ pub fn ensure(program: &str, check: &[&str], package: &str) -> bool {
             .is_ok_and(|s| s.success())
     };
     if !install() {
-        let _ = Command::new("apt-get")
+        let _ = command("apt-get")
             .args(["-o", "DPkg::Lock::Timeout=300", "update", "-q"])
             .stdout(Stdio::null())
             .status();
         install();
     }
-    let _ = Command::new("service")
+    let _ = command("service")
         .args([package, "stop"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
