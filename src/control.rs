@@ -28,6 +28,8 @@ const OFF_LOCK: usize = 40;
 const OFF_LOG: usize = 44;
 /// How many times a compaction was about to trim a log (see [`Control::announce_trim`]).
 const OFF_TRIMS: usize = 48;
+/// When the last automatic expiry pass began (f64 seconds as bits; 0: none yet).
+const OFF_EXPIRY: usize = 56;
 
 /// A consistent reading of the moving fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +153,35 @@ impl Control {
     /// trims are announced, under the lock, before they are made.
     pub(crate) fn trims(&self) -> u64 {
         self.page.atomic(OFF_TRIMS).load(Ordering::Acquire)
+    }
+
+    /// Whether an automatic expiry pass is due at `now` (one began `every` seconds ago or
+    /// earlier), without claiming it.
+    pub(crate) fn expiry_due(&self, now: f64, every: f64) -> bool {
+        let last = f64::from_bits(self.page.atomic(OFF_EXPIRY).load(Ordering::Acquire));
+        last > 0.0 && now - last >= every
+    }
+
+    /// Claims the automatic expiry pass due at `now`, if one is: `true` for the one process
+    /// that moves the page's time of the last pass to `now`. A page that has none yet gets
+    /// `now` (the first pass comes `every` later: a new cache has nothing expired).
+    pub(crate) fn claim_expiry_pass(&self, now: f64, every: f64) -> bool {
+        if !self.page.is_writable() {
+            return false;
+        }
+        let word = self.page.atomic(OFF_EXPIRY);
+        let seen = word.load(Ordering::Acquire);
+        let last = f64::from_bits(seen);
+        let claim = |first: bool| {
+            word.compare_exchange(seen, now.to_bits(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+                && !first
+        };
+        if last <= 0.0 || !last.is_finite() || last > now + every {
+            // None yet, or a time from another clock (a clock moved back): start from now.
+            return claim(true);
+        }
+        now - last >= every && claim(false)
     }
 
     /// The current log's segment id, if the page records it: no published segment has a

@@ -29,6 +29,9 @@ enum Work {
     ClearExpired,
     /// Sets a few keys, then `clear_all()` in a loop: the workers' older entries may go.
     Clear,
+    /// Sets with an 8 s TTL: an automatic expiry pass comes due 2 s after the first process
+    /// opened the cache (the workers' TTL is a day: they never run one).
+    AutoExpiry,
     /// Opens a directory of the original's files first, and migrates them; the workers start
     /// once it is dead.
     Migrate,
@@ -62,6 +65,7 @@ const POINTS: &[(&str, Work, u32)] = &[
     ("commit.tail_copied", Work::ClearExpired, 1),
     ("commit.new_log", Work::ClearExpired, 2),
     ("commit.sealed", Work::ClearExpired, 2),
+    ("expiry.claimed", Work::AutoExpiry, 1),
     ("install.log_created", Work::Clear, 1),
     ("install.index_written", Work::Clear, 1),
     ("install.published", Work::Clear, 1),
@@ -166,6 +170,11 @@ fn kill_point_victim() {
             .rewrite_segments_with_dead_bytes(4096)
             .open()
             .unwrap(),
+        Work::AutoExpiry => Cache::builder(dir)
+            .compact_after_records(100)
+            .ttl(Duration::from_secs(8))
+            .open()
+            .unwrap(),
         _ => open(dir),
     };
     let set = |i: u64| {
@@ -178,6 +187,17 @@ fn kill_point_victim() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     match work {
+        Work::AutoExpiry => {
+            for i in 0.. {
+                set(i);
+                if i % 64 == 63 {
+                    flush(i + 1);
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+            }
+        }
         Work::Sets => {
             for i in 0..200_000 {
                 set(i);
@@ -508,6 +528,7 @@ kill_tests! {
     killed_after_copying_the_tail_to_a_new_log: "commit.tail_copied",
     killed_after_making_a_new_log: "commit.new_log",
     killed_after_sealing_a_log: "commit.sealed",
+    killed_after_claiming_an_automatic_expiry_pass: "expiry.claimed",
     killed_after_making_a_cleared_log: "install.log_created",
     killed_after_writing_a_cleared_index: "install.index_written",
     killed_after_publishing_a_cleared_generation: "install.published",

@@ -348,7 +348,15 @@ impl CacheBuilder {
             }
             _ => Arc::new(pool::Slot::private()),
         };
-        (Process::new(store, ram, shared, self.background, pool), err)
+        let process = Process::new(store, ram, shared, self.background, pool);
+        // Expired entries are removed at start-up too (the original's promise) when a pass is
+        // due: by a compaction on the process's thread, not in `open`.
+        if let Some(s) = process.writable_store()
+            && s.expiry_due()
+        {
+            process.compact_when_full(s);
+        }
+        (process, err)
     }
 
     /// The disk tier, telling `ram` of the keys other processes change.
@@ -367,7 +375,7 @@ impl CacheBuilder {
         dir.create()?;
         let ram = Arc::clone(ram);
         let on_change = Box::new(move |changed| invalidate(&ram, changed));
-        let store = Store::open(dir, opts, &legacy::mark, on_change)?;
+        let store = Store::open(dir, opts, Arc::clone(&self.clock), &legacy::mark, on_change)?;
         if store.is_writable()
             && let Err(e) = legacy::resume(&store, ttl_secs, self.clock.now())
         {

@@ -26,8 +26,13 @@ impl Store {
     /// that are mostly dead. Waits for a compaction running elsewhere to finish first. Other
     /// writers are held up only while the result is published (see [`Store::compact_once`]).
     pub(crate) fn compact(&self, now: f64, expire: bool) -> Result<CompactReport> {
-        let now = if expire { now } else { f64::NEG_INFINITY };
         let _c = self.compaction_lock(true)?;
+        self.compact_holding_lock(now, expire)
+    }
+
+    /// [`Store::compact`], by the holder of the compaction lock.
+    fn compact_holding_lock(&self, now: f64, expire: bool) -> Result<CompactReport> {
+        let now = if expire { now } else { f64::NEG_INFINITY };
         // Another generation can only come from a clear, a rebuild, or a writer of an older
         // release (which compacts under the write lock alone); then start again from it.
         for _ in 0..3 {
@@ -56,6 +61,16 @@ impl Store {
             self.try_compaction_later();
             return Ok(());
         };
+        // Expired entries give their space back by themselves: every quarter of the TTL one
+        // of these compactions (in the whole pool) is a `clear_expired`.
+        let now = self.clock.now();
+        if self.control.claim_expiry_pass(now, self.expiry_every()) {
+            kill_point!("expiry.claimed");
+            if let Err(e) = self.compact_holding_lock(now, true) {
+                self.try_compaction_later();
+                return Err(e);
+            }
+        }
         for _ in 0..8 {
             match self.compact_once(f64::NEG_INFINITY, false, true) {
                 Ok(Some(_)) => {}
@@ -68,6 +83,21 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// How often expired entries are reclaimed without being asked: every quarter of the TTL,
+    /// at most once a second.
+    fn expiry_every(&self) -> f64 {
+        (self.opts.ttl_secs / 4.0).max(1.0)
+    }
+
+    /// Whether an automatic expiry pass is due now (nobody has claimed it yet): a process that
+    /// opens the cache then starts a compaction, which does it.
+    pub(crate) fn expiry_due(&self) -> bool {
+        self.is_writable()
+            && self
+                .control
+                .expiry_due(self.clock.now(), self.expiry_every())
     }
 
     /// Appends do not start a compaction until the tail has grown by 1/16 of its limit.

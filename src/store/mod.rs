@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
+use crate::clock::Clock;
 use crate::control::{self, Control, State};
 use crate::error::{Error, IoContext, Result};
 use crate::files::Dir;
@@ -127,6 +128,8 @@ pub(crate) struct Store {
     retry_compaction: Mutex<(u64, u64)>,
     /// Where the compactions of this handle are counted (the pool statistics), once set.
     pool: std::sync::OnceLock<Arc<pool::Slot>>,
+    /// The cache's clock: when automatic expiry passes are due.
+    clock: Arc<dyn Clock>,
 }
 
 /// A control page state in one word, when it fits (generations and committed lengths below
@@ -168,6 +171,7 @@ impl Store {
     pub(crate) fn open(
         dir: Dir,
         opts: Options,
+        clock: Arc<dyn Clock>,
         on_create: &dyn Fn(&Dir) -> Result<()>,
         on_change: OnChange,
     ) -> Result<Self> {
@@ -243,6 +247,7 @@ impl Store {
             on_change,
             retry_compaction: Mutex::new((u64::MAX, 0)),
             pool: std::sync::OnceLock::new(),
+            clock,
         };
         if rebuild {
             let _w = store.writer.lock();
