@@ -332,26 +332,6 @@ impl Proc {
     }
 }
 
-fn write_original_files(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    // A minute old (by the clock the cache reads too): well inside the TTL.
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        - 60.0;
-    for i in 0..ORIGINAL_FILES {
-        let key = original_key(i);
-        let body = format!(
-            r#"{{"key":{},"value":{},"timestamp":{ts:?},"prefix":"{PREFIX}"}}"#,
-            serde_json::to_string(&key).unwrap(),
-            value_of(&key)
-        );
-        let name = format!("{}.json", tokcache::logical_name(PREFIX, &key));
-        std::fs::write(dir.join(name), body).unwrap();
-    }
-}
-
 fn kill_at(point: &str) {
     let &(_, work, nth) = POINTS.iter().find(|(p, _, _)| *p == point).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -359,7 +339,9 @@ fn kill_at(point: &str) {
     let dir = dir_path.to_str().unwrap().to_string();
     let strict = !matches!(work, Work::Clear);
     match work {
-        Work::Migrate => write_original_files(&dir_path),
+        Work::Migrate => {
+            common::write_original_files(&dir_path, PREFIX, (0..ORIGINAL_FILES).map(original_key));
+        }
         Work::Rebuild => {
             // A cache with entries, then its control page and indexes lost.
             let c = open(&dir);
@@ -403,10 +385,8 @@ fn kill_at(point: &str) {
             })
             .collect()
     };
-    let (mut victim, mut workers);
-    if alone {
-        // The point is on the way through `open`: the victim must be the first to open.
-        victim = spawn_victim();
+    // The victim must die of SIGKILL: then it reached the point.
+    let killed_there = |victim: &mut Proc| {
         let status = victim.exit();
         assert_eq!(
             status.signal(),
@@ -414,6 +394,12 @@ fn kill_at(point: &str) {
             "{point}: the victim was not killed there: {status:?} {}",
             victim.stderr()
         );
+    };
+    let (mut victim, mut workers);
+    if alone {
+        // The point is on the way through `open`: the victim must be the first to open.
+        victim = spawn_victim();
+        killed_there(&mut victim);
         workers = spawn_workers();
     } else {
         workers = spawn_workers();
@@ -421,13 +407,7 @@ fn kill_at(point: &str) {
             w.wait_for("a first flush", |w| w.flushed > 0);
         }
         victim = spawn_victim();
-        let status = victim.exit();
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "{point}: the victim was not killed there: {status:?} {}",
-            victim.stderr()
-        );
+        killed_there(&mut victim);
     }
     // The workers go on past the death: each sets and flushes at least 200 more keys.
     std::fs::write(format!("{dir}.after"), "").unwrap();

@@ -223,23 +223,9 @@ fn crashes(rounds: u64, copies: u64, seed: u64) {
         .unwrap();
     let shadow = tmp.path().join("shadow");
     let mut dir = tmp.path().join("machine-0");
-    // The original's files, synced before anything opens them: the first round migrates them.
-    std::fs::create_dir_all(&dir).unwrap();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        - 60.0;
-    for i in 0..ORIGINAL_FILES {
-        let k = original_key(i);
-        let body = format!(
-            r#"{{"key":{},"value":{},"timestamp":{ts:?},"prefix":"{PREFIX}"}}"#,
-            serde_json::to_string(&k).unwrap(),
-            value_of(&k)
-        );
-        let name = format!("{}.json", tokcache::logical_name(PREFIX, &k));
-        std::fs::write(dir.join(name), body).unwrap();
-    }
+    // The original's files, all durable before anything opens them: the first round migrates
+    // them.
+    common::write_original_files(&dir, PREFIX, (0..ORIGINAL_FILES).map(original_key));
     let mut rng = Rng(seed);
     let mut flushed = Vec::new();
     let mut crashed = 0;

@@ -57,6 +57,30 @@ pub fn expect_success(child: Child) -> String {
     stdout
 }
 
+/// Writes the original's `{prefix}_{md5}.json` file of each key, its value `value_of(key)`, a
+/// minute old by the clock the cache reads too (well inside any TTL the tests use).
+pub fn write_original_files(
+    dir: &std::path::Path,
+    prefix: &str,
+    keys: impl Iterator<Item = String>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - 60.0;
+    for key in keys {
+        let body = format!(
+            r#"{{"key":{},"value":{},"timestamp":{ts:?},"prefix":"{prefix}"}}"#,
+            serde_json::to_string(&key).unwrap(),
+            value_of(&key)
+        );
+        let name = format!("{}.json", tokcache::logical_name(prefix, &key));
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+}
+
 /// A small xorshift generator: tests are reproducible from their seed.
 pub struct Rng(pub u64);
 
