@@ -1,6 +1,6 @@
-//! `cargo bench`: every row of DESIGN.md's targets table, for tokcache and, in the same run, the
-//! original's design (and LMDB/redb with `--features compare`). Medians, p99 and means of
-//! per-operation timings; ratios tokcache / anchor. Sizes: `TOKCACHE_BENCH_SIZES` (default
+//! `cargo bench`: every row of the performance targets (docs/performance.md, "Performance
+//! targets"), for tokcache and, in the same run, the original's design (and LMDB/redb with
+//! `--features compare`). Medians, p99 and means of per-operation timings; ratios tokcache / anchor. Sizes: `TOKCACHE_BENCH_SIZES` (default
 //! `10000,1000000`); the original's one-file-per-entry design is measured up to
 //! `TOKCACHE_BENCH_ORIGINAL_MAX` entries (default 100000: 1M files take minutes and GBs).
 //! The report is printed and written to `target/bench-report.md`.

@@ -89,7 +89,7 @@ WORKLOADS: Dict[str, Callable[[int, int], List[str]]] = {"chat": chat_keys, "sma
 
 
 class Original:
-    """The original PersistentTokenCache as ../shared/ORIGINAL.md describes it: one
+    """The original PersistentTokenCache, rebuilt here from its documented behaviour: one
     `{prefix}_{md5(key)}.json` file per entry written with json.dump(separators=(',', ':')), an
     OrderedDict LRU of max_ram_entries in front (keyed by prefix and key), a lock around it,
     expiry by the file's mtime on disk and the entry's timestamp in RAM."""

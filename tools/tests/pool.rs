@@ -160,7 +160,7 @@ fn top_shows_a_running_workload_and_quits_on_q() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("cache");
     ok(&run(&d, &["set", "seed", "1"]));
-    let session = format!("tokcache-top-{}", std::process::id());
+    let name = format!("tokcache-top-{}", std::process::id());
     let socket = tmp.path().join("tmux.sock");
     let socket = socket.to_str().unwrap();
     let cmd = format!(
@@ -169,22 +169,11 @@ fn top_shows_a_running_workload_and_quits_on_q() {
         d.display()
     );
     let started = tmux(&[
-        "-S",
-        socket,
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "30",
-        &cmd,
+        "-S", socket, "new", "-d", "-s", &name, "-x", "120", "-y", "30", &cmd,
     ]);
     assert!(started.status.success(), "{started:?}");
     let screen = || {
-        String::from_utf8(tmux(&["-S", socket, "capture-pane", "-p", "-t", &session]).stdout)
-            .unwrap()
+        String::from_utf8(tmux(&["-S", socket, "capture-pane", "-p", "-t", &name]).stdout).unwrap()
     };
     let wait_for = |what: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -204,12 +193,9 @@ fn top_shows_a_running_workload_and_quits_on_q() {
     let s = wait_for(&|s| s.contains("totals    5 lookups, 3 hits, 2 misses, 6 sets"));
     assert!(s.contains("60.0% overall"), "{s}");
     assert!(s.contains("6 entries"), "{s}");
-    tmux(&["-S", socket, "send-keys", "-t", &session, "q"]);
+    tmux(&["-S", socket, "send-keys", "-t", &name, "q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux(&["-S", socket, "has-session", "-t", &session])
-        .status
-        .success()
-    {
+    while tmux(&["-S", socket, "has", "-t", &name]).status.success() {
         assert!(Instant::now() < deadline, "top did not quit on q");
         std::thread::sleep(Duration::from_millis(50));
     }
