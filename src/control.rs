@@ -156,10 +156,14 @@ impl Control {
     }
 
     /// Whether an automatic expiry pass is due at `now` (one began `every` seconds ago or
-    /// earlier), without claiming it.
+    /// earlier), without claiming it. A page that has no pass yet starts counting from `now`.
     pub(crate) fn expiry_due(&self, now: f64, every: f64) -> bool {
         let last = f64::from_bits(self.page.atomic(OFF_EXPIRY).load(Ordering::Acquire));
-        last > 0.0 && now - last >= every
+        if last <= 0.0 {
+            self.claim_expiry_pass(now, every); // sets the first time; claims nothing
+            return false;
+        }
+        now - last >= every
     }
 
     /// Claims the automatic expiry pass due at `now`, if one is: `true` for the one process

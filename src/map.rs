@@ -395,11 +395,7 @@ impl SharedPage {
             offset.is_multiple_of(8) && offset >= self.header && offset + 8 <= self.map.len(),
             "control field out of page"
         );
-        // SAFETY: the page is page-aligned, `offset` is 8-aligned and in bounds (asserted), the
-        // mapping lives as long as the returned reference, and every process only touches these
-        // bytes through atomics. A read-only mapping is only ever loaded from, never stored to
-        // (callers check `is_writable`), which is allowed for 8-byte atomics.
-        unsafe { &*(self.map.as_mut_ptr().add(offset) as *const AtomicU64) }
+        &self.atomics(offset, 1)[0]
     }
 
     /// The `n` atomics from byte `offset` on.
@@ -412,8 +408,11 @@ impl SharedPage {
                     .is_some_and(|end| end <= self.map.len()),
             "control fields out of page"
         );
-        // SAFETY: as for `atomic`, for `n` consecutive 8-aligned words, all in bounds
-        // (asserted).
+        // SAFETY: the page is page-aligned, `offset` is 8-aligned and the `n` words are in
+        // bounds (asserted), the mapping lives as long as the returned slice, and every process
+        // only touches these bytes through atomics. A read-only mapping is only ever loaded
+        // from, never stored to (callers check `is_writable`), which is allowed for 8-byte
+        // atomics.
         unsafe {
             std::slice::from_raw_parts(self.map.as_mut_ptr().add(offset) as *const AtomicU64, n)
         }

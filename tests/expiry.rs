@@ -110,3 +110,22 @@ fn opening_a_cache_whose_entries_expired_reclaims_them() {
     assert_eq!(s.disk_files, 0, "{s:?}");
     assert_eq!(cache.pool_stats().unwrap().totals.expired, 1000);
 }
+
+#[test]
+fn a_cache_that_never_compacted_is_reclaimed_at_start_up_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(1.9e9));
+    // Ten entries: far below the compaction threshold, so only `open` ever looked at the
+    // time of the last expiry pass.
+    let cache = open(tmp.path(), &clock);
+    for i in 0..10 {
+        cache.set("token_count", &key(0, i), &u64::from(i)).unwrap();
+    }
+    assert_eq!(cache.get_stats().index_generation, 0);
+    drop(cache);
+    clock.advance(24.0 * HOUR);
+    drop(open(tmp.path(), &clock)); // starts the pass; dropping waits for it
+    let cache = open(tmp.path(), &clock);
+    assert_eq!(cache.get_stats().disk_files, 0);
+    assert_eq!(cache.pool_stats().unwrap().totals.expired, 10);
+}

@@ -73,6 +73,12 @@ impl PoolCounts {
         self.hits() + self.misses
     }
 
+    /// Lookups, sets and removals.
+    #[must_use]
+    pub fn operations(&self) -> u64 {
+        self.lookups() + self.sets + self.removals
+    }
+
     /// Hits per lookup, 0 to 1 (0 before any lookup).
     #[must_use]
     pub fn hit_rate(&self) -> f64 {

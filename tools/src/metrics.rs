@@ -85,7 +85,7 @@ pub(crate) fn pool_text(pool: &PoolStats) -> String {
                 s,
                 "  {:>8} {:>12} {:>9} {:>10} {:>10}",
                 p.pid,
-                c.lookups() + c.sets + c.removals,
+                c.operations(),
                 percent(c.hits(), c.lookups()),
                 format!("{:.0}s ago", (now - p.last_seen).max(0.0)),
                 format!("{:.0}s ago", (now - p.started).max(0.0)),
@@ -93,6 +93,13 @@ pub(crate) fn pool_text(pool: &PoolStats) -> String {
         }
     }
     s
+}
+
+/// The live processes, busiest (most operations) first.
+fn busiest(pool: &PoolStats) -> impl Iterator<Item = &tokcache::ProcessStats> {
+    let mut all: Vec<_> = pool.processes.iter().collect();
+    all.sort_by_key(|p| std::cmp::Reverse(p.counts.operations()));
+    all.into_iter()
 }
 
 /// One metric family: HELP, TYPE, then its samples.
@@ -215,15 +222,12 @@ pub(crate) fn prometheus(pool: &PoolStats, s: &Stats, max_processes: usize) -> S
         &[("", pool.processes.len() as f64)],
     );
     // The busiest processes, by operations: a label per process, bounded.
-    let mut busiest: Vec<_> = pool.processes.iter().collect();
-    busiest.sort_by_key(|p| std::cmp::Reverse(p.counts.lookups() + p.counts.sets));
-    let per: Vec<(String, f64)> = busiest
-        .iter()
+    let per: Vec<(String, f64)> = busiest(pool)
         .take(max_processes)
         .map(|p| {
             (
                 format!("{{pid=\"{}\"}}", p.pid),
-                (p.counts.lookups() + p.counts.sets + p.counts.removals) as f64,
+                p.counts.operations() as f64,
             )
         })
         .collect();
@@ -388,16 +392,14 @@ fn top_screen(
         "last seen",
         pool.processes.len()
     );
-    let mut busiest: Vec<_> = pool.processes.iter().collect();
-    busiest.sort_by_key(|p| std::cmp::Reverse(p.counts.lookups() + p.counts.sets));
     let now = now();
-    for p in busiest.iter().take(15) {
+    for p in busiest(pool).take(15) {
         let c = &p.counts;
         let _ = writeln!(
             out,
             "{:>8} {:>12} {:>9} {:>10}\r",
             p.pid,
-            c.lookups() + c.sets + c.removals,
+            c.operations(),
             percent(c.hits(), c.lookups()),
             format!("{:.0}s ago", (now - p.last_seen).max(0.0))
         );
