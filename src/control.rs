@@ -30,6 +30,13 @@ const OFF_LOG: usize = 44;
 const OFF_TRIMS: usize = 48;
 /// When the last automatic expiry pass began (f64 seconds as bits; 0: none yet).
 const OFF_EXPIRY: usize = 56;
+/// The directory's disk bound in bytes (0: not set yet; `u64::MAX`: none).
+const OFF_DISK_BOUND: usize = 64;
+/// The bound of a directory that nobody gave one: 1 GiB, as diskcache's `size_limit`.
+pub(crate) const DEFAULT_DISK_BOUND: u64 = 1 << 30;
+/// The smallest bound: below it, the cache's fixed files (1.3 MiB) and one log step leave no
+/// room for entries.
+pub(crate) const MIN_DISK_BOUND: u64 = 8 << 20;
 
 /// A consistent reading of the moving fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,6 +193,31 @@ impl Control {
             return claim(true);
         }
         now - last >= every && claim(false)
+    }
+
+    /// The directory's disk bound: the one last given explicitly by a process that opened the
+    /// cache, else [`DEFAULT_DISK_BOUND`]; `None`: unbounded.
+    pub(crate) fn disk_bound(&self) -> Option<u64> {
+        match self.page.atomic(OFF_DISK_BOUND).load(Ordering::Relaxed) {
+            0 => Some(DEFAULT_DISK_BOUND),
+            u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    /// Sets the directory's disk bound (`None`: none) for every process that uses it, or, with
+    /// `only_if_unset`, only if none was set yet (the default of a process that was given none).
+    pub(crate) fn set_disk_bound(&self, bound: Option<u64>, only_if_unset: bool) {
+        if !self.page.is_writable() {
+            return;
+        }
+        let word = self.page.atomic(OFF_DISK_BOUND);
+        let value = bound.filter(|&n| n > 0).unwrap_or(u64::MAX);
+        if only_if_unset {
+            let _ = word.compare_exchange(0, value, Ordering::Relaxed, Ordering::Relaxed);
+        } else {
+            word.store(value, Ordering::Relaxed);
+        }
     }
 
     /// The current log's segment id, if the page records it: no published segment has a

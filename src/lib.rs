@@ -42,6 +42,7 @@ mod files;
 mod filter;
 mod fork;
 mod hash;
+mod heat;
 mod index;
 mod keys;
 mod le;
@@ -81,7 +82,12 @@ pub mod bench_support {
 }
 pub use store::{CompactReport, VerifyReport};
 
-/// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults, and with the feature
+/// The disk bound of a cache directory that nobody gave one
+/// ([`CacheBuilder::max_disk_bytes`]): 1 GiB.
+pub const DEFAULT_MAX_DISK_BYTES: u64 = control::DEFAULT_DISK_BOUND;
+
+/// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults (the disk bound
+/// `$TOKCACHE_MAX_DISK_BYTES` if set: [`CacheBuilder::max_disk_bytes`]), and with the feature
 /// `redis`, a shared tier at `$TOKCACHE_REDIS` if set (`CacheBuilder::redis`). Never fails: a
 /// directory it cannot use gives a RAM-only cache and a warning (see [`Cache::storage`]).
 /// It is never dropped, so a compaction its thread runs when the process exits is cut short
@@ -91,7 +97,13 @@ pub fn get_persistent_cache() -> &'static Cache {
     static GLOBAL: OnceLock<Cache> = OnceLock::new();
     GLOBAL.get_or_init(|| {
         let dir = std::env::var_os("TOKCACHE_DIR").unwrap_or_else(|| "temp".into());
-        let builder = Cache::builder(dir);
+        let mut builder = Cache::builder(dir);
+        if let Some(n) = std::env::var("TOKCACHE_MAX_DISK_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            builder = builder.max_disk_bytes(n);
+        }
         #[cfg(feature = "redis")]
         let builder = match std::env::var("TOKCACHE_REDIS") {
             Ok(url) => builder.redis(&url),

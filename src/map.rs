@@ -218,6 +218,30 @@ pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Gives the blocks of `file`'s first `len` bytes back to the file system, keeping its size
+/// (reads of that range then see zeros): the blocks of a deleted segment that some process
+/// still has mapped are freed at once rather than when it unmaps it.
+pub(crate) fn punch_hole(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = i64::try_from(len) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: as for `allocate`.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether the file system of `file` is one where writes through a mapping into space that
 /// [`allocate`] reserved cannot fail with `SIGBUS` on a full disk: ext4, XFS and tmpfs. On
 /// copy-on-write file systems (btrfs, ZFS) and network ones a mapped write may need new space,

@@ -57,10 +57,12 @@ pub(crate) enum Counter {
     SharedError,
     /// Entries the shared tier's writer dropped (queue full, tier down).
     SharedDrop,
+    /// Expired entries that compactions dropped from disk (also counted in `Expired`).
+    ExpiredReclaimed,
 }
 
 const HOT: usize = 5;
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 14;
 const ALL: [Counter; COUNTERS] = [
     Counter::RamHit,
     Counter::DiskHit,
@@ -75,6 +77,7 @@ const ALL: [Counter; COUNTERS] = [
     Counter::CompactionMicros,
     Counter::SharedError,
     Counter::SharedDrop,
+    Counter::ExpiredReclaimed,
 ];
 
 /// The word of `counter` in a slot, for stripe `stripe`.

@@ -32,6 +32,9 @@ enum Work {
     /// Sets with an 8 s TTL: an automatic expiry pass comes due 2 s after the first process
     /// opened the cache (the workers' TTL is a day: they never run one).
     AutoExpiry,
+    /// Opens the cache with an 8 MiB disk bound (for every process) and writes 2 KB entries:
+    /// compactions evict (the workers' entries too: they may be gone, never wrong).
+    Evict,
     /// Opens a directory of the original's files first, and migrates them; the workers start
     /// once it is dead.
     Migrate,
@@ -66,6 +69,8 @@ const POINTS: &[(&str, Work, u32)] = &[
     ("commit.new_log", Work::ClearExpired, 2),
     ("commit.sealed", Work::ClearExpired, 2),
     ("expiry.claimed", Work::AutoExpiry, 1),
+    ("evict.chosen", Work::Evict, 2),
+    ("garbage.punched", Work::Evict, 2),
     ("install.log_created", Work::Clear, 1),
     ("install.index_written", Work::Clear, 1),
     ("install.published", Work::Clear, 1),
@@ -78,6 +83,8 @@ const POINTS: &[(&str, Work, u32)] = &[
 ];
 
 const PREFIX: &str = "token_count";
+/// The disk bound of [`Work::Evict`].
+const EVICT_BOUND: u64 = 8 << 20;
 /// Original files made for [`Work::Migrate`] (over 1 MiB of records: more than one batch).
 const ORIGINAL_FILES: u64 = 3000;
 
@@ -170,6 +177,11 @@ fn kill_point_victim() {
             .rewrite_segments_with_dead_bytes(4096)
             .open()
             .unwrap(),
+        Work::Evict => Cache::builder(dir)
+            .compact_after_records(100)
+            .max_disk_bytes(EVICT_BOUND)
+            .open()
+            .unwrap(),
         Work::AutoExpiry => Cache::builder(dir)
             .compact_after_records(100)
             .ttl(Duration::from_secs(8))
@@ -195,6 +207,17 @@ fn kill_point_victim() {
                 }
                 if Instant::now() > deadline {
                     break;
+                }
+            }
+        }
+        Work::Evict => {
+            for i in 0..200_000 {
+                set(i);
+                cache
+                    .set("bulk", &format!("bulk {i}"), &"b".repeat(2000))
+                    .unwrap();
+                if i % 64 == 63 {
+                    flush(i + 1);
                 }
             }
         }
@@ -227,7 +250,7 @@ fn kill_point_victim() {
                 // them.
                 let log_bytes = || {
                     let _ = cache.get::<u64>(PREFIX, "catch up");
-                    cache.get_stats().disk_bytes
+                    cache.get_stats().segment_bytes
                 };
                 let mine = log_bytes();
                 while log_bytes() < mine + 4096 && Instant::now() < deadline {
@@ -337,7 +360,7 @@ fn kill_at(point: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir_path = tmp.path().join("cache");
     let dir = dir_path.to_str().unwrap().to_string();
-    let strict = !matches!(work, Work::Clear);
+    let strict = !matches!(work, Work::Clear | Work::Evict);
     match work {
         Work::Migrate => {
             common::write_original_files(&dir_path, PREFIX, (0..ORIGINAL_FILES).map(original_key));
@@ -471,6 +494,12 @@ fn kill_at(point: &str) {
     let report = cache.verify(|_| {});
     assert!(report.is_sound(), "{point}: {:?}", report.problems);
     assert!(report.litter.is_empty(), "{point}: {:?}", report.litter);
+    if work == Work::Evict {
+        // The bound holds again.
+        let s = cache.get_stats();
+        assert!(s.disk_bytes <= EVICT_BOUND, "{point}: {s:?}");
+        assert!(s.disk_evictions > 0, "{point}: {s:?}");
+    }
 }
 
 macro_rules! kill_tests {
@@ -509,6 +538,8 @@ kill_tests! {
     killed_after_making_a_new_log: "commit.new_log",
     killed_after_sealing_a_log: "commit.sealed",
     killed_after_claiming_an_automatic_expiry_pass: "expiry.claimed",
+    killed_after_choosing_segments_to_evict: "evict.chosen",
+    killed_after_freeing_a_retired_segments_blocks: "garbage.punched",
     killed_after_making_a_cleared_log: "install.log_created",
     killed_after_writing_a_cleared_index: "install.index_written",
     killed_after_publishing_a_cleared_generation: "install.published",

@@ -82,14 +82,20 @@ fn py_err(e: Error) -> PyErr {
     }
 }
 
+/// `max_disk_bytes` when it was not given (the directory's bound holds).
+const NOT_GIVEN: i64 = -1;
+
 /// The tokenizer of the real workload.
 const DEFAULT_ENCODING: &str = "cl100k_base";
 
 /// The cache: a directory shared by every process that opens it, with a RAM tier per process.
 ///
 /// Cache(temp_dir="temp", max_ram_entries=1000, cache_ttl_hours=24, *, max_ram_bytes=None,
-///       file_mode=None, strict=False, redis_url=None, redis_namespace="tokcache",
-///       redis_timeout=0.005)
+///       max_disk_bytes=..., file_mode=None, strict=False, redis_url=None,
+///       redis_namespace="tokcache", redis_timeout=0.005)
+///
+/// max_disk_bytes bounds the directory (every process's, the last one given wins); not
+/// given: the directory's bound (1 GiB on a new directory); None or 0: no bound.
 ///
 /// A directory that cannot be used gives a cache that works from RAM only and a
 /// CacheDegradedWarning (the original degraded the same way); with strict=True it raises
@@ -110,6 +116,8 @@ struct Cache {
     redis_timeout: Option<f64>,
     /// The other settings as given, which a pickled cache carries too.
     max_ram_bytes: Option<usize>,
+    /// As given: -1 when not given, None for none.
+    max_disk_bytes: Option<i64>,
     file_mode: Option<u32>,
     strict: bool,
 }
@@ -124,8 +132,9 @@ impl Cache {
 impl Cache {
     #[new]
     #[pyo3(signature = (temp_dir = PathBuf::from("temp"), max_ram_entries = 1000,
-        cache_ttl_hours = 24.0, *, max_ram_bytes = None, file_mode = None, strict = false,
-        redis_url = None, redis_namespace = None, redis_timeout = None))]
+        cache_ttl_hours = 24.0, *, max_ram_bytes = None, max_disk_bytes = Some(NOT_GIVEN),
+        file_mode = None, strict = false, redis_url = None, redis_namespace = None,
+        redis_timeout = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -133,6 +142,7 @@ impl Cache {
         max_ram_entries: usize,
         cache_ttl_hours: f64,
         max_ram_bytes: Option<usize>,
+        max_disk_bytes: Option<i64>,
         file_mode: Option<u32>,
         strict: bool,
         redis_url: Option<String>,
@@ -149,6 +159,18 @@ impl Cache {
             .ttl_hours(cache_ttl_hours);
         if let Some(bytes) = max_ram_bytes {
             builder = builder.max_ram_bytes(bytes);
+        }
+        match max_disk_bytes {
+            Some(NOT_GIVEN) => {}
+            None => builder = builder.max_disk_bytes(0),
+            Some(n) => {
+                let n = u64::try_from(n).map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "max_disk_bytes must be a number of bytes >= 0 or None, not {n}"
+                    ))
+                })?;
+                builder = builder.max_disk_bytes(n);
+            }
         }
         if let Some(mode) = file_mode {
             builder = builder.file_mode(mode);
@@ -202,6 +224,7 @@ impl Cache {
             redis_namespace,
             redis_timeout,
             max_ram_bytes,
+            max_disk_bytes,
             file_mode,
             strict,
         })
@@ -409,8 +432,9 @@ impl Cache {
     }
 
     /// The original's nine fields (ram_entries, disk_files, ram_hits, disk_hits, misses, saves,
-    /// evictions, hit_rate_percent, temp_dir), then live_bytes, dead_bytes, disk_bytes,
-    /// index_generation, recent_index_records, tail_records and storage ("disk", "read_only",
+    /// evictions, hit_rate_percent, temp_dir), then live_bytes, dead_bytes, segment_bytes,
+    /// disk_bytes (what the cache's files take on disk), max_disk_bytes (the directory's
+    /// bound, None: none), disk_evictions, expired_reclaimed (of every process), index_generation, recent_index_records, tail_records and storage ("disk", "read_only",
     /// "ram_only").
     fn get_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.get_stats();
@@ -426,7 +450,11 @@ impl Cache {
         d.set_item("temp_dir", s.temp_dir)?;
         d.set_item("live_bytes", s.live_bytes)?;
         d.set_item("dead_bytes", s.dead_bytes)?;
+        d.set_item("segment_bytes", s.segment_bytes)?;
         d.set_item("disk_bytes", s.disk_bytes)?;
+        d.set_item("max_disk_bytes", s.max_disk_bytes)?;
+        d.set_item("disk_evictions", s.disk_evictions)?;
+        d.set_item("expired_reclaimed", s.expired_reclaimed)?;
         d.set_item("index_generation", s.index_generation)?;
         d.set_item("recent_index_records", s.recent_index_records)?;
         d.set_item("tail_records", s.tail_records)?;
@@ -461,6 +489,7 @@ impl Cache {
             d.set_item("ram_evictions", c.ram_evictions)?;
             d.set_item("disk_evictions", c.disk_evictions)?;
             d.set_item("expired", c.expired)?;
+            d.set_item("expired_reclaimed", c.expired_reclaimed)?;
             d.set_item("compactions", c.compactions)?;
             d.set_item("compaction_seconds", c.compaction_seconds)?;
             d.set_item("shared_errors", c.shared_errors)?;
@@ -529,6 +558,7 @@ impl Cache {
         let report = py.detach(|| inner.compact()).map_err(py_err)?;
         let d = PyDict::new(py);
         d.set_item("expired", report.expired)?;
+        d.set_item("evicted", report.evicted)?;
         d.set_item("bytes_freed", report.bytes_freed)?;
         d.set_item("segments_rewritten", report.segments_rewritten)?;
         d.set_item("generation", report.generation)?;
@@ -575,6 +605,13 @@ impl Cache {
     #[getter]
     fn max_ram_bytes(&self) -> Option<usize> {
         self.max_ram_bytes
+    }
+
+    /// The disk bound as given (-1: not given, the directory's; None: none), which a pickled
+    /// cache carries. `get_stats()["max_disk_bytes"]` is the bound in force.
+    #[getter]
+    fn _max_disk_bytes_given(&self) -> Option<i64> {
+        self.max_disk_bytes
     }
 
     /// The permission bits of new files as given (None: the default, 0o600).

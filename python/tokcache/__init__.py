@@ -105,12 +105,15 @@ class PersistentTokenCache(_Cache):
     """A persistent token cache in ``temp_dir``, shared by every process that opens it.
 
     PersistentTokenCache(temp_dir="temp", max_ram_entries=1000, cache_ttl_hours=24, *,
-                         max_ram_bytes=None, file_mode=None, strict=False)
+                         max_ram_bytes=None, max_disk_bytes=..., file_mode=None, strict=False)
 
     ``temp_dir`` is a ``str`` or ``os.PathLike``. Lookups ask this process's RAM tier
     (``max_ram_entries`` entries, at most ``max_ram_bytes`` bytes, 16 MiB by default), then the
     shared directory; an entry older than ``cache_ttl_hours`` is a miss. New files get
-    ``file_mode`` (0o600 by default, before the umask). A directory that cannot be used gives a
+    ``file_mode`` (0o600 by default, before the umask). ``max_disk_bytes`` bounds what the
+    directory takes on disk, for every process that uses it (the last one to give a bound sets
+    it; not given: the directory's bound, 1 GiB on a new directory; ``None`` or 0: no bound):
+    compactions evict the oldest entries that were not read since they were written. A directory that cannot be used gives a
     cache that works from RAM only and a ``CacheDegradedWarning``; ``strict=True`` raises the
     ``OSError`` instead. The start-up banner is logged at INFO on the ``tokcache`` logger.
 
@@ -128,6 +131,7 @@ class PersistentTokenCache(_Cache):
         cache_ttl_hours: float = 24,
         *,
         max_ram_bytes: Optional[int] = None,
+        max_disk_bytes: Optional[int] = -1,
         file_mode: Optional[int] = None,
         strict: bool = False,
         redis_url: Optional[str] = None,
@@ -196,6 +200,7 @@ class PersistentTokenCache(_Cache):
                 self.max_ram_bytes,
                 self.file_mode,
                 self.strict,
+                self._max_disk_bytes_given,
             ),
         )
 
@@ -211,6 +216,7 @@ def _reopen(
     max_ram_bytes: Optional[int] = None,
     file_mode: Optional[int] = None,
     strict: bool = False,
+    max_disk_bytes: Optional[int] = -1,
 ) -> Any:
     return cls(
         temp_dir,
@@ -222,6 +228,7 @@ def _reopen(
         max_ram_bytes=max_ram_bytes,
         file_mode=file_mode,
         strict=strict,
+        max_disk_bytes=max_disk_bytes,
     )
 
 
@@ -232,7 +239,8 @@ _instances_lock = threading.Lock()
 def get_persistent_cache(temp_dir: Union[str, "os.PathLike[str]", None] = None) -> PersistentTokenCache:
     """The process-wide cache of ``temp_dir``: ``$TOKCACHE_DIR`` if not given, else ``temp``
     (as Rust's ``tokcache::get_persistent_cache``), with a shared tier at ``$TOKCACHE_REDIS``
-    if that is set. The same instance for the same directory on every call; a directory that
+    if that is set, and the disk bound ``$TOKCACHE_MAX_DISK_BYTES`` if that is set (bytes; 0:
+    none). The same instance for the same directory on every call; a directory that
     cannot be used gives a RAM-only cache and a warning, never an error. A forked child keeps
     using its parent's instance (safely)."""
     if temp_dir is None:
@@ -244,10 +252,24 @@ def get_persistent_cache(temp_dir: Union[str, "os.PathLike[str]", None] = None) 
             cache = _instances.get(path)
             if cache is None:
                 cache = PersistentTokenCache(
-                    temp_dir, redis_url=os.environ.get("TOKCACHE_REDIS") or None
+                    temp_dir,
+                    redis_url=os.environ.get("TOKCACHE_REDIS") or None,
+                    max_disk_bytes=_env_disk_bound(),
                 )
                 _instances[path] = cache
     return cache
+
+
+def _env_disk_bound() -> Optional[int]:
+    value = os.environ.get("TOKCACHE_MAX_DISK_BYTES", "").strip()
+    if not value:
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"TOKCACHE_MAX_DISK_BYTES must be a number of bytes, not {value!r}"
+        ) from None
 
 
 def _after_fork_in_child() -> None:

@@ -27,7 +27,11 @@ class Stats(TypedDict):
     temp_dir: str
     live_bytes: int
     dead_bytes: int
+    segment_bytes: int
     disk_bytes: int
+    max_disk_bytes: Optional[int]
+    disk_evictions: int
+    expired_reclaimed: int
     index_generation: int
     recent_index_records: int
     tail_records: int
@@ -52,6 +56,7 @@ class PoolCounts(TypedDict):
     ram_evictions: int
     disk_evictions: int
     expired: int
+    expired_reclaimed: int
     compactions: int
     compaction_seconds: float
     shared_errors: int
@@ -69,6 +74,7 @@ class PoolStats(PoolCounts):
 
 class CompactReport(TypedDict):
     expired: int
+    evicted: int
     bytes_freed: int
     segments_rewritten: int
     generation: int
@@ -93,6 +99,7 @@ class PersistentTokenCache:
         cache_ttl_hours: float = 24,
         *,
         max_ram_bytes: Optional[int] = None,
+        max_disk_bytes: Optional[int] = ...,
         file_mode: Optional[int] = None,
         strict: bool = False,
         redis_url: Optional[str] = None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::Cache;
 use super::process::{Process, invalidate};
 use crate::clock::{Clock, SystemClock};
+use crate::control::MIN_DISK_BOUND;
 use crate::error::{Error, Result};
 use crate::files::Dir;
 use crate::keys::random_seed;
@@ -52,6 +53,8 @@ pub struct CacheBuilder {
     pub(super) compact_records: u64,
     pub(super) compact_bytes: u64,
     pub(super) gc_min_dead: u64,
+    /// The disk bound given (`Some(0)`: none); `None`: the directory's.
+    pub(super) max_disk_bytes: Option<u64>,
     pub(super) background: bool,
     /// Whether this handle counts into the directory's pool statistics.
     pub(super) pool: bool,
@@ -71,6 +74,7 @@ impl CacheBuilder {
             compact_records: 32 * 1024,
             compact_bytes: 64 << 20,
             gc_min_dead: 16 << 20,
+            max_disk_bytes: None,
             background: true,
             pool: true,
             clock: Arc::new(SystemClock),
@@ -142,6 +146,19 @@ impl CacheBuilder {
     /// they are at least half of it (default 16 MiB).
     pub fn rewrite_segments_with_dead_bytes(mut self, n: u64) -> Self {
         self.gc_min_dead = n;
+        self
+    }
+
+    /// Bound the bytes the cache directory takes on disk (segments, indexes and the cache's
+    /// other files, as the file system counts their blocks); 0: no bound. One bound holds per
+    /// directory: the last process to open the cache with this setting sets it for every
+    /// process; a process that does not set it uses the directory's, and the first one to open
+    /// a directory without one sets the default, 1 GiB ([`crate::DEFAULT_MAX_DISK_BYTES`]).
+    /// Over the bound, compactions evict the oldest entries that were not read since they
+    /// were written or last kept (docs/format.md, "Eviction"); the directory stays within
+    /// about 1.1 times it. A bound under 8 MiB is taken as 8 MiB.
+    pub fn max_disk_bytes(mut self, n: u64) -> Self {
+        self.max_disk_bytes = Some(n);
         self
     }
 
@@ -367,6 +384,9 @@ impl CacheBuilder {
             compact_bytes: self.compact_bytes,
             gc_min_dead: self.gc_min_dead,
             ttl_secs,
+            disk_bound: self
+                .max_disk_bytes
+                .map(|n| (n > 0).then_some(n.max(MIN_DISK_BOUND))),
         };
         let dir = Dir {
             path: self.dir.clone(),

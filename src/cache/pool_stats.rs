@@ -28,10 +28,13 @@ pub struct PoolCounts {
     pub removals: u64,
     /// Entries the RAM tiers evicted to make room.
     pub ram_evictions: u64,
-    /// Entries evicted from disk to keep a disk bound (none: tokcache keeps no bound yet).
+    /// Entries evicted from disk to keep the directory within its disk bound.
     pub disk_evictions: u64,
     /// Expired entries dropped (from RAM tiers when found expired, from disk by compaction).
     pub expired: u64,
+    /// Expired entries that compactions dropped from disk, giving their space back (the
+    /// automatic expiry passes and `clear_expired`; also counted in `expired`).
+    pub expired_reclaimed: u64,
     /// Compactions done.
     pub compactions: u64,
     /// Time those compactions took, in seconds.
@@ -54,6 +57,7 @@ impl PoolCounts {
             ram_evictions: c.get(Counter::RamEviction),
             disk_evictions: c.get(Counter::DiskEviction),
             expired: c.get(Counter::Expired),
+            expired_reclaimed: c.get(Counter::ExpiredReclaimed),
             compactions: c.get(Counter::Compaction),
             compaction_seconds: c.get(Counter::CompactionMicros) as f64 / 1e6,
             shared_errors: c.get(Counter::SharedError),

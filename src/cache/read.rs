@@ -166,6 +166,12 @@ impl Cache {
     }
 
     fn count(&self, q: &Asked<'_>, found: Found) {
+        // A hit keeps its entry through the next eviction (a miss has nothing to keep).
+        if matches!(found, Found::RamHit | Found::DiskHit)
+            && let Some(s) = &q.local.store
+        {
+            s.touch(q.hash);
+        }
         if q.count {
             let stripe = tally::stripe();
             self.tally.add_in(stripe, found);

@@ -45,7 +45,18 @@ pub struct Stats {
     /// Bytes of superseded, removed or expired records not yet reclaimed.
     pub dead_bytes: u64,
     /// Bytes of all segment files.
+    pub segment_bytes: u64,
+    /// Bytes the cache's files take on disk, as the file system counts their blocks
+    /// (segments, indexes and the small files; not the original's entry files): what
+    /// `max_disk_bytes` bounds.
     pub disk_bytes: u64,
+    /// The directory's disk bound ([`crate::CacheBuilder::max_disk_bytes`]); `None`: none.
+    pub max_disk_bytes: Option<u64>,
+    /// Entries evicted from disk to keep the bound, by every process of the directory (its
+    /// pool statistics; 0 when they are off).
+    pub disk_evictions: u64,
+    /// Expired entries whose space compactions gave back, by every process of the directory.
+    pub expired_reclaimed: u64,
     /// The generation of the index in use (it grows with every compaction).
     pub index_generation: u64,
     /// Records in the recent index: the newest of each key written since the full index was
@@ -92,6 +103,7 @@ impl Cache {
             .as_ref()
             .map(|s| s.stats())
             .unwrap_or_default();
+        let pool = self.pool_stats().map(|p| p.totals).unwrap_or_default();
         let (ram_hits, disk_hits, shared_hits, misses) = (
             self.tally.get(Found::RamHit),
             self.tally.get(Found::DiskHit),
@@ -116,8 +128,12 @@ impl Cache {
             hit_rate_percent,
             temp_dir: self.settings.dir.display().to_string(),
             live_bytes: disk.live_bytes,
-            dead_bytes: disk.disk_bytes - disk.live_bytes,
+            dead_bytes: disk.segment_bytes.saturating_sub(disk.live_bytes),
+            segment_bytes: disk.segment_bytes,
             disk_bytes: disk.disk_bytes,
+            max_disk_bytes: disk.max_disk_bytes,
+            disk_evictions: pool.disk_evictions,
+            expired_reclaimed: pool.expired_reclaimed,
             index_generation: disk.generation,
             recent_index_records: disk.recent_records,
             tail_records: disk.tail_records,

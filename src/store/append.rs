@@ -105,7 +105,7 @@ impl Store {
     /// usually, when the cache is large: see [`Store::merge_at`].)
     pub(super) fn tail_is_full(&self, v: &View) -> bool {
         v.tail_records >= self.opts.compact_records
-            || v.scanned.saturating_sub(v.log_start) >= self.opts.compact_bytes
+            || v.scanned.saturating_sub(v.log_start) >= self.compact_bytes()
     }
 
     /// The number of log records (the recent index's and the tail's) past which compaction

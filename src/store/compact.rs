@@ -10,9 +10,12 @@ use crate::lock::CompactionLock;
 
 /// What compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompactReport {
     /// Expired entries dropped.
     pub expired: u64,
+    /// Entries evicted to keep the directory within its disk bound.
+    pub evicted: u64,
     /// Bytes of segment files deleted or rewritten away.
     pub bytes_freed: u64,
     /// Segments rewritten because most of their bytes were dead.
@@ -118,10 +121,7 @@ impl Store {
         }
         let over = |n: u64, max: u64| n >= max.saturating_add(max / 2);
         if over(v.tail_records, self.merge_at(v))
-            || over(
-                v.scanned.saturating_sub(v.log_start),
-                self.opts.compact_bytes,
-            )
+            || over(v.scanned.saturating_sub(v.log_start), self.compact_bytes())
         {
             return (true, true);
         }
@@ -194,7 +194,7 @@ impl Store {
         };
         drop((v, l, w));
         self.retire(&garbage)?;
-        self.count_compaction(started, report.expired);
+        self.count_compaction(started, &report);
         Ok(Some(report))
     }
 
@@ -242,7 +242,7 @@ impl Store {
             self.load_view(self.control.state(), None)?,
         ));
         self.retire(&garbage)?;
-        self.count_compaction(started, report.expired);
+        self.count_compaction(started, &report);
         Ok(report)
     }
 

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use super::compact::CompactReport;
+use super::evict;
 use super::rewrite::Rewriter;
 use super::tail::TailLoc;
 use super::{Store, View, key_eq};
@@ -18,12 +19,15 @@ use crate::segment;
 /// A log this long is sealed by the next compaction, and a new one started: only sealed
 /// segments are rewritten to reclaim dead records. (Each seal leaves the records appended while
 /// it ran twice on disk until the sealed log is rewritten: seals should be rare.)
-const LOG_SEALED_AT: u64 = 1 << 30;
+pub(super) const LOG_SEALED_AT: u64 = 1 << 30;
 
 /// A new log's id leaves this many ids free below it for the segments that the compactions of
 /// its lifetime rewrite (rewritten segments must sort after every other sealed one, and before
 /// the log, whose records are newer: a rebuild replays segments in id order).
 const LOG_ID_GAP: u32 = 1 << 12;
+
+/// Where an entry the plan evicts is marked before it is dropped (no segment has this id).
+const EVICTED: u32 = u32::MAX;
 
 /// Fewer free ids than this below the log, and the next compaction seals it.
 const MIN_FREE_IDS: u32 = 64;
@@ -88,7 +92,11 @@ impl Store {
             return Ok(None);
         }
         let log = v.log_entries();
-        if !(full || expire || seal || log.len() as u64 >= self.merge_at(v)) {
+        // Over the disk bound, a full merge evicts; a log as long as a bounded cache's
+        // segments are is sealed by one.
+        let eviction = self.eviction_due();
+        let seal = seal || v.scanned >= self.seal_at();
+        if !(full || expire || seal || eviction.is_some() || log.len() as u64 >= self.merge_at(v)) {
             return self.plan_recent(v, index, &log).map(Some);
         }
         if !index.verify_checksum() {
@@ -215,14 +223,20 @@ impl Store {
             .filter(|&id| id < v.active)
             .max()
             .map_or(0, |id| id + 1);
-        let seal =
-            seal || v.scanned >= LOG_SEALED_AT || v.active.saturating_sub(below_log) < MIN_FREE_IDS;
+        let seal = seal || v.active.saturating_sub(below_log) < MIN_FREE_IDS;
         let (first_id, id_limit) = if seal {
             let top = infos.iter().map(|s| s.id).max().unwrap_or(0).max(v.active);
             (top + 1, u32::MAX - LOG_ID_GAP)
         } else {
             (below_log, v.active)
         };
+        let victims = match &eviction {
+            Some((usage, to_free)) => evict::victims(&infos, v.active, usage, *to_free, needed),
+            None => HashSet::new(),
+        };
+        if !victims.is_empty() {
+            kill_point!("evict.chosen");
+        }
         let rewrite: HashSet<u32> = infos
             .iter()
             .filter(|s| seal || s.id != v.active)
@@ -236,24 +250,49 @@ impl Store {
                     (reclaimable > 0 && reclaimable * 4 >= s.len) || !holding.contains(&s.id)
                 } else {
                     // Routine compaction rewrites only big, mostly dead segments.
-                    dead > 0 && dead >= self.opts.gc_min_dead && dead >= s.live
+                    dead > 0 && dead >= self.gc_min_dead() && dead >= s.live
                 };
                 needed(s) && worth
             })
             .map(|s| s.id)
+            .chain(victims.iter().copied())
             .collect();
         let nonce = random_seed();
         let mut out = Rewriter::new(self, first_id, id_limit, nonce);
+        let mut evicted = 0;
         if !rewrite.is_empty() {
             entries.sort_unstable_by_key(|e| (e.seg, e.off));
+            // An evicted segment's entries that were read since it was written (or since an
+            // eviction last kept them) are kept once more, up to half of its live bytes; the
+            // rest are dropped.
+            let mut keep_budget: u64 = infos
+                .iter()
+                .filter(|s| victims.contains(&s.id))
+                .map(|s| s.live / 2)
+                .sum();
             for e in entries.iter_mut().filter(|e| rewrite.contains(&e.seg)) {
+                let evicting = victims.contains(&e.seg);
                 let Some(src) = v.map_of(e.seg) else { continue };
                 let Ok(rec) = record::decode(src.bytes(), e.off as usize, &v.prefixes) else {
+                    if evicting {
+                        e.seg = EVICTED;
+                    }
                     continue;
                 };
+                if evicting {
+                    let hot = self.heat.as_ref().is_some_and(|h| h.take(rec.key_hash));
+                    if !hot || keep_budget < rec.len as u64 {
+                        e.seg = EVICTED;
+                        continue;
+                    }
+                    keep_budget -= rec.len as u64;
+                }
                 let at = e.off as usize;
                 (e.seg, e.off) = out.copy(&src.bytes()[at..at + rec.len], true)?;
             }
+            let before = entries.len();
+            entries.retain(|e| e.seg != EVICTED);
+            evicted = (before - entries.len()) as u64;
             let mut moved = HashSet::new();
             for s in infos.iter().filter(|s| rewrite.contains(&s.id)) {
                 out.copy_removals(v, s, &mut moved)?;
@@ -314,6 +353,7 @@ impl Store {
             dropped,
             report: CompactReport {
                 expired,
+                evicted,
                 bytes_freed: freed,
                 segments_rewritten: rewrite.len() as u64,
                 generation,

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::clock::Clock;
-use crate::control::{self, Control, State};
+use crate::control::{self, Control, DEFAULT_DISK_BOUND, State};
 use crate::error::{Error, IoContext, Result};
 use crate::files::Dir;
+use crate::heat::Heat;
 use crate::index::{self};
 use crate::keys::{KeyBytes, random_seed};
 use crate::lock::LockFile;
@@ -25,6 +26,7 @@ use crate::segment;
 
 mod append;
 mod compact;
+mod evict;
 mod follow;
 mod generation;
 mod logfile;
@@ -84,6 +86,9 @@ pub(crate) struct Options {
     /// least half of it.
     pub gc_min_dead: u64,
     pub ttl_secs: f64,
+    /// The disk bound this process was given (`Some(None)`: none), which it sets for the
+    /// directory; `None`: it was given none, and uses the directory's.
+    pub disk_bound: Option<Option<u64>>,
 }
 
 /// Disk-tier numbers for stats.
@@ -91,7 +96,11 @@ pub(crate) struct Options {
 pub(crate) struct DiskStats {
     pub entries: u64,
     pub live_bytes: u64,
+    /// Bytes of the segment files.
+    pub segment_bytes: u64,
+    /// Bytes the cache's files take as the file system counts them (what the bound bounds).
     pub disk_bytes: u64,
+    pub max_disk_bytes: Option<u64>,
     pub generation: u64,
     pub recent_records: u64,
     pub tail_records: u64,
@@ -130,6 +139,9 @@ pub(crate) struct Store {
     pool: std::sync::OnceLock<Arc<pool::Slot>>,
     /// The cache's clock: when automatic expiry passes are due.
     clock: Arc<dyn Clock>,
+    /// Which entries were read since eviction last looked (`None`: the file cannot be had;
+    /// eviction then keeps none).
+    heat: Option<Heat>,
 }
 
 /// A control page state in one word, when it fits (generations and committed lengths below
@@ -233,7 +245,7 @@ impl Store {
         let mapped_writes = AtomicBool::new(
             !forced_pwrite && lock.as_ref().is_some_and(LockFile::allows_mapped_writes),
         );
-        let store = Self {
+        let mut store = Self {
             dir,
             opts,
             control,
@@ -248,7 +260,15 @@ impl Store {
             retry_compaction: Mutex::new((u64::MAX, 0)),
             pool: std::sync::OnceLock::new(),
             clock,
+            heat: None,
         };
+        store.heat = Heat::open(&store.dir, store.is_writable())
+            .map_err(|e| log::debug!("no heat map: {e}"))
+            .ok();
+        match store.opts.disk_bound {
+            Some(bound) => store.control.set_disk_bound(bound, false),
+            None => store.control.set_disk_bound(Some(DEFAULT_DISK_BOUND), true),
+        }
         if rebuild {
             let _w = store.writer.lock();
             let _l = store.lock()?;
@@ -283,20 +303,37 @@ impl Store {
         let _ = self.pool.set(slot);
     }
 
-    /// Counts a compaction that started at `started` and dropped `expired` entries.
-    pub(super) fn count_compaction(&self, started: std::time::Instant, expired: u64) {
+    /// Counts a compaction that started at `started` and did what `report` says.
+    pub(super) fn count_compaction(&self, started: std::time::Instant, report: &CompactReport) {
         if let Some(p) = self.pool.get() {
             p.add(Counter::Compaction);
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             p.add_n(Counter::CompactionMicros, micros);
-            if expired > 0 {
-                p.add_n(Counter::Expired, expired);
+            if report.expired > 0 {
+                p.add_n(Counter::Expired, report.expired);
+                p.add_n(Counter::ExpiredReclaimed, report.expired);
+            }
+            if report.evicted > 0 {
+                p.add_n(Counter::DiskEviction, report.evicted);
             }
         }
     }
 
     pub(crate) fn seed(&self) -> u64 {
         self.control.seed()
+    }
+
+    /// Notes a hit on the key of `hash`: eviction keeps it once more.
+    #[inline]
+    pub(crate) fn touch(&self, hash: u64) {
+        if let Some(h) = &self.heat {
+            h.touch(hash);
+        }
+    }
+
+    /// The directory's disk bound (`None`: unbounded).
+    pub(crate) fn disk_bound(&self) -> Option<u64> {
+        self.control.disk_bound()
     }
 
     /// How records of `prefix` name it: by number once it is in the prefix table (adding it,
@@ -402,7 +439,9 @@ impl Store {
         DiskStats {
             entries: v.entries(),
             live_bytes: (index_live + recent_bytes + tail_live).min(disk),
-            disk_bytes: disk,
+            segment_bytes: disk,
+            disk_bytes: evict::usage(&self.dir.path).map_or(0, |(total, _)| total),
+            max_disk_bytes: self.disk_bound(),
             generation: v.generation,
             recent_records,
             tail_records: v.tail_records,

@@ -3,7 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use super::generation::new_log_id;
 use super::{Store, View, key_eq};
@@ -46,16 +47,22 @@ impl Store {
         }
     }
 
-    /// Makes the published generation durable, then deletes the files of the old one.
+    /// Makes the published generation durable, then deletes the files of the old one (the
+    /// segments' blocks first: see [`punch_segment`]), after [`PUNCH_GRACE`], so that no
+    /// lookup that began in the old generation is still reading them.
     pub(super) fn retire(&self, garbage: &[PathBuf]) -> Result<()> {
         self.control.flush(&self.ctl_path)?;
         kill_point!("retire.flushed");
+        if garbage.iter().any(|p| is_segment(p)) {
+            std::thread::sleep(PUNCH_GRACE);
+        }
         self.remove_garbage(garbage);
         Ok(())
     }
 
     pub(super) fn remove_garbage(&self, paths: &[PathBuf]) {
         for p in paths {
+            punch_segment(p);
             match fs::remove_file(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     log::warn!("cannot remove {}: {e}", p.display());
@@ -241,4 +248,39 @@ impl Store {
         )?;
         Ok(generation)
     }
+}
+
+/// How long a segment the published generation dropped stays readable before its blocks are
+/// freed: a lookup that loaded the old generation just before has long finished with it (it
+/// takes microseconds), while a process that reads again catches up first and never looks at
+/// the dropped file.
+const PUNCH_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn is_segment(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| segment::parse_segment_name(n).is_some())
+}
+
+/// Frees the blocks of a segment about to be deleted: a process that still maps it (an idle
+/// worker of the pool that has not looked since) would otherwise keep them allocated until it
+/// does, past any disk bound. It then reads zeros there, which fail every record's checks: a
+/// miss, and it catches up on its next lookup anyway. Best effort (not every file system
+/// punches holes).
+fn punch_segment(path: &Path) {
+    if !is_segment(path) {
+        return;
+    }
+    let Ok(file) = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return;
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    if let Err(e) = crate::map::punch_hole(&file, len) {
+        log::debug!("cannot free the blocks of {}: {e}", path.display());
+    }
+    kill_point!("garbage.punched");
 }

@@ -28,6 +28,10 @@ struct Cli {
     /// Age in hours after which entries count as expired.
     #[arg(long, global = true, default_value_t = 24.0)]
     ttl_hours: f64,
+    /// Set the directory's disk bound, in bytes, for every process that uses it (0: none).
+    /// Without it, the directory's bound stays (1 GiB on a new directory).
+    #[arg(long, global = true, env = "TOKCACHE_MAX_DISK_BYTES")]
+    max_disk_bytes: Option<u64>,
     /// A shared tier: a Redis URL (redis://host:port/db; rediss:// for TLS), or a Redis Cluster's nodes separated
     /// by commas. `get` asks it on a local miss; `set`, `rm` and `import` write there too.
     #[arg(long, global = true, env = "TOKCACHE_REDIS")]
@@ -159,6 +163,9 @@ fn open_with(cli: &Cli, must_exist: bool, in_pool: bool) -> Result<Cache, (u8, S
     let mut builder = Cache::builder(&cli.dir)
         .ttl_hours(cli.ttl_hours)
         .count_in_pool(in_pool);
+    if let Some(n) = cli.max_disk_bytes {
+        builder = builder.max_disk_bytes(n);
+    }
     if let Some(url) = &cli.redis {
         builder = builder
             .redis(url)
@@ -239,7 +246,15 @@ fn stats(cache: &Cache, json: bool, prometheus: bool) -> CliResult {
         "dead bytes:       {} (reclaimed by compaction)",
         bytes(s.dead_bytes)
     );
-    println!("segment bytes:    {}", bytes(s.disk_bytes));
+    println!("segment bytes:    {}", bytes(s.segment_bytes));
+    let bound = s
+        .max_disk_bytes
+        .map_or_else(|| "no bound".to_string(), |b| format!("bound {}", bytes(b)));
+    println!("disk bytes:       {} ({bound})", bytes(s.disk_bytes));
+    println!(
+        "disk evictions:   {} (entries; expired entries reclaimed: {})",
+        s.disk_evictions, s.expired_reclaimed
+    );
     println!("index generation: {}", s.index_generation);
     println!("recent index:     {} records", s.recent_index_records);
     println!("appended since:   {} records", s.tail_records);

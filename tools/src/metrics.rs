@@ -35,6 +35,7 @@ pub(crate) fn pool_json(pool: &PoolStats) -> serde_json::Value {
         "ram_evictions": t.ram_evictions,
         "disk_evictions": t.disk_evictions,
         "expired": t.expired,
+        "expired_reclaimed": t.expired_reclaimed,
         "compactions": t.compactions,
         "compaction_seconds": t.compaction_seconds,
         "shared_errors": t.shared_errors,
@@ -167,6 +168,13 @@ pub(crate) fn prometheus(pool: &PoolStats, s: &Stats, max_processes: usize) -> S
     );
     family(
         &mut out,
+        "tokcache_expired_reclaimed_total",
+        "counter",
+        "Expired entries whose disk space compactions gave back.",
+        &[("", f(t.expired_reclaimed))],
+    );
+    family(
+        &mut out,
         "tokcache_compactions_total",
         "counter",
         "Compactions done.",
@@ -197,8 +205,22 @@ pub(crate) fn prometheus(pool: &PoolStats, s: &Stats, max_processes: usize) -> S
         &mut out,
         "tokcache_disk_bytes",
         "gauge",
-        "Bytes of the segment files (live and dead records).",
+        "Bytes the cache's files take on disk (what the disk bound bounds).",
         &[("", f(s.disk_bytes))],
+    );
+    family(
+        &mut out,
+        "tokcache_max_disk_bytes",
+        "gauge",
+        "The directory's disk bound (0: none).",
+        &[("", f(s.max_disk_bytes.unwrap_or(0)))],
+    );
+    family(
+        &mut out,
+        "tokcache_segment_bytes",
+        "gauge",
+        "Bytes of the segment files (live and dead records).",
+        &[("", f(s.segment_bytes))],
     );
     family(
         &mut out,
