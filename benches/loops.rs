@@ -16,6 +16,8 @@
 //! - `ram`: 1000 hot keys from the RAM tier, ns per get;
 //! - `set`: 300,000 sets of new keys on a copy of the cache, each timed, median / p99 / mean
 //!   (the mean carries the compactions);
+//! - `set-evict`: 2 KB sets into a cache bounded to 64 MiB (evicting) beside an unbounded one,
+//!   rate and p99, then gets of their newest keys; ratios bounded / unbounded;
 //! - `open`: open + drop, ms each, with the tail size;
 //! - `compact`: five compactions, ms each; `set-compact`: sets at 50,000 a second while
 //!   another process runs five compactions, with the slow sets and when they happened;
@@ -229,6 +231,67 @@ fn main() {
             println!("set on a cache of {n} entries: {}", summary(ns));
             drop(c);
             let _ = std::fs::remove_dir_all(&copy);
+        }
+        "set-evict" => {
+            // Eviction is no stall: 2 KB sets of new keys into a new cache bounded to 64 MiB
+            // (evicting from the 30,000th set on) and into an unbounded one, alternately, three
+            // rounds of 100,000 each; then 200,000 gets of the last 5,000 keys of each (RAM
+            // tier off: disk hits). Rates, p99, and the ratios bounded / unbounded.
+            let base = dir.with_file_name("loops-set-evict");
+            let pad = "lorem ipsum ".repeat(170);
+            let mut rows: Vec<(bool, f64, u64, f64)> = Vec::new();
+            for round in 0..2 {
+                for bounded in [true, false] {
+                    let d = base.join(format!("{round}-{bounded}"));
+                    let _ = std::fs::remove_dir_all(&d);
+                    let c = Cache::builder(&d)
+                        .max_ram_entries(0)
+                        .max_disk_bytes(if bounded { 256 << 20 } else { 0 })
+                        .open()
+                        .unwrap();
+                    let keys: Vec<String> = (0..300_000u64).map(|j| format!("{j} {pad}")).collect();
+                    let start = Instant::now();
+                    let mut ns: Vec<u64> = keys
+                        .iter()
+                        .zip(0u64..)
+                        .map(|(k, j)| {
+                            let t = Instant::now();
+                            c.set(PREFIX, k, &j).unwrap();
+                            t.elapsed().as_nanos() as u64
+                        })
+                        .collect();
+                    let rate = keys.len() as f64 / start.elapsed().as_secs_f64();
+                    ns.sort_unstable();
+                    let p99 = ns[ns.len() * 99 / 100];
+                    let hot = &keys[keys.len() - 5000..];
+                    let get_ns = throughput(2, hot.len() as u64, || {
+                        for k in hot {
+                            std::hint::black_box(c.get::<u64>(PREFIX, k));
+                        }
+                    });
+                    let s = c.get_stats();
+                    println!(
+                        "round {round} {}: {rate:.0} sets/s, p99 {:.1} us, get {get_ns:.0} ns, {} evicted, {:.1} MB on disk",
+                        if bounded { "bounded" } else { "unbounded" },
+                        p99 as f64 / 1e3,
+                        s.disk_evictions,
+                        s.disk_bytes as f64 / 1e6
+                    );
+                    rows.push((bounded, rate, p99, get_ns));
+                    drop(c);
+                    let _ = std::fs::remove_dir_all(&d);
+                }
+            }
+            let mean = |bounded: bool, f: fn(&(bool, f64, u64, f64)) -> f64| {
+                let v: Vec<f64> = rows.iter().filter(|r| r.0 == bounded).map(f).collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            println!(
+                "bounded / unbounded: set rate {:.2}x, set p99 {:.2}x, get time {:.2}x",
+                mean(true, |r| r.1) / mean(false, |r| r.1),
+                mean(true, |r| r.2 as f64) / mean(false, |r| r.2 as f64),
+                mean(true, |r| r.3) / mean(false, |r| r.3),
+            );
         }
         "open" => {
             let tail = open(&dir, 0).get_stats().tail_records;

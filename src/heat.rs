@@ -15,19 +15,32 @@ use crate::files::{Dir, file_options};
 use crate::map::SharedPage;
 
 pub(crate) const FILE_NAME: &str = "tokcache.heat";
-/// 1 MiB: 8 Mi bits. At a million entries of which a third are read, 4% of cold keys find
-/// their bit set by another key.
-pub(crate) const FILE_LEN: usize = 1 << 20;
-const WORDS: usize = FILE_LEN / 8;
+/// The largest heat file, 1 MiB: 8 Mi bits. At a million entries of which a third are read,
+/// 4% of cold keys find their bit set by another key.
+const MAX_LEN: u64 = 1 << 20;
+/// The smallest: 64 KiB, half a million bits.
+const MIN_LEN: u64 = 64 << 10;
+
+/// The length of a new heat file for a directory bounded to `bound` bytes: a 128th of it (a
+/// bit per 16 bytes of bound, several per entry) within [`MIN_LEN`, `MAX_LEN`], a power of
+/// two, so that it takes little of a small bound.
+pub(crate) fn file_len(bound: Option<u64>) -> u64 {
+    bound
+        .map_or(MAX_LEN, |b| (b / 128).next_power_of_two())
+        .clamp(MIN_LEN, MAX_LEN)
+}
 
 pub(crate) struct Heat {
     page: SharedPage,
+    /// Bits in the file, a power of two.
+    bits: usize,
 }
 
 impl Heat {
-    /// Maps the directory's heat file, made (sparse, all bits clear) if it is missing or
-    /// short. Two processes making it at once both make the same empty file.
-    pub(crate) fn open(dir: &Dir, writable: bool) -> Result<Self> {
+    /// Maps the directory's heat file, made (sparse, all bits clear) `len` bytes long if it
+    /// is missing. Two processes making it at once both make an empty file; its length is
+    /// then the first one's (a file of a later bound keeps the length it was made with).
+    pub(crate) fn open(dir: &Dir, writable: bool, len: u64) -> Result<Self> {
         let path = dir.join(FILE_NAME);
         let file = if writable {
             file_options(dir.mode).create(true).open(&path)
@@ -35,28 +48,34 @@ impl Heat {
             File::open(&path)
         }
         .ctx("open", &path)?;
-        Self::map(&file, &path, writable)
+        Self::map(&file, &path, writable, len)
     }
 
-    fn map(file: &File, path: &Path, writable: bool) -> Result<Self> {
-        let len = file.metadata().ctx("stat", path)?.len();
-        if len < FILE_LEN as u64 {
-            if !writable {
-                return Err(crate::Error::io(
-                    "map",
-                    path,
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "heat file too short"),
-                ));
-            }
-            file.set_len(FILE_LEN as u64).ctx("extend", path)?;
+    fn map(file: &File, path: &Path, writable: bool, len: u64) -> Result<Self> {
+        let mut have = file.metadata().ctx("stat", path)?.len();
+        if have == 0 && writable {
+            file.set_len(len).ctx("extend", path)?;
+            have = len;
         }
-        let page = SharedPage::new(file, FILE_LEN, 0, writable).ctx("map", path)?;
-        Ok(Self { page })
+        // Whatever its length, the largest power of two in it (within the limits) is used.
+        if have < MIN_LEN {
+            return Err(crate::Error::io(
+                "map",
+                path,
+                io::Error::new(io::ErrorKind::UnexpectedEof, "heat file too short"),
+            ));
+        }
+        let used = (1u64 << have.ilog2()).min(MAX_LEN) as usize;
+        let page = SharedPage::new(file, used, 0, writable).ctx("map", path)?;
+        Ok(Self {
+            page,
+            bits: used * 8,
+        })
     }
 
     fn bit(&self, hash: u64) -> (&AtomicU64, u64) {
         // The low bits of the key hash: the index's slot hash takes the high ones.
-        let i = (hash as usize) & (WORDS * 64 - 1);
+        let i = (hash as usize) & (self.bits - 1);
         (self.page.atomic((i / 64) * 8), 1 << (i % 64))
     }
 
@@ -93,8 +112,9 @@ mod tests {
             path: t.path().to_path_buf(),
             mode: 0o600,
         };
-        let heat = Heat::open(&dir, true).unwrap();
-        let other = Heat::open(&dir, true).unwrap();
+        let heat = Heat::open(&dir, true, file_len(Some(8 << 20))).unwrap();
+        // A process of another bound uses the file as it was made.
+        let other = Heat::open(&dir, true, file_len(None)).unwrap();
         assert!(!heat.take(42));
         heat.touch(42);
         heat.touch(42);
@@ -102,8 +122,11 @@ mod tests {
         assert!(!heat.take(42), "taking clears it");
         // Hashes that differ only above the bits used share a bit.
         heat.touch(7);
-        assert!(heat.take(7 + (WORDS as u64 * 64)));
+        assert!(heat.take(7 + (MIN_LEN * 8)));
         let meta = std::fs::metadata(dir.join(FILE_NAME)).unwrap();
-        assert_eq!(meta.len(), FILE_LEN as u64);
+        assert_eq!(meta.len(), MIN_LEN);
+        assert_eq!(file_len(Some(1 << 30)), MAX_LEN);
+        assert_eq!(file_len(Some(100 << 20)), 1 << 20);
+        assert_eq!(file_len(Some(20 << 20)), 256 << 10);
     }
 }

@@ -193,7 +193,9 @@ impl Store {
             None => return self.rebuild_damaged(&mut v).map(Some),
         };
         drop((v, l, w));
-        self.retire(&garbage)?;
+        // A compaction the tail set off does not hold up the next one (nor, through it, the
+        // writers) for the grace of dropped segments: a thread of its own deletes them.
+        self.retire(garbage, only_if_full)?;
         self.count_compaction(started, &report);
         Ok(Some(report))
     }
@@ -241,7 +243,7 @@ impl Store {
             v,
             self.load_view(self.control.state(), None)?,
         ));
-        self.retire(&garbage)?;
+        self.retire(garbage, false)?;
         self.count_compaction(started, &report);
         Ok(report)
     }

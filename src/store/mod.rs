@@ -14,7 +14,7 @@ use crate::clock::Clock;
 use crate::control::{self, Control, DEFAULT_DISK_BOUND, State};
 use crate::error::{Error, IoContext, Result};
 use crate::files::Dir;
-use crate::heat::Heat;
+use crate::heat::{self, Heat};
 use crate::index::{self};
 use crate::keys::{KeyBytes, random_seed};
 use crate::lock::LockFile;
@@ -262,13 +262,14 @@ impl Store {
             clock,
             heat: None,
         };
-        store.heat = Heat::open(&store.dir, store.is_writable())
-            .map_err(|e| log::debug!("no heat map: {e}"))
-            .ok();
         match store.opts.disk_bound {
             Some(bound) => store.control.set_disk_bound(bound, false),
             None => store.control.set_disk_bound(Some(DEFAULT_DISK_BOUND), true),
         }
+        let heat_len = heat::file_len(store.disk_bound());
+        store.heat = Heat::open(&store.dir, store.is_writable(), heat_len)
+            .map_err(|e| log::debug!("no heat map: {e}"))
+            .ok();
         if rebuild {
             let _w = store.writer.lock();
             let _l = store.lock()?;

@@ -42,7 +42,7 @@ impl Store {
                 || index::parse_index_name(name).is_some_and(|g| !indexes.contains(&g));
             if stale {
                 log::debug!("removing {name}: no longer part of the cache");
-                self.remove_garbage(&[e.path()]);
+                remove_garbage(&[e.path()]);
             }
         }
     }
@@ -50,27 +50,30 @@ impl Store {
     /// Makes the published generation durable, then deletes the files of the old one (the
     /// segments' blocks first: see [`punch_segment`]), after [`PUNCH_GRACE`], so that no
     /// lookup that began in the old generation is still reading them.
-    pub(super) fn retire(&self, garbage: &[PathBuf]) -> Result<()> {
+    /// With `later`, on a thread of its own where one can be started (if the process ends
+    /// first, the next compaction deletes what is left: no generation names it).
+    pub(super) fn retire(&self, garbage: Vec<PathBuf>, later: bool) -> Result<()> {
         self.control.flush(&self.ctl_path)?;
         kill_point!("retire.flushed");
-        if garbage.iter().any(|p| is_segment(p)) {
+        if !garbage.iter().any(|p| is_segment(p)) {
+            remove_garbage(&garbage);
+            return Ok(());
+        }
+        let reap = move || {
             std::thread::sleep(PUNCH_GRACE);
-        }
-        self.remove_garbage(garbage);
-        Ok(())
-    }
-
-    pub(super) fn remove_garbage(&self, paths: &[PathBuf]) {
-        for p in paths {
-            punch_segment(p);
-            match fs::remove_file(p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    log::warn!("cannot remove {}: {e}", p.display());
-                }
-                _ => {}
+            remove_garbage(&garbage);
+        };
+        if later {
+            if let Err(e) = std::thread::Builder::new()
+                .name("tokcache-reaper".into())
+                .spawn(reap)
+            {
+                log::debug!("cannot start a thread to delete dropped segments: {e}");
             }
-            kill_point!("garbage.removed_one");
+        } else {
+            reap();
         }
+        Ok(())
     }
 
     /// Writes the index of a new generation, publishes it, deletes what it no longer refers to
@@ -283,4 +286,19 @@ fn punch_segment(path: &Path) {
         log::debug!("cannot free the blocks of {}: {e}", path.display());
     }
     kill_point!("garbage.punched");
+}
+
+/// Deletes files the cache no longer names (a segment's blocks freed first: see
+/// [`punch_segment`]).
+pub(super) fn remove_garbage(paths: &[PathBuf]) {
+    for p in paths {
+        punch_segment(p);
+        match fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                log::warn!("cannot remove {}: {e}", p.display());
+            }
+            _ => {}
+        }
+        kill_point!("garbage.removed_one");
+    }
 }
