@@ -22,6 +22,8 @@ def _settings(cache: PersistentTokenCache) -> tuple:
         cache.redis_url,
         cache.redis_namespace,
         cache.redis_timeout,
+        cache._max_disk_bytes_given,
+        cache.get_stats()["max_disk_bytes"],
     )
 
 
@@ -42,6 +44,7 @@ def test_every_setting_reaches_a_spawned_worker(tmp_path, method):
             max_ram_entries=17,
             cache_ttl_hours=3.5,
             max_ram_bytes=1 << 20,
+            max_disk_bytes=64 << 20,
             file_mode=0o660,
             strict=True,
         )

@@ -356,6 +356,7 @@ class PoolCollector:
             ("tokcache_sets", "saves", "Entries written."),
             ("tokcache_removals", "removals", "Entries removed."),
             ("tokcache_expired", "expired", "Expired entries dropped."),
+            ("tokcache_expired_reclaimed", "expired_reclaimed", "Expired entries whose disk space compactions gave back."),
             ("tokcache_compactions", "compactions", "Compactions done."),
             ("tokcache_compaction_seconds", "compaction_seconds", "Time spent compacting."),
             ("tokcache_shared_errors", "shared_errors", "Failed operations of the shared tier."),
@@ -369,7 +370,9 @@ class PoolCollector:
         evictions.add_metric(["disk"], pool["disk_evictions"])
         yield evictions
         for name, value, help_text in (
-            ("tokcache_disk_bytes", stats["disk_bytes"], "Bytes of the segment files."),
+            ("tokcache_disk_bytes", stats["disk_bytes"], "Bytes the cache's files take on disk."),
+            ("tokcache_max_disk_bytes", stats["max_disk_bytes"] or 0, "The directory's disk bound (0: none)."),
+            ("tokcache_segment_bytes", stats["segment_bytes"], "Bytes of the segment files (live and dead records)."),
             ("tokcache_live_bytes", stats["live_bytes"], "Bytes of live records."),
             ("tokcache_entries", stats["disk_files"], "Entries on disk."),
             ("tokcache_processes", pool["processes"], "Live cache handles of the pool."),
