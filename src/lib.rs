@@ -63,7 +63,8 @@ mod value;
 use std::sync::OnceLock;
 
 pub use cache::{
-    Cache, CacheBuilder, PoolCounts, PoolStats, ProcessStats, Stats, Storage, pool_stats,
+    Cache, CacheBuilder, ChatFormat, ChatMessage, PoolCounts, PoolStats, ProcessStats, Stats,
+    Storage, pool_stats,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, ValueKind, ValueRef};

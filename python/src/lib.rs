@@ -401,6 +401,69 @@ impl Cache {
             .map_err(py_err)
     }
 
+    /// The cached part of count_messages, in one call: the cookbook rule's framing tokens
+    /// plus the counts of every value found (looked up with the GIL released), and the values
+    /// whose counts are missing (a text once per occurrence), for the caller to tokenize.
+    #[pyo3(signature = (messages, encoding, tokens_per_message, tokens_per_name, reply_tokens))]
+    fn _count_cached<'py>(
+        &self,
+        py: Python<'py>,
+        messages: &Bound<'py, PyAny>,
+        encoding: &Bound<'py, PyAny>,
+        tokens_per_message: i64,
+        tokens_per_name: i64,
+        reply_tokens: i64,
+    ) -> PyResult<(i64, Bound<'py, PyList>)> {
+        let encoding = utf8(encoding, "encoding")?;
+        let mut total = reply_tokens;
+        let mut values: Vec<Bound<'py, PyAny>> = Vec::new();
+        for (i, message) in messages.try_iter()?.enumerate() {
+            let message = message?;
+            let Ok(fields) = message.cast::<PyDict>() else {
+                return Err(PyTypeError::new_err(format!(
+                    "message {i} must be a dict, not {}",
+                    message.get_type().name()?
+                )));
+            };
+            total += tokens_per_message;
+            for (key, value) in fields.iter() {
+                let key = utf8(&key, "a message's key")?;
+                if key == "name" {
+                    total += tokens_per_name;
+                }
+                if value.is_instance_of::<PyString>() {
+                    values.push(value);
+                } else if key == "content"
+                    && let Ok(parts) = value.cast::<PyList>()
+                {
+                    for (j, part) in parts.iter().enumerate() {
+                        values.push(text_part(&part, i, j)?);
+                    }
+                } else {
+                    return Err(PyTypeError::new_err(format!(
+                        "message {i}: {key:?} is {}, not text (only str values, and a content \
+                         list of text parts, can be counted)",
+                        value.get_type().name()?
+                    )));
+                }
+            }
+        }
+        let texts: Vec<&str> = values
+            .iter()
+            .map(|v| utf8(v, "a value"))
+            .collect::<PyResult<_>>()?;
+        let inner = &self.inner;
+        let found = py.detach(|| inner.get_token_counts(encoding, &texts));
+        let missing = PyList::empty(py);
+        for (value, n) in values.iter().zip(found) {
+            match n {
+                Some(n) => total += i64::try_from(n).unwrap_or(i64::MAX),
+                None => missing.append(value)?,
+            }
+        }
+        Ok((total, missing))
+    }
+
     /// Like get_token_count, not counted in the statistics.
     #[pyo3(signature = (text, encoding = None))]
     fn _peek_token_count(
@@ -696,4 +759,34 @@ fn _tokcache(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<CacheDegradedWarning>(),
     )?;
     Ok(())
+}
+
+/// The text of part `j` of message `i`'s content list: a `{"type": "text", "text": str}`.
+fn text_part<'py>(part: &Bound<'py, PyAny>, i: usize, j: usize) -> PyResult<Bound<'py, PyAny>> {
+    let Ok(part) = part.cast::<PyDict>() else {
+        return Err(PyTypeError::new_err(format!(
+            "message {i}: content part {j} must be a dict, not {}",
+            part.get_type().name()?
+        )));
+    };
+    let kind = part.get_item("type")?;
+    let is_text = kind
+        .as_ref()
+        .is_some_and(|k| k.extract::<String>().is_ok_and(|k| k == "text"));
+    if !is_text {
+        let kind = kind.map_or_else(|| "None".to_string(), |k| k.to_string());
+        return Err(PyValueError::new_err(format!(
+            "message {i}: content part {j} is of type {kind:?}: only text parts can be counted"
+        )));
+    }
+    match part.get_item("text")? {
+        Some(t) if t.is_instance_of::<PyString>() => Ok(t),
+        other => Err(PyTypeError::new_err(format!(
+            "message {i}: content part {j}'s \"text\" must be str, not {}",
+            other.map_or_else(
+                || Ok("missing".into()),
+                |t| t.get_type().name().map(|n| n.to_string())
+            )?
+        ))),
+    }
 }

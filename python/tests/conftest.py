@@ -51,3 +51,32 @@ def _cli_path() -> str:
 
 def run_cli(cli: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([cli, *args], capture_output=True, text=True, timeout=120)
+
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+@pytest.fixture(scope="session")
+def cl100k(tmp_path_factory):
+    """tiktoken's cl100k_base encoding, loaded without the network: its BPE file (the same
+    bytes tiktoken downloads, which it checks by SHA-256) comes from the tiktoken-rs crate
+    that cargo fetched for the Rust tests, put where tiktoken looks for its cache."""
+    import glob
+    import hashlib
+
+    tiktoken = pytest.importorskip("tiktoken")
+    cargo_home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"))
+    found = sorted(glob.glob(str(cargo_home / "registry/src/*/tiktoken-rs-*/assets/cl100k_base.tiktoken")))
+    cache = tmp_path_factory.mktemp("tiktoken")
+    if found:
+        name = hashlib.sha1(CL100K_URL.encode()).hexdigest()
+        shutil.copy(found[-1], cache / name)
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    try:
+        return tiktoken.get_encoding("cl100k_base")
+    finally:
+        if old is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old

@@ -17,6 +17,7 @@ const REQUIREMENTS: &[&str] = &[
     "pytest>=8",
     "hypothesis>=6.100",
     "prometheus_client>=0.20",
+    "tiktoken>=0.7",
 ];
 
 /// Environment variables of faketime: kept away from the builds, which must see the real clock.

@@ -16,11 +16,14 @@ The directory is shared with Rust programs and the ``tokcache`` command-line too
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
 import functools
 import os
 import threading
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 from ._tokcache import (
     Cache as _Cache,
@@ -177,6 +180,94 @@ class PersistentTokenCache(_Cache):
                 self.set_token_count(text, n, encoding)
         return n
 
+    def count_messages(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        encode: Callable[[str], Any],
+        encoding: str = "cl100k_base",
+        *,
+        tokens_per_message: int = 3,
+        tokens_per_name: int = 1,
+        reply_tokens: int = 3,
+    ) -> int:
+        """The tokens of a chat conversation, counted as OpenAI's cookbook counts them with
+        tiktoken: every value of every message encoded and counted, plus
+        ``tokens_per_message`` per message, ``tokens_per_name`` per ``name``, plus
+        ``reply_tokens``. A ``content`` that is a list of parts counts the text of each part
+        (``{"type": "text", "text": ...}``).
+
+        Each value is the entry ``count_tokens(value, encode, encoding)`` uses, so counts are
+        shared with every other caller and process. All values are looked up in one call with
+        the GIL released; the missing ones are encoded (on several threads when there are
+        several and they are long: tiktoken's ``encode`` releases the GIL), stored, and
+        summed. Threads counting the same text at once encode it once.
+
+        Raises ``TypeError`` for a message that is not a dict or a value that is not text
+        (``None``, numbers, lists other than a content's parts), ``ValueError`` for a content
+        part that is not text (an image): never a wrong number.
+        """
+        total, missing = self._count_cached(
+            messages, encoding, tokens_per_message, tokens_per_name, reply_tokens
+        )
+        if missing:
+            total += self._count_missing(missing, encode, encoding, parallel=True)
+        return total
+
+    async def acount_messages(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        encode: Callable[[str], Any],
+        encoding: str = "cl100k_base",
+        *,
+        tokens_per_message: int = 3,
+        tokens_per_name: int = 1,
+        reply_tokens: int = 3,
+    ) -> int:
+        """``count_messages`` for asyncio servers: the event loop never waits for a
+        tokenization. The values are looked up on the loop (microseconds; in an executor when
+        the cache has a Redis tier, whose misses are network round trips); the missing ones
+        are encoded in a small executor of its own (one thread fewer than the cores, at least
+        one, so that tokenizing conversations never takes every core from the loop).
+        Concurrent requests that miss on the same text encode it once."""
+        loop = asyncio.get_running_loop()
+        look = functools.partial(
+            self._count_cached,
+            messages if isinstance(messages, list) else list(messages),
+            encoding,
+            tokens_per_message,
+            tokens_per_name,
+            reply_tokens,
+        )
+        if self.redis_url is None:
+            total, missing = look()
+        else:
+            total, missing = await loop.run_in_executor(_async_pool(), look)
+        if missing:
+            total += await loop.run_in_executor(
+                _async_pool(), self._count_missing, missing, encode, encoding, False
+            )
+        return total
+
+    def _count_missing(
+        self, missing: List[str], encode: Callable[[str], Any], encoding: str, parallel: bool
+    ) -> int:
+        times = collections.Counter(missing)
+        texts = list(times)
+        count = functools.partial(self._count_one, encode=encode, encoding=encoding)
+        if parallel and len(texts) > 1 and sum(map(len, texts)) >= _PARALLEL_BYTES:
+            counts = list(_parallel_pool().map(count, texts))
+        else:
+            counts = [count(t) for t in texts]
+        return sum(n * times[t] for t, n in zip(texts, counts))
+
+    def _count_one(self, text: str, encode: Callable[[str], Any], encoding: str) -> int:
+        with self._flights.join(("token_count", encoding, text)):
+            n = self._peek_token_count(text, encoding)
+            if n is None:
+                n = len(encode(text))
+                self.set_token_count(text, n, encoding)
+        return n
+
     def __enter__(self) -> "PersistentTokenCache":
         return self
 
@@ -232,6 +323,34 @@ def _reopen(
     )
 
 
+# Misses of one conversation totalling this many characters are encoded on several threads
+# (below it, starting them costs more than it saves).
+_PARALLEL_BYTES = 16 * 1024
+_pools: Dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(name: str, workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    pool = _pools.get(name)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(name)
+            if pool is None:
+                pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=workers, thread_name_prefix=f"tokcache-{name}"
+                )
+                _pools[name] = pool
+    return pool
+
+
+def _parallel_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return _pool("encode", os.cpu_count() or 1)
+
+
+def _async_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return _pool("aencode", max(1, (os.cpu_count() or 1) - 1))
+
+
 _instances: Dict[str, PersistentTokenCache] = {}
 _instances_lock = threading.Lock()
 
@@ -273,9 +392,12 @@ def _env_disk_bound() -> Optional[int]:
 
 
 def _after_fork_in_child() -> None:
-    # Locks a thread of the parent held at the fork stay held in the child: new ones.
-    global _instances_lock
+    # Locks a thread of the parent held at the fork stay held in the child: new ones. The
+    # parent's executor threads are not in the child either: new pools on first use.
+    global _instances_lock, _pools_lock
     _instances_lock = threading.Lock()
+    _pools_lock = threading.Lock()
+    _pools.clear()
     for flights in _all_flights:
         flights._after_fork()
 

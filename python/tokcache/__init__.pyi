@@ -1,7 +1,7 @@
 """Type stubs of the tokcache package (the native methods live in tokcache._tokcache)."""
 
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar, Union, overload
+from typing import Any, Callable, Dict, Iterable, Mapping, Iterator, List, Optional, Sequence, TypeVar, Union, overload
 
 from typing import Literal, TypedDict
 
@@ -124,6 +124,26 @@ class PersistentTokenCache:
     def get_tokens(self, key: str, prefix: str = "token") -> Optional[List[int]]: ...
     def count_tokens(
         self, text: str, encode: Callable[[str], Any], encoding: str = "cl100k_base"
+    ) -> int: ...
+    def count_messages(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        encode: Callable[[str], Any],
+        encoding: str = "cl100k_base",
+        *,
+        tokens_per_message: int = 3,
+        tokens_per_name: int = 1,
+        reply_tokens: int = 3,
+    ) -> int: ...
+    async def acount_messages(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        encode: Callable[[str], Any],
+        encoding: str = "cl100k_base",
+        *,
+        tokens_per_message: int = 3,
+        tokens_per_name: int = 1,
+        reply_tokens: int = 3,
     ) -> int: ...
     def get_token_count(self, text: str, encoding: str = "cl100k_base") -> Optional[int]: ...
     def set_token_count(self, text: str, count: int, encoding: str = "cl100k_base") -> None: ...

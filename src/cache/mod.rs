@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod builder;
+mod chat;
 mod pool_stats;
 mod process;
 mod read;
 mod stats;
 
 pub use builder::CacheBuilder;
+pub use chat::{ChatFormat, ChatMessage};
 use parking_lot::Mutex;
 pub use pool_stats::{PoolCounts, PoolStats, ProcessStats, pool_stats};
 use process::{Flights, Process};
