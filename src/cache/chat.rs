@@ -130,7 +130,7 @@ impl Cache {
         let missing: Vec<(&str, i64)> = missing.into_iter().collect();
         let count =
             |text: &str| self.token_count_or_insert_with(encoding, text, || encode(text) as u64);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let counted: Vec<Result<u64>> = if missing.len() < 2 || threads < 2 {
             missing.iter().map(|(t, _)| count(t)).collect()
         } else {
