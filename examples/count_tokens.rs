@@ -6,14 +6,17 @@
 //!
 //! Each file of `--data` is one conversation; messages are separated by lines holding `---`.
 //! On turn t the proxy counts every message so far and the whole prompt, as the original did
-//! (prefix `token_count`, key `tokenizer:cl100k_base:{text}`).
+//! (prefix `token_count`, key `tokenizer:cl100k_base:{text}`); then it counts each whole
+//! conversation turn by turn as a chat model sees it (`Cache::count_messages`: OpenAI's
+//! cookbook rule, each message's values looked up, the new ones tokenized), checked against
+//! the rule applied to the tokenizer directly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use tiktoken_rs::CoreBPE;
-use tokcache::Cache;
+use tokcache::{Cache, ChatFormat, ChatMessage};
 
 struct Args {
     dir: PathBuf,
@@ -42,23 +45,36 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Every text the proxy counts, in order: per turn, each message so far and the whole prompt.
-fn workload(data: &Path) -> Result<Vec<String>, String> {
+/// The conversations of `data`: each file's messages.
+fn conversations(data: &Path) -> Result<Vec<Vec<String>>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data)
         .map_err(|e| format!("cannot read {}: {e}", data.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     files.sort();
-    let mut texts = Vec::new();
+    let mut out = Vec::new();
     for f in files {
         let body =
             std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-        let messages: Vec<&str> = body
-            .split("\n---\n")
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .collect();
+        out.push(
+            body.split("\n---\n")
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect(),
+        );
+    }
+    if out.iter().all(Vec::is_empty) {
+        return Err(format!("no .txt conversations in {}", data.display()));
+    }
+    Ok(out)
+}
+
+/// Every text the proxy counts, in order: per turn, each message so far and the whole prompt.
+fn workload(chats: &[Vec<String>]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for messages in chats {
         for turn in 1..=messages.len() {
             texts.extend(
                 messages[..turn]
@@ -68,10 +84,66 @@ fn workload(data: &Path) -> Result<Vec<String>, String> {
             texts.push(messages[..turn].join("\n\n"));
         }
     }
-    if texts.is_empty() {
-        return Err(format!("no .txt conversations in {}", data.display()));
+    texts
+}
+
+/// A conversation's messages as a chat model gets them: a system prompt, then the user and
+/// the assistant in turn.
+fn chat_messages(messages: &[String]) -> Vec<ChatMessage<'_>> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match i {
+                0 => "system",
+                i if i % 2 == 1 => "user",
+                _ => "assistant",
+            };
+            ChatMessage::new(role, m)
+        })
+        .collect()
+}
+
+/// The cookbook rule on the tokenizer itself.
+fn cookbook(bpe: &CoreBPE, chat: &[ChatMessage<'_>]) -> u64 {
+    let f = ChatFormat::default();
+    let per_message: i64 = chat
+        .iter()
+        .map(|m| f.tokens_per_message + count(bpe, m.role) as i64 + count(bpe, m.content) as i64)
+        .sum();
+    (f.reply_tokens + per_message) as u64
+}
+
+/// Every conversation counted turn by turn, as a proxy does on each request: the time with
+/// the tokenizer alone and through the cache (checked), per turn.
+fn whole_conversations(
+    cache: &Cache,
+    bpe: &CoreBPE,
+    chats: &[Vec<String>],
+) -> Result<(usize, Duration, Duration), String> {
+    let turns: Vec<Vec<ChatMessage<'_>>> = chats
+        .iter()
+        .flat_map(|m| (1..=m.len()).map(move |t| chat_messages(&m[..t])))
+        .collect();
+    let start = Instant::now();
+    let want: Vec<u64> = turns.iter().map(|c| cookbook(bpe, c)).collect();
+    let tokenizer = start.elapsed();
+    let start = Instant::now();
+    let mut got = Vec::with_capacity(turns.len());
+    for chat in &turns {
+        got.push(
+            cache
+                .count_messages(chat, "cl100k_base", ChatFormat::default(), |t| {
+                    count(bpe, t) as usize
+                })
+                .map_err(|e| format!("cache: {e}"))?,
+        );
     }
-    Ok(texts)
+    let cached = start.elapsed();
+    if got != want {
+        return Err("count_messages disagrees with the cookbook rule".into());
+    }
+    Ok((turns.len(), tokenizer, cached))
 }
 
 fn count(bpe: &CoreBPE, text: &str) -> u64 {
@@ -107,7 +179,8 @@ fn per_op(d: Duration, n: usize) -> String {
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
-    let texts = workload(&args.data)?;
+    let chats = conversations(&args.data)?;
+    let texts = workload(&chats);
     let bpe = tiktoken_rs::cl100k_base().map_err(|e| format!("tokenizer: {e}"))?;
     let cache = Cache::open(&args.dir).map_err(|e| e.to_string())?;
 
@@ -183,6 +256,17 @@ fn run() -> Result<(), String> {
         "\nspeed-up over tokenizing: {:.0}x in this process, {:.0}x in a fresh process; every cached count checked against the tokenizer",
         tokenizer_only.as_secs_f64() / this_process.as_secs_f64(),
         tokenizer_only.as_secs_f64() / child.as_secs_f64()
+    );
+    let (turns, tokenizer, first) = whole_conversations(&cache, &bpe, &chats)?;
+    let (_, _, again) = whole_conversations(&cache, &bpe, &chats)?;
+    println!(
+        "\nwhole conversations, turn by turn (count_messages, the cookbook rule): {turns} turns; \
+         tokenizer only {} per turn; through the cache {} per turn the first time (new values \
+         tokenized), {} when counted again ({:.0}x); every count checked",
+        per_op(tokenizer, turns),
+        per_op(first, turns),
+        per_op(again, turns),
+        tokenizer.as_secs_f64() / again.as_secs_f64()
     );
     println!(
         "\nstats: {}",

@@ -130,8 +130,13 @@ impl Cache {
         let missing: Vec<(&str, i64)> = missing.into_iter().collect();
         let count =
             |text: &str| self.token_count_or_insert_with(encoding, text, || encode(text) as u64);
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let counted: Vec<Result<u64>> = if missing.len() < 2 || threads < 2 {
+        // (Asked only when there are several: it reads the cgroup's CPU limit, tens of us.)
+        let threads = if missing.len() < 2 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        };
+        let counted: Vec<Result<u64>> = if threads < 2 {
             missing.iter().map(|(t, _)| count(t)).collect()
         } else {
             let per = missing.len().div_ceil(threads.min(missing.len()));
