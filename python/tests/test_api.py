@@ -410,7 +410,9 @@ def test_the_stubs_declare_what_the_package_has():
     declared = {n.name for n in stub.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     assert set(tokcache.__all__) <= declared
     cls = next(n for n in stub.body if isinstance(n, ast.ClassDef) and n.name == "PersistentTokenCache")
-    stub_methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    stub_methods = {
+        n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
     public = {
         name for name in dir(PersistentTokenCache)
         if not name.startswith("_") or name in ("__init__", "__enter__", "__exit__")

@@ -2,10 +2,10 @@
 //! index, segments to rewrite, whether the log is sealed) and publishing it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 use super::compact::CompactReport;
 use super::evict;
+use super::rebuild::Garbage;
 use super::rewrite::Rewriter;
 use super::tail::TailLoc;
 use super::{Store, View, key_eq};
@@ -432,7 +432,7 @@ impl Store {
         v: &mut View,
         mut plan: Plan,
         asked: bool,
-    ) -> Result<(CompactReport, Vec<PathBuf>)> {
+    ) -> Result<(CompactReport, Garbage)> {
         debug_assert_eq!(plan.generation, v.generation);
         let committed = if plan.new_active == v.active {
             // The log goes on: what was appended since the snapshot is the new tail. The space
@@ -490,14 +490,25 @@ impl Store {
         self.control
             .publish_generation(plan.report.generation, committed, plan.new_active);
         kill_point!("commit.published");
-        let mut garbage: Vec<PathBuf> = plan
-            .dropped
-            .iter()
-            .map(|&id| self.dir.join(&segment::segment_name(id)))
-            .collect();
-        garbage.extend(v.recent.as_ref().map(|i| i.path.clone()));
+        // The old log, dropped by the generation that sealed it, keeps its blocks until the
+        // last process lets go of it: one that follows from the old generation reads the rest
+        // of it to learn which keys changed (and would otherwise drop its whole RAM tier).
+        let mut garbage = Garbage::default();
+        for &id in &plan.dropped {
+            let path = self.dir.join(&segment::segment_name(id));
+            if id == v.active {
+                garbage.keep_blocks.push(path);
+            } else {
+                garbage.files.push(path);
+            }
+        }
+        garbage
+            .files
+            .extend(v.recent.as_ref().map(|i| i.path.clone()));
         if plan.full {
-            garbage.extend(v.index.as_ref().map(|i| i.path.clone()));
+            garbage
+                .files
+                .extend(v.index.as_ref().map(|i| i.path.clone()));
         }
         Ok((plan.report.clone(), garbage))
     }

@@ -52,16 +52,20 @@ impl Store {
     /// lookup that began in the old generation is still reading them.
     /// With `later`, on a thread of its own where one can be started (if the process ends
     /// first, the next compaction deletes what is left: no generation names it).
-    pub(super) fn retire(&self, garbage: Vec<PathBuf>, later: bool) -> Result<()> {
+    pub(super) fn retire(&self, garbage: Garbage, later: bool) -> Result<()> {
         self.control.flush(&self.ctl_path)?;
         kill_point!("retire.flushed");
-        if !garbage.iter().any(|p| is_segment(p)) {
-            remove_garbage(&garbage);
+        for p in &garbage.keep_blocks {
+            remove_file(p);
+        }
+        if !garbage.files.iter().any(|p| is_segment(p)) {
+            remove_garbage(&garbage.files);
             return Ok(());
         }
+        let files = garbage.files;
         let reap = move || {
             std::thread::sleep(PUNCH_GRACE);
-            remove_garbage(&garbage);
+            remove_garbage(&files);
         };
         if later {
             if let Err(e) = std::thread::Builder::new()
@@ -288,17 +292,30 @@ fn punch_segment(path: &Path) {
     kill_point!("garbage.punched");
 }
 
+/// The files a new generation no longer names, for [`Store::retire`].
+#[derive(Debug, Default)]
+pub(super) struct Garbage {
+    /// Deleted after a grace, a segment's blocks freed first ([`punch_segment`]).
+    pub files: Vec<PathBuf>,
+    /// Deleted at once, their blocks left to the last process that maps them.
+    pub keep_blocks: Vec<PathBuf>,
+}
+
 /// Deletes files the cache no longer names (a segment's blocks freed first: see
 /// [`punch_segment`]).
 pub(super) fn remove_garbage(paths: &[PathBuf]) {
     for p in paths {
         punch_segment(p);
-        match fs::remove_file(p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                log::warn!("cannot remove {}: {e}", p.display());
-            }
-            _ => {}
-        }
-        kill_point!("garbage.removed_one");
+        remove_file(p);
     }
+}
+
+fn remove_file(p: &Path) {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            log::warn!("cannot remove {}: {e}", p.display());
+        }
+        _ => {}
+    }
+    kill_point!("garbage.removed_one");
 }
