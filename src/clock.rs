@@ -27,7 +27,7 @@ impl Clock for SystemClock {
     }
 
     fn now_coarse(&self) -> f64 {
-        crate::map::coarse_realtime().unwrap_or_else(|| self.now())
+        crate::sys::coarse_realtime().unwrap_or_else(|| self.now())
     }
 }
 

@@ -99,11 +99,11 @@ impl Filter<'_> {
         })
     }
 
-    /// Starts reading the block of this slot hash (see [`crate::map::prefetch`]).
+    /// Starts reading the block of this slot hash (see [`crate::sys::prefetch`]).
     #[inline]
     pub(crate) fn touch(&self, slot_hash: u32) {
         if let Some((block, _)) = self.block(slot_hash) {
-            crate::map::prefetch(&block[0]);
+            crate::sys::prefetch(&block[0]);
         }
     }
 }

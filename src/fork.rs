@@ -32,20 +32,20 @@ pub(crate) fn generation() -> u64 {
 pub(crate) fn watch() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
-        if let Err(e) = crate::map::on_fork_child(after_fork) {
+        if let Err(e) = crate::sys::on_fork_child(after_fork) {
             log::warn!("cannot watch for fork(): {e}; open caches after forking");
         }
     });
 }
 
 /// Runs in a new child, before `fork` returns there. Async-signal-safe: atomics and
-/// [`crate::map::detach_fds`].
+/// [`crate::sys::detach_fds`].
 extern "C" fn after_fork() {
     let held = HELD
         .iter()
         .map(|slot| slot.swap(-1, Ordering::Relaxed))
         .filter(|&fd| fd >= 0);
-    crate::map::detach_fds(held);
+    crate::sys::detach_fds(held);
     FORKS.fetch_add(1, Ordering::Release);
 }
 

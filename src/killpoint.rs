@@ -43,7 +43,7 @@ mod armed {
             && target == name
             && VISITS.fetch_add(1, Ordering::AcqRel) + 1 == *nth
         {
-            crate::map::kill_self();
+            crate::sys::kill_self();
         }
     }
 }

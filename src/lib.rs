@@ -57,6 +57,7 @@ mod record;
 mod segment;
 mod shared;
 mod store;
+mod sys;
 mod tally;
 mod value;
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
 use crate::fork::Held;
-use crate::map;
+use crate::sys;
 
 pub(crate) const FILE_NAME: &str = "tokcache.lock";
 pub(crate) const COMPACT_FILE_NAME: &str = "compact.lock";
@@ -71,7 +71,7 @@ impl LockFile {
 
     /// Whether appends in this directory may go through a writable mapping.
     pub(crate) fn allows_mapped_writes(&self) -> bool {
-        map::mapped_writes_are_safe(&self.file)
+        sys::mapped_writes_are_safe(&self.file)
     }
 
     /// Blocks until this process holds the lock file's `flock` (creating the control page).
@@ -131,7 +131,7 @@ impl LockFile {
                 Some((o, _)) if o == owner => {}
                 _ => watched = Some((owner, Instant::now())),
             }
-            map::futex_wait(word, seen | WAITING, NAP);
+            sys::futex_wait(word, seen | WAITING, NAP);
             // Others may still sleep: whoever takes the word after sleeping wakes the next.
             mine = token | WAITING;
         }
@@ -139,7 +139,7 @@ impl LockFile {
 
     /// Whether the process with `token` still has the cache open: it holds that byte.
     fn alive(&self, token: u32) -> Result<bool> {
-        map::byte_is_locked(&self.file, u64::from(token)).ctx("check lock owner", &self.path)
+        sys::byte_is_locked(&self.file, u64::from(token)).ctx("check lock owner", &self.path)
     }
 }
 
@@ -232,7 +232,7 @@ fn claim_token(file: &File, path: &Path) -> Result<Option<u32>> {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let token = ((seed >> 33) as u32).max(1);
-        match map::lock_byte(file, u64::from(token)) {
+        match sys::lock_byte(file, u64::from(token)) {
             Ok(true) => return Ok(Some(token)),
             Ok(false) => continue,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => {
@@ -255,7 +255,7 @@ impl Drop for Locked<'_> {
             }
             Locked::Word(word) => {
                 if word.swap(0, Ordering::Release) & WAITING != 0 {
-                    map::futex_wake(word);
+                    sys::futex_wake(word);
                 }
             }
         }

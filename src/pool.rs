@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{IoContext, Result};
 use crate::files::{Dir, file_options};
 use crate::fork::Held;
-use crate::map::{self, SharedPage, Words};
+use crate::map::{SharedPage, Words};
+use crate::sys;
 
 pub(crate) const FILE_NAME: &str = "tokcache.stats";
 const MAGIC: &[u8; 8] = b"TOKCSTA1";
@@ -239,7 +240,7 @@ impl Slot {
 
 #[cold]
 fn seen_now(words: &Words) {
-    if let Some(now) = map::coarse_realtime() {
+    if let Some(now) = sys::coarse_realtime() {
         words.get(LAST_SEEN).store(now.to_bits(), Ordering::Relaxed);
     }
 }
@@ -304,7 +305,7 @@ fn claim(dir: &Dir) -> Result<Option<Slot>> {
     let path = dir.join(FILE_NAME);
     let pool = Arc::new(map_file(open_file(dir)?, &path, true)?);
     for i in 0..SLOTS {
-        if !map::lock_byte(&pool.file, i as u64).ctx("lock", &path)? {
+        if !sys::lock_byte(&pool.file, i as u64).ctx("lock", &path)? {
             continue;
         }
         // Ours now: a process that had it is gone. Its counts go to the retired totals
@@ -319,7 +320,7 @@ fn claim(dir: &Dir) -> Result<Option<Slot>> {
             zero_counts(words);
         }
         words[PID].store(u64::from(std::process::id()), Ordering::Relaxed);
-        let now = map::coarse_realtime().unwrap_or(0.0).to_bits();
+        let now = sys::coarse_realtime().unwrap_or(0.0).to_bits();
         words[STARTED].store(now, Ordering::Relaxed);
         words[LAST_SEEN].store(now, Ordering::Relaxed);
         let words = Words::in_page(
@@ -358,7 +359,7 @@ pub(crate) fn read(dir: &Path, own: &[usize]) -> Result<Option<Reading>> {
         let counts = slot_counts(load(words));
         reading.totals.add(&counts);
         let alive =
-            own.contains(&i) || map::byte_is_locked(&pool.file, i as u64).ctx("lock", &path)?;
+            own.contains(&i) || sys::byte_is_locked(&pool.file, i as u64).ctx("lock", &path)?;
         if alive {
             reading.live.push(Row {
                 pid: words[PID].load(Ordering::Relaxed) as u32,

@@ -9,6 +9,7 @@ use crate::error::{IoContext, Result};
 use crate::files::{Dir, file_options};
 use crate::map::{self, ReadMap};
 use crate::record::{self, PrefixNames, RecordRef};
+use crate::sys;
 
 pub(crate) fn segment_name(id: u32) -> String {
     format!("seg-{id:010}.tks")
@@ -88,7 +89,7 @@ pub(crate) fn reserve(
     const KIB: u64 = 1024;
     let step = (current.saturating_sub(start) / 8).clamp(64 * KIB, 8192 * KIB);
     let len = huge_aligned(need.max(current + step).next_multiple_of(64 * KIB));
-    match map::allocate(file, current, len - current) {
+    match sys::allocate(file, current, len - current) {
         Ok(()) => {}
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
             file.set_len(len).ctx("grow segment", path)?;

@@ -493,7 +493,7 @@ impl Index {
             .slots
             .get(home(slot_hash(hash), body.buckets.to_native()))
         {
-            crate::map::prefetch(s);
+            crate::sys::prefetch(s);
         }
     }
 

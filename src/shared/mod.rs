@@ -14,6 +14,8 @@ use std::time::Duration;
 #[cfg(feature = "redis")]
 use crate::error::{Error, Result};
 
+#[cfg(feature = "redis")]
+mod link;
 #[cfg(not(feature = "redis"))]
 mod off;
 #[cfg(feature = "redis")]

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use super::Counters;
-use super::tier::{Connection, Link};
+use super::link::{Connection, Link};
 use crate::clock::Clock;
 use crate::keys::Key;
 use crate::pyjson;

@@ -3,26 +3,10 @@
 //! write lock but for its last steps. How the next generation is built is `generation.rs`;
 //! rebuilding and clearing, `rebuild.rs`; rewriting segments, `rewrite.rs`.
 
-use super::generation::Plan;
+use super::generation::{CompactReport, Plan};
 use super::{Store, View};
 use crate::error::{Error, Result};
 use crate::lock::CompactionLock;
-
-/// What compaction did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CompactReport {
-    /// Expired entries dropped.
-    pub expired: u64,
-    /// Entries evicted to keep the directory within its disk bound.
-    pub evicted: u64,
-    /// Bytes of segment files deleted or rewritten away.
-    pub bytes_freed: u64,
-    /// Segments rewritten because most of their bytes were dead.
-    pub segments_rewritten: u64,
-    /// The new index generation.
-    pub generation: u64,
-}
 
 impl Store {
     /// Merges the tail into a new index, drops expired entries if `expire`, rewrites segments

@@ -8,9 +8,13 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 use super::Store;
-use super::generation::LOG_SEALED_AT;
 use crate::index::SegmentInfo;
 use crate::segment;
+
+/// A log this long is sealed by the next compaction, and a new one started: only sealed
+/// segments are rewritten to reclaim dead records. (Each seal leaves the records appended while
+/// it ran twice on disk until the sealed log is rewritten: seals should be rare.)
+pub(super) const LOG_SEALED_AT: u64 = 1 << 30;
 
 /// Compactions evict once the directory takes this share of the bound (in 1/64ths: 98.4%)...
 const HIGH_WATER: u64 = 63;

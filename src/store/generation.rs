@@ -3,9 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::compact::CompactReport;
 use super::evict;
-use super::rebuild::Garbage;
+use super::garbage::Garbage;
 use super::rewrite::Rewriter;
 use super::tail::TailLoc;
 use super::{Store, View, key_eq};
@@ -15,11 +14,6 @@ use crate::index::{self, Index, IndexBody, SegmentInfo, Slot};
 use crate::keys::random_seed;
 use crate::record::{self};
 use crate::segment;
-
-/// A log this long is sealed by the next compaction, and a new one started: only sealed
-/// segments are rewritten to reclaim dead records. (Each seal leaves the records appended while
-/// it ran twice on disk until the sealed log is rewritten: seals should be rare.)
-pub(super) const LOG_SEALED_AT: u64 = 1 << 30;
 
 /// A new log's id leaves this many ids free below it for the segments that the compactions of
 /// its lifetime rewrite (rewritten segments must sort after every other sealed one, and before
@@ -31,6 +25,22 @@ const EVICTED: u32 = u32::MAX;
 
 /// Fewer free ids than this below the log, and the next compaction seals it.
 const MIN_FREE_IDS: u32 = 64;
+
+/// What compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// Expired entries dropped.
+    pub expired: u64,
+    /// Entries evicted to keep the directory within its disk bound.
+    pub evicted: u64,
+    /// Bytes of segment files deleted or rewritten away.
+    pub bytes_freed: u64,
+    /// Segments rewritten because most of their bytes were dead.
+    pub segments_rewritten: u64,
+    /// The new index generation.
+    pub generation: u64,
+}
 
 /// The id of a new log, `LOG_ID_GAP` above the highest id in use (`None`: none is).
 pub(super) fn new_log_id(highest: Option<u32>) -> Result<u32> {

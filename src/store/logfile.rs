@@ -15,6 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::files;
 use crate::map::{self, ReadMap, WriteMap};
 use crate::segment;
+use crate::sys;
 
 /// Appends this large are written with `pwrite`, not copied in through the writer's mapping:
 /// that copy first makes the mapping's pages, which for space reserved but never written means
@@ -193,7 +194,7 @@ impl Log {
             let start = off - off % map::HUGE_PAGE;
             // Space another process reserved may be sparse (its file system call failed, say):
             // everything mapped for writing must be allocated.
-            if let Err(e) = map::allocate(file, start, self.len.saturating_sub(start)) {
+            if let Err(e) = sys::allocate(file, start, self.len.saturating_sub(start)) {
                 log::debug!("{}: appends use pwrite ({e})", self.path.display());
                 mapped.store(false, Ordering::Relaxed);
                 return Ok(false);

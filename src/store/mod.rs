@@ -28,6 +28,7 @@ mod append;
 mod compact;
 mod evict;
 mod follow;
+mod garbage;
 mod generation;
 mod logfile;
 mod rebuild;
@@ -36,7 +37,7 @@ mod tail;
 mod verify;
 mod view;
 
-pub use compact::CompactReport;
+pub use generation::CompactReport;
 pub use verify::VerifyReport;
 pub(crate) use view::Lookup;
 use view::{SegmentMaps, View, key_eq};
@@ -118,7 +119,7 @@ pub(crate) struct Store {
     ctl_path: PathBuf,
     lock: Option<LockFile>,
     /// Appends are copied in through a writable mapping (not `pwrite`): see
-    /// [`crate::map::mapped_writes_are_safe`]. Turned off for good if space cannot be
+    /// [`crate::sys::mapped_writes_are_safe`]. Turned off for good if space cannot be
     /// allocated for the mapping.
     mapped_writes: AtomicBool,
     writer: Mutex<()>,

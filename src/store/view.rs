@@ -209,7 +209,7 @@ impl View {
                     .into_iter()
                     .filter_map(|at| map.bytes().get(at))
                 {
-                    crate::map::prefetch(b);
+                    crate::sys::prefetch(b);
                 }
             }
         }
