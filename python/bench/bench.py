@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import tokcache
+from tokcache._tokcache import _get_nogil
 
 try:
     import diskcache
@@ -258,7 +259,7 @@ def bench_engine(name: str, workload: str, keys: List[str], missing: List[str], 
     if name == "tokcache":
         def get_hot_nogil() -> int:
             for k in hot:
-                engine._get_nogil(k, PREFIX)
+                _get_nogil(engine, k, PREFIX)
             return len(hot)
 
         row["get hit, RAM tier, GIL released"] = median_of(rounds, get_hot_nogil)

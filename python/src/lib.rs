@@ -126,6 +126,18 @@ impl Cache {
     fn prefix<'a>(prefix: Option<&'a Bound<'_, PyAny>>) -> PyResult<&'a str> {
         prefix.map_or(Ok(DEFAULT_PREFIX), |p| utf8(p, "prefix"))
     }
+
+    /// Runs a read: with the GIL released where it may wait on the network (a miss asks the
+    /// Redis tier), holding it otherwise (a lookup in the shared map takes well under a
+    /// microsecond, less than releasing and taking back the GIL costs).
+    fn read<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&Inner) -> T + Send) -> T {
+        let inner = &*self.inner;
+        if self.redis_url.is_some() {
+            py.detach(|| f(inner))
+        } else {
+            f(inner)
+        }
+    }
 }
 
 #[pymethods]
@@ -242,39 +254,8 @@ impl Cache {
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let key = utf8(key, "key")?;
-        found(
-            py,
-            self.inner.try_get_value(Self::prefix(prefix)?, key),
-            default,
-        )
-    }
-
-    /// Like get, but not counted in the statistics (for a second look at a key).
-    #[pyo3(signature = (key, prefix = None, default = None))]
-    fn _peek(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        prefix: Option<&Bound<'_, PyAny>>,
-        default: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        let key = utf8(key, "key")?;
-        found(py, self.inner.peek(Self::prefix(prefix)?, key), default)
-    }
-
-    /// Like get, with the GIL released around the lookup: the Python benchmark's measure of
-    /// what keeping the GIL during a get saves (get keeps it).
-    #[pyo3(signature = (key, prefix = None))]
-    fn _get_nogil(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        prefix: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        let key = utf8(key, "key")?;
         let prefix = Self::prefix(prefix)?;
-        let inner = &self.inner;
-        found(py, py.detach(|| inner.try_get_value(prefix, key)), None)
+        found(py, self.read(py, |c| c.try_get_value(prefix, key)), default)
     }
 
     /// Stores value (None, bool, int of any size, float, str, list/tuple, dict: what json
@@ -336,7 +317,7 @@ impl Cache {
             .collect::<PyResult<Vec<&str>>>()?;
         let default = default.unwrap_or_else(|| py.None());
         let out = PyList::empty(py);
-        for found in self.inner.try_get_many_values(prefix, &keys) {
+        for found in self.read(py, |c| c.try_get_many_values(prefix, &keys)) {
             match found.map_err(py_err)? {
                 Some(v) => out.append(to_py(py, &v)?)?,
                 None => out.append(default.clone_ref(py))?,
@@ -374,9 +355,9 @@ impl Cache {
         prefix: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyList>>> {
         let key = utf8(key, "key")?;
+        let prefix = Self::prefix(prefix)?;
         let found = self
-            .inner
-            .try_get_value(Self::prefix(prefix)?, key)
+            .read(py, |c| c.try_get_value(prefix, key))
             .map_err(py_err)?;
         found
             .as_ref()
@@ -391,89 +372,14 @@ impl Cache {
     #[pyo3(text_signature = "($self, text, encoding='cl100k_base')")]
     fn get_token_count(
         &self,
+        py: Python<'_>,
         text: &Bound<'_, PyAny>,
         encoding: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<u64>> {
         let text = utf8(text, "text")?;
         let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
-        self.inner
-            .try_get_token_count(encoding, text)
+        self.read(py, |c| c.try_get_token_count(encoding, text))
             .map_err(py_err)
-    }
-
-    /// The cached part of count_messages, in one call: the cookbook rule's framing tokens
-    /// plus the counts of every value found (looked up with the GIL released), and the values
-    /// whose counts are missing (a text once per occurrence), for the caller to tokenize.
-    #[pyo3(signature = (messages, encoding, tokens_per_message, tokens_per_name, reply_tokens))]
-    fn _count_cached<'py>(
-        &self,
-        py: Python<'py>,
-        messages: &Bound<'py, PyAny>,
-        encoding: &Bound<'py, PyAny>,
-        tokens_per_message: i64,
-        tokens_per_name: i64,
-        reply_tokens: i64,
-    ) -> PyResult<(i64, Bound<'py, PyList>)> {
-        let encoding = utf8(encoding, "encoding")?;
-        let mut total = reply_tokens;
-        let mut values: Vec<Bound<'py, PyAny>> = Vec::new();
-        for (i, message) in messages.try_iter()?.enumerate() {
-            let message = message?;
-            let Ok(fields) = message.cast::<PyDict>() else {
-                return Err(PyTypeError::new_err(format!(
-                    "message {i} must be a dict, not {}",
-                    message.get_type().name()?
-                )));
-            };
-            total += tokens_per_message;
-            for (key, value) in fields.iter() {
-                let key = utf8(&key, "a message's key")?;
-                if key == "name" {
-                    total += tokens_per_name;
-                }
-                if value.is_instance_of::<PyString>() {
-                    values.push(value);
-                } else if key == "content"
-                    && let Ok(parts) = value.cast::<PyList>()
-                {
-                    for (j, part) in parts.iter().enumerate() {
-                        values.push(text_part(&part, i, j)?);
-                    }
-                } else {
-                    return Err(PyTypeError::new_err(format!(
-                        "message {i}: {key:?} is {}, not text (only str values, and a content \
-                         list of text parts, can be counted)",
-                        value.get_type().name()?
-                    )));
-                }
-            }
-        }
-        let texts: Vec<&str> = values
-            .iter()
-            .map(|v| utf8(v, "a value"))
-            .collect::<PyResult<_>>()?;
-        let inner = &self.inner;
-        let found = py.detach(|| inner.get_token_counts(encoding, &texts));
-        let missing = PyList::empty(py);
-        for (value, n) in values.iter().zip(found) {
-            match n {
-                Some(n) => total += i64::try_from(n).unwrap_or(i64::MAX),
-                None => missing.append(value)?,
-            }
-        }
-        Ok((total, missing))
-    }
-
-    /// Like get_token_count, not counted in the statistics.
-    #[pyo3(signature = (text, encoding = None))]
-    fn _peek_token_count(
-        &self,
-        text: &Bound<'_, PyAny>,
-        encoding: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Option<u64>> {
-        let text = utf8(text, "text")?;
-        let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
-        self.inner.peek_token_count(encoding, text).map_err(py_err)
     }
 
     /// Stores the token count of text: the same entry as set("tokenizer:{encoding}:{text}",
@@ -735,6 +641,172 @@ fn storage_name(storage: Storage) -> &'static str {
     }
 }
 
+/// The package's own helpers (not methods of the class users see): called through the
+/// module functions below.
+impl Cache {
+    /// Like get, but not counted in the statistics (for a second look at a key).
+    fn _peek(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let key = utf8(key, "key")?;
+        let prefix = Self::prefix(prefix)?;
+        found(py, self.read(py, |c| c.peek(prefix, key)), default)
+    }
+
+    /// Like get, with the GIL released around the lookup: the Python benchmark's measure of
+    /// what keeping the GIL during a get saves (get keeps it).
+    fn _get_nogil(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let key = utf8(key, "key")?;
+        let prefix = Self::prefix(prefix)?;
+        let inner = &self.inner;
+        found(py, py.detach(|| inner.try_get_value(prefix, key)), None)
+    }
+
+    /// The cached part of count_messages, in one call: the cookbook rule's framing tokens
+    /// plus the counts of every value found (looked up with the GIL released), and the values
+    /// whose counts are missing (a text once per occurrence), for the caller to tokenize.
+    fn _count_cached<'py>(
+        &self,
+        py: Python<'py>,
+        messages: &Bound<'py, PyAny>,
+        encoding: &Bound<'py, PyAny>,
+        tokens_per_message: i64,
+        tokens_per_name: i64,
+        reply_tokens: i64,
+    ) -> PyResult<(i64, Bound<'py, PyList>)> {
+        let encoding = utf8(encoding, "encoding")?;
+        let mut total = reply_tokens;
+        let mut values: Vec<Bound<'py, PyAny>> = Vec::new();
+        for (i, message) in messages.try_iter()?.enumerate() {
+            let message = message?;
+            let Ok(fields) = message.cast::<PyDict>() else {
+                return Err(PyTypeError::new_err(format!(
+                    "message {i} must be a dict, not {}",
+                    message.get_type().name()?
+                )));
+            };
+            total += tokens_per_message;
+            for (key, value) in fields.iter() {
+                let key = utf8(&key, "a message's key")?;
+                if key == "name" {
+                    total += tokens_per_name;
+                }
+                if value.is_instance_of::<PyString>() {
+                    values.push(value);
+                } else if key == "content"
+                    && let Ok(parts) = value.cast::<PyList>()
+                {
+                    for (j, part) in parts.iter().enumerate() {
+                        values.push(text_part(&part, i, j)?);
+                    }
+                } else {
+                    return Err(PyTypeError::new_err(format!(
+                        "message {i}: {key:?} is {}, not text (only str values, and a content \
+                         list of text parts, can be counted)",
+                        value.get_type().name()?
+                    )));
+                }
+            }
+        }
+        let texts: Vec<&str> = values
+            .iter()
+            .map(|v| utf8(v, "a value"))
+            .collect::<PyResult<_>>()?;
+        let inner = &self.inner;
+        let found = py.detach(|| inner.get_token_counts(encoding, &texts));
+        let missing = PyList::empty(py);
+        for (value, n) in values.iter().zip(found) {
+            match n {
+                Some(n) => total += i64::try_from(n).unwrap_or(i64::MAX),
+                None => missing.append(value)?,
+            }
+        }
+        Ok((total, missing))
+    }
+
+    /// Like get_token_count, not counted in the statistics.
+    fn _peek_token_count(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        encoding: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<u64>> {
+        let text = utf8(text, "text")?;
+        let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
+        self.read(py, |c| c.peek_token_count(encoding, text))
+            .map_err(py_err)
+    }
+}
+
+/// get without counting it in the statistics: the second look of get_or_set.
+#[pyfunction]
+#[pyo3(signature = (cache, key, prefix = None, default = None))]
+fn _peek(
+    py: Python<'_>,
+    cache: &Bound<'_, Cache>,
+    key: &Bound<'_, PyAny>,
+    prefix: Option<&Bound<'_, PyAny>>,
+    default: Option<Py<PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    cache.get()._peek(py, key, prefix, default)
+}
+
+/// get_token_count without counting it: the second look of count_tokens.
+#[pyfunction]
+#[pyo3(signature = (cache, text, encoding = None))]
+fn _peek_token_count(
+    py: Python<'_>,
+    cache: &Bound<'_, Cache>,
+    text: &Bound<'_, PyAny>,
+    encoding: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<u64>> {
+    cache.get()._peek_token_count(py, text, encoding)
+}
+
+/// get with the GIL released around the lookup: the benchmark's measure of what keeping it
+/// saves.
+#[pyfunction]
+#[pyo3(signature = (cache, key, prefix = None))]
+fn _get_nogil(
+    py: Python<'_>,
+    cache: &Bound<'_, Cache>,
+    key: &Bound<'_, PyAny>,
+    prefix: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    cache.get()._get_nogil(py, key, prefix)
+}
+
+/// The cached part of count_messages (see `Cache::_count_cached`).
+#[pyfunction]
+#[pyo3(signature = (cache, messages, encoding, tokens_per_message, tokens_per_name, reply_tokens))]
+fn _count_cached<'py>(
+    py: Python<'py>,
+    cache: &Bound<'py, Cache>,
+    messages: &Bound<'py, PyAny>,
+    encoding: &Bound<'py, PyAny>,
+    tokens_per_message: i64,
+    tokens_per_name: i64,
+    reply_tokens: i64,
+) -> PyResult<(i64, Bound<'py, PyList>)> {
+    cache.get()._count_cached(
+        py,
+        messages,
+        encoding,
+        tokens_per_message,
+        tokens_per_name,
+        reply_tokens,
+    )
+}
+
 /// The logical name of an entry: "{prefix}_{md5(key)}", the stem of the original's file.
 #[pyfunction]
 #[pyo3(signature = (key, prefix = None), text_signature = "(key, prefix='token')")]
@@ -750,6 +822,10 @@ fn _tokcache(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Cache>()?;
     m.add_function(wrap_pyfunction!(logical_name, m)?)?;
+    m.add_function(wrap_pyfunction!(_peek, m)?)?;
+    m.add_function(wrap_pyfunction!(_peek_token_count, m)?)?;
+    m.add_function(wrap_pyfunction!(_get_nogil, m)?)?;
+    m.add_function(wrap_pyfunction!(_count_cached, m)?)?;
     m.add("CorruptCacheError", py.get_type::<CorruptCacheError>())?;
     m.add("NewerFormatError", py.get_type::<NewerFormatError>())?;
     m.add("DegradedError", py.get_type::<DegradedError>())?;

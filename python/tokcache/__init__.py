@@ -27,6 +27,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ._tokcache import (
     Cache as _Cache,
+    _count_cached,
+    _peek,
+    _peek_token_count,
     CacheDegradedWarning,
     CorruptCacheError,
     DegradedError,
@@ -154,7 +157,7 @@ class PersistentTokenCache(_Cache):
         if value is not _MISSING:
             return value
         with self._flights.join((prefix, key)):
-            value = self._peek(key, prefix, _MISSING)
+            value = _peek(self, key, prefix, _MISSING)
             if value is _MISSING:
                 value = fn()
                 self.set(key, value, prefix)
@@ -174,7 +177,7 @@ class PersistentTokenCache(_Cache):
         if n is not None:
             return n
         with self._flights.join(("token_count", encoding, text)):
-            n = self._peek_token_count(text, encoding)
+            n = _peek_token_count(self, text, encoding)
             if n is None:
                 n = len(encode(text))
                 self.set_token_count(text, n, encoding)
@@ -206,8 +209,8 @@ class PersistentTokenCache(_Cache):
         (``None``, numbers, lists other than a content's parts), ``ValueError`` for a content
         part that is not text (an image): never a wrong number.
         """
-        total, missing = self._count_cached(
-            messages, encoding, tokens_per_message, tokens_per_name, reply_tokens
+        total, missing = _count_cached(
+            self, messages, encoding, tokens_per_message, tokens_per_name, reply_tokens
         )
         if missing:
             total += self._count_missing(missing, encode, encoding, parallel=True)
@@ -231,7 +234,8 @@ class PersistentTokenCache(_Cache):
         Concurrent requests that miss on the same text encode it once."""
         loop = asyncio.get_running_loop()
         look = functools.partial(
-            self._count_cached,
+            _count_cached,
+            self,
             messages if isinstance(messages, list) else list(messages),
             encoding,
             tokens_per_message,
@@ -262,7 +266,7 @@ class PersistentTokenCache(_Cache):
 
     def _count_one(self, text: str, encode: Callable[[str], Any], encoding: str) -> int:
         with self._flights.join(("token_count", encoding, text)):
-            n = self._peek_token_count(text, encoding)
+            n = _peek_token_count(self, text, encoding)
             if n is None:
                 n = len(encode(text))
                 self.set_token_count(text, n, encoding)
@@ -435,7 +439,7 @@ def persistent_cache(
             if value is not _MISSING and value is not None:
                 return value  # type: ignore[no-any-return]
             with target._flights.join((prefix, key)):
-                value = target._peek(key, prefix)
+                value = _peek(target, key, prefix)
                 if value is None:
                     value = func(*args, **kwargs)
                     if value is not None:
