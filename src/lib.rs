@@ -71,9 +71,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, ValueKind, ValueRef};
 pub use error::{Error, Result};
 pub use keys::{
-    DEFAULT_PREFIX, MAX_PREFIX_LEN, SYMBOL_EFFICIENCY, TOKEN_COUNT, logical_name, symbol_test_key,
-    token_count_key, validate_prefix,
+    DEFAULT_PREFIX, MAX_PREFIX_LEN, TOKEN_COUNT, logical_name, token_count_key, validate_prefix,
 };
+pub mod original;
 pub use shared::SharedStats;
 
 /// Python's JSON text of a string and a float, as the original wrote them: for the benchmarks'

@@ -44,7 +44,7 @@ fn remove_cache_files(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().into_string().unwrap();
-        if !Cache::is_original_file_name(&name) {
+        if !tokcache::original::is_file_name(&name) {
             std::fs::remove_file(e.path()).unwrap();
         }
     }

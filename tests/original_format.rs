@@ -55,7 +55,7 @@ fn a_directory_of_the_original_opens_as_a_cache() {
     assert_eq!(cache.get::<u64>("token_count", &key), Some(21));
     let long = format!("tokenizer:cl100k_base:{}", "long prompt line\n".repeat(300));
     assert_eq!(cache.get::<u64>("token_count", &long), Some(1201));
-    let sym = tokcache::symbol_test_key("§", &["def foo():", "class Bar:", "x = 1"]);
+    let sym = tokcache::original::symbol_test_key("§", &["def foo():", "class Bar:", "x = 1"]);
     assert_eq!(
         cache.get::<f64>("symbol_efficiency", &sym),
         Some(0.8333333333333334)

@@ -484,18 +484,18 @@ impl Cache {
 
     /// Imports one `{prefix}_{md5}.json` file of the original, after checking that its content
     /// matches its name. `Ok(false)` if it is expired.
-    pub fn import_original_file(&self, path: &Path) -> Result<bool> {
+    pub(crate) fn import_original_file(&self, path: &Path) -> Result<bool> {
         self.import_original(legacy::read_file(path)?.bytes)
     }
 
     /// Whether `name` is named like an original-format entry file (`{prefix}_{md5}.json`).
-    pub fn is_original_file_name(name: &str) -> bool {
+    pub(crate) fn is_original_file_name(name: &str) -> bool {
         legacy::parse_file_name(name).is_some()
     }
 
     /// Stores one original-format entry object (a `{prefix}_{md5}.json` file's content or a
     /// line of a JSONL export) with its own timestamp. `Ok(false)` if it is expired.
-    pub fn import_original(&self, bytes: Vec<u8>) -> Result<bool> {
+    pub(crate) fn import_original(&self, bytes: Vec<u8>) -> Result<bool> {
         let e = legacy::check_entry(bytes).map_err(Error::InvalidValue)?;
         if self.expired(e.timestamp, self.settings.clock.now()) {
             return Ok(false);

@@ -21,6 +21,7 @@ pub enum Storage {
 
 /// Counters and sizes, with the original's field names first.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Entries in this process's RAM tier.
     pub ram_entries: u64,

@@ -109,6 +109,7 @@ impl Settings {
 /// What this process's shared tier did, since the cache was opened here
 /// ([`crate::Stats::shared`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct SharedStats {
     /// Local misses answered by the shared tier (its entry is now local too).
     pub hits: u64,

@@ -13,6 +13,7 @@ use crate::segment;
 
 /// What [`Cache::verify`](crate::Cache::verify) found.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// Records read and checked, in every segment.
     pub records_checked: u64,

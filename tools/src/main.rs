@@ -424,8 +424,8 @@ fn import(cache: &Cache, src: &Path) -> CliResult {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if Cache::is_original_file_name(&name) {
-                take(name, cache.import_original_file(&p), &mut sum);
+            if tokcache::original::is_file_name(&name) {
+                take(name, tokcache::original::import_file(&cache, &p), &mut sum);
             } else {
                 sum.not_entries.push(name);
             }
@@ -444,7 +444,7 @@ fn import(cache: &Cache, src: &Path) -> CliResult {
             }
             take(
                 format!("line {}", n + 1),
-                cache.import_original(line),
+                tokcache::original::import_entry(&cache, line),
                 &mut sum,
             );
         }
