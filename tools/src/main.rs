@@ -425,7 +425,7 @@ fn import(cache: &Cache, src: &Path) -> CliResult {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if tokcache::original::is_file_name(&name) {
-                take(name, tokcache::original::import_file(&cache, &p), &mut sum);
+                take(name, tokcache::original::import_file(cache, &p), &mut sum);
             } else {
                 sum.not_entries.push(name);
             }
