@@ -444,7 +444,7 @@ fn import(cache: &Cache, src: &Path) -> CliResult {
             }
             take(
                 format!("line {}", n + 1),
-                tokcache::original::import_entry(&cache, line),
+                tokcache::original::import_entry(cache, line),
                 &mut sum,
             );
         }
