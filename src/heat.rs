@@ -42,21 +42,21 @@ impl Heat {
     /// then the first one's (a file of a later bound keeps the length it was made with).
     pub(crate) fn open(dir: &Dir, writable: bool, len: u64) -> Result<Self> {
         let path = dir.join(FILE_NAME);
-        let file = if writable {
-            file_options(dir.mode).create(true).open(&path)
+        let opened = if writable {
+            file_options(dir.mode).open(&path)
         } else {
             File::open(&path)
-        }
-        .ctx("open", &path)?;
-        Self::map(&file, &path, writable, len)
+        };
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && writable => make(dir, &path, len)?,
+            Err(e) => return Err(crate::Error::io("open", &path, e)),
+        };
+        Self::map(&file, &path, writable)
     }
 
-    fn map(file: &File, path: &Path, writable: bool, len: u64) -> Result<Self> {
-        let mut have = file.metadata().ctx("stat", path)?.len();
-        if have == 0 && writable {
-            file.set_len(len).ctx("extend", path)?;
-            have = len;
-        }
+    fn map(file: &File, path: &Path, writable: bool) -> Result<Self> {
+        let have = file.metadata().ctx("stat", path)?.len();
         // Whatever its length, the largest power of two in it (within the limits) is used.
         if have < MIN_LEN {
             return Err(crate::Error::io(
@@ -98,6 +98,28 @@ impl Heat {
             return false;
         }
         self.page.is_writable() && word.fetch_and(!mask, Ordering::Relaxed) & mask != 0
+    }
+}
+
+/// Makes the heat file whole under a temporary name, its blocks allocated (a write through
+/// the mapping into a hole of a sparse file on a full file system is `SIGBUS`), then links it
+/// into place: every process maps a file whose every page has its block. Another process that
+/// made it first wins.
+fn make(dir: &Dir, path: &Path, len: u64) -> Result<File> {
+    let tmp = dir.join(&format!("{FILE_NAME}.{}.new", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let f = file_options(dir.mode)
+        .create_new(true)
+        .open(&tmp)
+        .ctx("create", &tmp)?;
+    let made = crate::sys::allocate(&f, 0, len).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match made {
+        Ok(()) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            file_options(dir.mode).open(path).ctx("open", path)
+        }
+        Err(e) => Err(crate::Error::io("create", path, e)),
     }
 }
 

@@ -265,8 +265,9 @@ fn open_file(dir: &Dir) -> Result<File> {
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
     header[12..16].copy_from_slice(&(SLOTS as u32).to_le_bytes());
     header[16..20].copy_from_slice(&((SLOT_WORDS * 8) as u32).to_le_bytes());
-    let made = f
-        .set_len(FILE_LEN as u64)
+    // Blocks allocated, not a sparse file: a first write through the mapping into a hole on a
+    // full file system would be `SIGBUS`.
+    let made = crate::sys::allocate(&f, 0, FILE_LEN as u64)
         .and_then(|()| f.write_all_at(&header, 0))
         .and_then(|()| std::fs::hard_link(&tmp, &path));
     let _ = std::fs::remove_file(&tmp);
