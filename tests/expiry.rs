@@ -50,10 +50,10 @@ fn writes_reclaim_expired_space_every_quarter_of_the_ttl() {
         "the 2000 expired entries are gone: {s:?}"
     );
     assert!(
-        s.disk_bytes * 3 < full.disk_bytes,
+        s.segment_bytes * 3 < full.segment_bytes,
         "their space came back: {} of {} bytes",
-        s.disk_bytes,
-        full.disk_bytes
+        s.segment_bytes,
+        full.segment_bytes
     );
     let pool = cache.pool_stats().unwrap().totals;
     assert_eq!(pool.expired, 2000, "{pool:?}");

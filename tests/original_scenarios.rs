@@ -165,10 +165,10 @@ fn clear_expired_and_clear_all() {
     let s = cache.get_stats();
     assert_eq!(s.disk_files, 5);
     assert!(
-        s.disk_bytes * 2 < before.disk_bytes,
+        s.segment_bytes * 2 < before.segment_bytes,
         "space reclaimed: {} -> {}",
-        before.disk_bytes,
-        s.disk_bytes
+        before.segment_bytes,
+        s.segment_bytes
     );
     assert_eq!(s.dead_bytes, 0);
     assert_eq!(cache.get::<u64>("test", "new3"), Some(3));

@@ -572,7 +572,7 @@ fn run(cli: Cli) -> CliResult {
             println!(
                 "removed {} entries, freed {}",
                 s.disk_files,
-                bytes(s.disk_bytes)
+                bytes(s.segment_bytes)
             );
             Ok(())
         }
