@@ -3,13 +3,17 @@ cache with a 7.2 s TTL (cache_ttl_hours=0.002) for N seconds (argument, default 
 directory's size (du -sb) sampled every 0.5 s beside the bytes of the entries set within the
 last TTL (2060 bytes each: key and record). Run from the package's virtualenv:
 
-    python python/bench/expiry.py 40 [DIR]
+    python python/bench/expiry.py 40 [DIR] [BOUND]
+
+BOUND: the directory's disk bound in bytes (`none` or 0: none; default: the default, 1 GiB).
 """
 import os, sys, tempfile, time, threading, subprocess
 from tokcache import PersistentTokenCache
 d = sys.argv[2] if len(sys.argv) > 2 else os.path.join(tempfile.mkdtemp(), "cache")
 ttl_h = 0.002  # 7.2 s
-cache = PersistentTokenCache(d, max_ram_entries=1000, cache_ttl_hours=ttl_h)
+bound = sys.argv[3] if len(sys.argv) > 3 else None
+kw = {} if bound is None else {"max_disk_bytes": None if bound == "none" else int(bound)}
+cache = PersistentTokenCache(d, max_ram_entries=1000, cache_ttl_hours=ttl_h, **kw)
 stop = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 40)
 samples = []
 sets = [0]
