@@ -64,8 +64,8 @@ mod value;
 use std::sync::OnceLock;
 
 pub use cache::{
-    Cache, CacheBuilder, ChatFormat, ChatMessage, PoolCounts, PoolStats, ProcessStats, Stats,
-    Storage, pool_stats,
+    Cache, CacheBuilder, ChatFormat, ChatMessage, PoolCounts, PoolStats, ProcessStats, ReadOptions,
+    Stats, Storage, pool_stats,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, ValueKind, ValueRef};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tokcache::{Cache, ManualClock};
+use tokcache::{Cache, ManualClock, ReadOptions};
 
 const NOW: f64 = 1_750_000_000.0;
 
@@ -124,7 +124,7 @@ fn empty_batches_and_bad_prefixes() {
     assert_eq!(cache.get_many::<u64>("token_count", &owned), [Some(1)]);
 }
 
-/// The `try_` forms keep the reason that the plain ones log and turn into `None`.
+/// The `try_` forms and `read` keep the reason that the plain ones log and turn into `None`.
 #[test]
 fn try_forms_keep_the_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -133,8 +133,9 @@ fn try_forms_keep_the_error() {
     cache.set("test", "s", "text").unwrap();
     cache.set_tokens("test", "t", &[1, 2, 3]).unwrap();
     let bad = |e: &tokcache::Error| matches!(e, tokcache::Error::InvalidPrefix { .. });
-    assert!(cache.try_get_ref("../x", "n").is_err_and(|e| bad(&e)));
-    assert!(cache.try_get_tokens("../x", "t").is_err_and(|e| bad(&e)));
+    let borrowed = ReadOptions::default().borrowed();
+    assert!(cache.read("../x", "n", borrowed).is_err_and(|e| bad(&e)));
+    assert!(cache.get_tokens("../x", "t").is_none());
     let many = cache.try_get_many::<u64>("../x", &["n", "s"]);
     assert_eq!(many.len(), 2);
     assert!(many.iter().all(|r| r.as_ref().is_err_and(bad)));
@@ -149,21 +150,17 @@ fn try_forms_keep_the_error() {
     assert_eq!(many[0].as_ref().unwrap(), &Some(5));
     assert!(matches!(many[1], Err(tokcache::Error::Decode(_))));
     assert!(matches!(many[2], Ok(None)));
-    assert!(matches!(
-        cache.try_get_tokens("test", "n"),
-        Err(tokcache::Error::Decode(_))
-    ));
     assert!(cache.get_tokens("test", "n").is_none());
-    let t = cache.try_get_tokens("test", "t").unwrap().unwrap();
+    let t = cache.get_tokens("test", "t").unwrap();
     assert_eq!(t.as_tokens(), Some(&[1u32, 2, 3][..]));
-    assert!(cache.try_get_tokens("test", "absent").unwrap().is_none());
+    assert!(cache.get_tokens("test", "absent").is_none());
     assert_eq!(
-        cache.try_get_ref("test", "n").unwrap().unwrap().as_i64(),
+        cache.read("test", "n", borrowed).unwrap().unwrap().as_i64(),
         Some(5)
     );
 }
 
-/// `get_value` and `try_get_many_values`: values of every kind, as `get` finds them, with the
+/// `read` and `read_many`: values of every kind, as `get` finds them, with the
 /// kind that says which accessor holds them; a disk hit goes into the RAM tier (short keys)
 /// or stays borrowed from the map (keys over 4 KiB).
 #[test]
@@ -187,7 +184,7 @@ fn values_of_any_kind_through_the_ram_tier() {
         .unwrap();
     let kinds = |c: &Cache| {
         let keys = ["int", "float", "tokens", "json", long.as_str(), "absent"];
-        c.try_get_many_values("test", &keys)
+        c.read_many("test", &keys, ReadOptions::default())
             .into_iter()
             .map(|r| r.unwrap().map(|v| v.kind()))
             .collect::<Vec<_>>()
@@ -208,43 +205,59 @@ fn values_of_any_kind_through_the_ram_tier() {
     let s = reader.get_stats();
     assert_eq!((s.ram_hits, s.disk_hits), (4, 6), "{s:?}");
 
-    let v = reader.get_value("test", "json").unwrap();
-    assert_eq!(v.as_json_str(), Some(r#"{"a":[1,"é"]}"#));
-    assert_eq!(reader.get_value("test", "int").unwrap().as_i64(), Some(-5));
-    assert_eq!(
-        reader.get_value("test", "float").unwrap().as_f64(),
-        Some(0.25)
-    );
-    assert_eq!(
-        reader.get_value("test", "tokens").unwrap().as_tokens(),
-        Some(&[7u32, 8][..])
-    );
-    assert_eq!(reader.get_value("test", &long).unwrap().as_i64(), Some(3));
+    let get = |k: &str| {
+        reader
+            .read("test", k, ReadOptions::default())
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(get("json").as_json_str(), Some(r#"{"a":[1,"é"]}"#));
+    assert_eq!(get("int").as_i64(), Some(-5));
+    assert_eq!(get("float").as_f64(), Some(0.25));
+    assert_eq!(get("tokens").as_tokens(), Some(&[7u32, 8][..]));
+    assert_eq!(get(&long).as_i64(), Some(3));
     assert!(matches!(
-        reader.try_get_value("../bad", "k"),
+        reader.read("../bad", "k", ReadOptions::default()),
         Err(tokcache::Error::InvalidPrefix { .. })
     ));
     // Expired: a miss.
     clock.set(NOW + 90_000.0);
-    assert!(reader.get_value("test", "int").is_none());
+    assert!(
+        reader
+            .read("test", "int", ReadOptions::default())
+            .unwrap()
+            .is_none()
+    );
 }
 
-/// `peek` finds what `get` finds without counting a hit or a miss.
+/// An uncounted read finds what `get` finds without counting a hit or a miss.
 #[test]
-fn peek_is_not_counted() {
+fn uncounted_reads_are_not_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = Cache::open(tmp.path()).unwrap();
     cache.set("test", "k", &1u64).unwrap();
     cache.set_token_count("cl100k_base", "hello", 2).unwrap();
     let before = cache.get_stats();
-    assert_eq!(cache.peek("test", "k").unwrap().unwrap().as_i64(), Some(1));
-    assert!(cache.peek("test", "absent").unwrap().is_none());
+    let uncounted = ReadOptions::default().uncounted();
     assert_eq!(
-        cache.peek_token_count("cl100k_base", "hello").unwrap(),
+        cache
+            .read("test", "k", uncounted)
+            .unwrap()
+            .unwrap()
+            .as_i64(),
+        Some(1)
+    );
+    assert!(cache.read("test", "absent", uncounted).unwrap().is_none());
+    assert_eq!(
+        cache
+            .read_token_count("cl100k_base", "hello", uncounted)
+            .unwrap(),
         Some(2)
     );
     assert_eq!(
-        cache.peek_token_count("cl100k_base", "absent").unwrap(),
+        cache
+            .read_token_count("cl100k_base", "absent", uncounted)
+            .unwrap(),
         None
     );
     let after = cache.get_stats();
@@ -253,14 +266,16 @@ fn peek_is_not_counted() {
         (before.ram_hits, before.disk_hits, before.misses)
     );
     assert_eq!(
-        cache.try_get_token_count("cl100k_base", "hello").unwrap(),
+        cache
+            .read_token_count("cl100k_base", "hello", ReadOptions::default())
+            .unwrap(),
         Some(2)
     );
     cache
         .set("token_count", "tokenizer:cl100k_base:text", "not a count")
         .unwrap();
     assert!(matches!(
-        cache.try_get_token_count("cl100k_base", "text"),
+        cache.read_token_count("cl100k_base", "text", ReadOptions::default()),
         Err(tokcache::Error::Decode(_))
     ));
     assert_eq!(cache.get_stats().misses, after.misses);

@@ -340,7 +340,7 @@ fn foreign_bytes_under_our_key_are_misses() {
     put(r#"{"key":"k","value":5,"timestamp":1799999000.0,"prefix":"test"}"#);
     assert_eq!(cache.get::<u64>("test", "k"), Some(5));
     assert_eq!(shared(&cache).hits, 1);
-    let v = cache.get_value("test", "k").unwrap();
+    let v = cache.get_ref("test", "k").unwrap();
     assert_eq!(v.timestamp(), 1_799_999_000.0);
     assert_eq!(cache.get_stats().disk_files, 1);
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyRuntimeWarning, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
-use tokcache::{Cache as Inner, DEFAULT_PREFIX, Error, Storage};
+use tokcache::{Cache as Inner, DEFAULT_PREFIX, Error, ReadOptions, Storage};
 
 use convert::{Stored, to_py, to_stored, tokens_from};
 use text::utf8;
@@ -255,7 +255,11 @@ impl Cache {
     ) -> PyResult<Py<PyAny>> {
         let key = utf8(key, "key")?;
         let prefix = Self::prefix(prefix)?;
-        found(py, self.read(py, |c| c.try_get_value(prefix, key)), default)
+        found(
+            py,
+            self.read(py, |c| c.read(prefix, key, ReadOptions::default())),
+            default,
+        )
     }
 
     /// Stores value (None, bool, int of any size, float, str, list/tuple, dict: what json
@@ -317,7 +321,7 @@ impl Cache {
             .collect::<PyResult<Vec<&str>>>()?;
         let default = default.unwrap_or_else(|| py.None());
         let out = PyList::empty(py);
-        for found in self.read(py, |c| c.try_get_many_values(prefix, &keys)) {
+        for found in self.read(py, |c| c.read_many(prefix, &keys, ReadOptions::default())) {
             match found.map_err(py_err)? {
                 Some(v) => out.append(to_py(py, &v)?)?,
                 None => out.append(default.clone_ref(py))?,
@@ -357,7 +361,7 @@ impl Cache {
         let key = utf8(key, "key")?;
         let prefix = Self::prefix(prefix)?;
         let found = self
-            .read(py, |c| c.try_get_value(prefix, key))
+            .read(py, |c| c.read(prefix, key, ReadOptions::default()))
             .map_err(py_err)?;
         found
             .as_ref()
@@ -378,8 +382,10 @@ impl Cache {
     ) -> PyResult<Option<u64>> {
         let text = utf8(text, "text")?;
         let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
-        self.read(py, |c| c.try_get_token_count(encoding, text))
-            .map_err(py_err)
+        self.read(py, |c| {
+            c.read_token_count(encoding, text, ReadOptions::default())
+        })
+        .map_err(py_err)
     }
 
     /// Stores the token count of text: the same entry as set("tokenizer:{encoding}:{text}",
@@ -654,7 +660,13 @@ impl Cache {
     ) -> PyResult<Py<PyAny>> {
         let key = utf8(key, "key")?;
         let prefix = Self::prefix(prefix)?;
-        found(py, self.read(py, |c| c.peek(prefix, key)), default)
+        found(
+            py,
+            self.read(py, |c| {
+                c.read(prefix, key, ReadOptions::default().uncounted())
+            }),
+            default,
+        )
     }
 
     /// Like get, with the GIL released around the lookup: the Python benchmark's measure of
@@ -668,7 +680,11 @@ impl Cache {
         let key = utf8(key, "key")?;
         let prefix = Self::prefix(prefix)?;
         let inner = &self.inner;
-        found(py, py.detach(|| inner.try_get_value(prefix, key)), None)
+        found(
+            py,
+            py.detach(|| inner.read(prefix, key, ReadOptions::default())),
+            None,
+        )
     }
 
     /// The cached part of count_messages, in one call: the cookbook rule's framing tokens
@@ -742,8 +758,10 @@ impl Cache {
     ) -> PyResult<Option<u64>> {
         let text = utf8(text, "text")?;
         let encoding = encoding.map_or(Ok(DEFAULT_ENCODING), |e| utf8(e, "encoding"))?;
-        self.read(py, |c| c.peek_token_count(encoding, text))
-            .map_err(py_err)
+        self.read(py, |c| {
+            c.read_token_count(encoding, text, ReadOptions::default().uncounted())
+        })
+        .map_err(py_err)
     }
 }
 

@@ -18,6 +18,7 @@ pub use chat::{ChatFormat, ChatMessage};
 use parking_lot::Mutex;
 pub use pool_stats::{PoolCounts, PoolStats, ProcessStats, pool_stats};
 use process::{Flights, Process};
+pub use read::ReadOptions;
 pub use stats::{Stats, Storage};
 
 use crate::entry::Entry;

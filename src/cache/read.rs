@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use super::{Cache, RAM_KEY_MAX};
 use crate::cache::process::Process;
 use crate::entry::ValueRef;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys::{Key, TOKEN_COUNT, validate_prefix};
 use crate::map::ReadMap;
 use crate::pool;
@@ -31,13 +31,13 @@ pub(super) struct Asked<'a> {
 
 impl<'a> Asked<'a> {
     /// A key of a batch ([`Cache::get_many`]), its hash computed already.
-    fn batched(local: &'a Process, prefix: &'a str, key: &'a str, hash: u64) -> Self {
+    fn batched(local: &'a Process, prefix: &'a str, key: &'a str, hash: u64, count: bool) -> Self {
         Self {
             local,
             prefix,
             key: Key::whole(key.as_bytes()),
             hash,
-            count: true,
+            count,
             lookup: Lookup::Batched,
         }
     }
@@ -237,17 +237,20 @@ impl Cache {
         prefix: &str,
         keys: &[impl AsRef<str>],
     ) -> Vec<Result<Option<T>>> {
-        self.many(prefix, keys, |q, hit| self.decode_hit(q, hit))
+        self.many(prefix, keys, true, |q, hit| self.decode_hit(q, hit))
     }
 
-    /// What [`Cache::try_get_value`] returns for each of many keys of one prefix, in their
-    /// order, with the overlapped reads of [`Cache::get_many`].
-    pub fn try_get_many_values(
+    /// What [`Cache::read`] returns for each of many keys of one prefix, in their order, with
+    /// the overlapped reads of [`Cache::get_many`].
+    pub fn read_many(
         &self,
         prefix: &str,
         keys: &[impl AsRef<str>],
+        options: ReadOptions,
     ) -> Vec<Result<Option<ValueRef>>> {
-        self.many(prefix, keys, |q, hit| self.value_hit(q, hit))
+        self.many(prefix, keys, options.counted, |q, hit| {
+            self.read_hit(q, hit, options)
+        })
     }
 
     /// Looks up many keys of one prefix, handing each hit to `extract`.
@@ -255,6 +258,7 @@ impl Cache {
         &self,
         prefix: &str,
         keys: &[impl AsRef<str>],
+        count: bool,
         extract: impl Fn(&Asked<'_>, Hit<'_>) -> Result<R>,
     ) -> Vec<Result<Option<R>>> {
         /// Keys whose reads are issued together: enough to keep the memory system busy,
@@ -281,7 +285,7 @@ impl Cache {
                 r.prefetch(hashes);
             }
             for (key, &hash) in chunk.iter().zip(hashes.iter()) {
-                let q = Asked::batched(local, prefix, key.as_ref(), hash);
+                let q = Asked::batched(local, prefix, key.as_ref(), hash, count);
                 let found = self.lookup_in(reader.as_ref(), true, &q, &|hit| extract(&q, hit));
                 if found.is_none() {
                     missed.push((out.len(), hash));
@@ -290,7 +294,7 @@ impl Cache {
             }
             drop(reader); // keeping a value found in the shared tier writes it
             for (at, hash) in missed.drain(..) {
-                let q = Asked::batched(local, prefix, keys[at].as_ref(), hash);
+                let q = Asked::batched(local, prefix, keys[at].as_ref(), hash, count);
                 if let Some((value, ts)) = self.missed(&q) {
                     out[at] = extract(&q, Hit::Ram(value, ts)).map(Some);
                 }
@@ -325,58 +329,64 @@ impl Cache {
         }
     }
 
-    /// The value of `key` of any kind, found as [`Cache::get`] finds it (a value found on disk
-    /// goes into the RAM tier), for callers that look at its [`ValueRef::kind`] rather than
-    /// decode it into a type they name: language bindings, tools. `None` on a miss, an
-    /// expired entry or a bad prefix ([`Cache::try_get_value`] tells these apart).
-    pub fn get_value(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        self.try_get_value(prefix, key).unwrap_or_else(|e| {
-            log::debug!("get_value {prefix}/{}: {e}", key.len());
-            None
-        })
+    /// The value of `key` of any kind, looked up as `options` say: a [`ValueRef`] to look at
+    /// ([`ValueRef::kind`] says which accessor holds it), for callers that do not name a
+    /// type (language bindings, tools). `Ok(None)` on a miss or an expired entry; an error for
+    /// a bad prefix.
+    ///
+    /// ```
+    /// use tokcache::{Cache, ReadOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = Cache::open(dir.path())?;
+    /// cache.set("test", "k", &[1, 2, 3])?;
+    /// let v = cache.read("test", "k", ReadOptions::default())?.unwrap();
+    /// assert_eq!(v.as_json_str(), Some("[1,2,3]"));
+    /// // The second look of a get-or-compute, not counted again in the statistics:
+    /// assert!(cache.read("test", "absent", ReadOptions::default().uncounted())?.is_none());
+    /// assert!(cache.read("../bad", "k", ReadOptions::default()).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read(&self, prefix: &str, key: &str, options: ReadOptions) -> Result<Option<ValueRef>> {
+        let q = self.asked(prefix, Key::whole(key.as_bytes()), options.counted)?;
+        self.lookup(&q, |hit| self.read_hit(&q, hit, options))
+            .transpose()
     }
 
-    /// Like [`Cache::get_value`], with the reason of a failure.
-    pub fn try_get_value(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        let q = self.asked(prefix, Key::whole(key.as_bytes()), true)?;
-        self.lookup(&q, |hit| self.value_hit(&q, hit)).transpose()
+    /// A hit as [`Cache::read`] returns it: borrowed from the map, or (`keep_in_ram`) the
+    /// decoded copy the RAM tier keeps.
+    fn read_hit(&self, q: &Asked<'_>, hit: Hit<'_>, options: ReadOptions) -> Result<ValueRef> {
+        match hit {
+            Hit::Disk(map, rec) if !options.keep_in_ram => Ok(ValueRef::mapped(map, rec)),
+            hit => self.value_hit(q, hit),
+        }
     }
 
-    /// Like [`Cache::try_get_value`], but not counted in the hit and miss statistics: the
-    /// second look at a key that a get-or-compute built on top of this cache has counted once
-    /// already (as [`Cache::get_or_insert_with`] does inside).
-    pub fn peek(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        let q = self.asked(prefix, Key::whole(key.as_bytes()), false)?;
-        self.lookup(&q, |hit| self.value_hit(&q, hit)).transpose()
-    }
-
-    /// [`Cache::peek`] for a token count ([`Cache::get_token_count`]).
-    pub fn peek_token_count(&self, encoding: &str, text: &str) -> Result<Option<u64>> {
-        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), false)
-    }
-
-    /// The token count of `text` under `encoding` as [`Cache::get_token_count`] finds it, with
-    /// the reason of a failure (a stored value that is not a count: [`Error::Decode`]).
-    pub fn try_get_token_count(&self, encoding: &str, text: &str) -> Result<Option<u64>> {
-        self.get_counted(TOKEN_COUNT, Key::token_count(encoding, text), true)
+    /// The token count of `text` under `encoding` ([`Cache::get_token_count`]) looked up as
+    /// `options` say (`keep_in_ram` does not apply: a count is copied anyway), with the reason
+    /// of a failure (a stored value that is not a count: [`crate::Error::Decode`]).
+    pub fn read_token_count(
+        &self,
+        encoding: &str,
+        text: &str,
+        options: ReadOptions,
+    ) -> Result<Option<u64>> {
+        self.get_counted(
+            TOKEN_COUNT,
+            Key::token_count(encoding, text),
+            options.counted,
+        )
     }
 
     /// The value without copying it out of the shared map where it can: token ids as
     /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
+    /// `None` on a miss, an expired entry or a bad prefix ([`Cache::read`] with
+    /// [`ReadOptions::borrowed`] tells these apart).
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
-        self.try_get_ref(prefix, key).unwrap_or_else(|e| {
-            log::debug!("get_ref {prefix}/{}: {e}", key.len());
-            None
-        })
-    }
-
-    /// Like [`Cache::get_ref`], with the reason of a failure (a bad prefix).
-    pub fn try_get_ref(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        let q = self.asked(prefix, Key::whole(key.as_bytes()), true)?;
-        Ok(self.lookup(&q, |hit| match hit {
-            Hit::Ram(v, ts) => ValueRef::owned(v, ts),
-            Hit::Disk(map, rec) => ValueRef::mapped(map, rec),
-        }))
+        self.read(prefix, key, ReadOptions::default().borrowed())
+            .unwrap_or_else(|e| {
+                log::debug!("get_ref {prefix}/{}: {e}", key.len());
+                None
+            })
     }
 
     /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map (`None` for
@@ -386,28 +396,55 @@ impl Cache {
             .filter(|v| v.as_tokens().is_some())
     }
 
-    /// Like [`Cache::get_tokens`], with the reason of a failure: a bad prefix, or a value that
-    /// is not token ids ([`Error::Decode`]).
-    pub fn try_get_tokens(&self, prefix: &str, key: &str) -> Result<Option<ValueRef>> {
-        match self.try_get_ref(prefix, key)? {
-            Some(v) if v.as_tokens().is_none() => Err(Error::Decode(
-                <serde_json::Error as serde::de::Error>::custom(
-                    "the stored value is not token ids",
-                ),
-            )),
-            found => Ok(found),
-        }
-    }
-
     /// The token count cached for `text` under `encoding`: the entry of prefix
     /// [`TOKEN_COUNT`] and key `tokenizer:{encoding}:{text}` ([`crate::token_count_key`]), the
     /// original's, looked up without joining that key: a message of hundreds of KB is hashed
     /// and compared where it is, not copied first.
     pub fn get_token_count(&self, encoding: &str, text: &str) -> Option<u64> {
-        self.try_get_token_count(encoding, text)
+        self.read_token_count(encoding, text, ReadOptions::default())
             .unwrap_or_else(|e| {
                 log::debug!("get_token_count {encoding}/{}: {e}", text.len());
                 None
             })
+    }
+}
+
+/// How [`Cache::read`], [`Cache::read_many`] and [`Cache::read_token_count`] look a key up.
+/// The default is what [`Cache::get`] does: counted in the statistics, a value found on disk
+/// kept in the RAM tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    /// Count the lookup as a hit or a miss (default `true`): `false` for the second look at a
+    /// key whose first look was counted (a get-or-compute after it waited for another thread).
+    pub counted: bool,
+    /// Keep a value found on disk in this process's RAM tier and return that copy (default
+    /// `true`); `false` borrows it from the shared map (token ids as `&[u32]`, JSON as `&str`)
+    /// and leaves the RAM tier as it is.
+    pub keep_in_ram: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            counted: true,
+            keep_in_ram: true,
+        }
+    }
+}
+
+impl ReadOptions {
+    /// Not counted in the statistics.
+    #[must_use]
+    pub fn uncounted(mut self) -> Self {
+        self.counted = false;
+        self
+    }
+
+    /// Borrowed from the map, not kept in the RAM tier.
+    #[must_use]
+    pub fn borrowed(mut self) -> Self {
+        self.keep_in_ram = false;
+        self
     }
 }
