@@ -29,6 +29,48 @@ pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Python's choice where Rust's differs: when the last digit of the shortest digits can be one
+/// lower or higher and still give the same float, and the float lies exactly halfway between
+/// the two, Python's `repr` takes the even one (562949953421312.25 is "562949953421312.2");
+/// Rust's formatting may take the other.
+fn python_tie(f: f64, digits: String, exp: i32) -> String {
+    let n = digits.len();
+    let last = digits.as_bytes()[n - 1] - b'0';
+    let with_last = |d: u8| format!("{}{}", &digits[..n - 1], char::from(b'0' + d));
+    let parses_to_f = |d: &str| {
+        let text = if d.len() > 1 {
+            format!("{}.{}e{exp}", &d[..1], &d[1..])
+        } else {
+            format!("{d}e{exp}")
+        };
+        text.parse::<f64>().is_ok_and(|g| g == f)
+    };
+    for other in [last.wrapping_sub(1), last + 1] {
+        if other > 9 || (n == 1 && other == 0) {
+            continue;
+        }
+        let alternative = with_last(other);
+        if !parses_to_f(&alternative) {
+            continue;
+        }
+        // Both give `f`: a tie only if `f` is exactly halfway between them. A double's
+        // decimal expansion ends within 1100 digits, so this one is exact.
+        let low = last.min(other);
+        let exact = format!("{f:.1100e}");
+        let (mantissa, e) = exact.split_once('e').unwrap_or((&exact, ""));
+        let exact_digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        let halfway = format!("{}{}5", &digits[..n - 1], char::from(b'0' + low));
+        let is_tie = e.parse::<i32>() == Ok(exp)
+            && exact_digits.starts_with(&halfway)
+            && exact_digits[halfway.len()..].bytes().all(|b| b == b'0');
+        if is_tie {
+            let even = if low % 2 == 0 { low } else { low + 1 };
+            return with_last(even);
+        }
+    }
+    digits
+}
+
 /// Appends `f` as Python's `repr(float)` writes it (`1.0`, `1e-05`, `1.5e+16`).
 pub fn write_float(out: &mut String, f: f64) {
     if !f.is_finite() {
@@ -50,6 +92,7 @@ pub fn write_float(out: &mut String, f: f64) {
         None => (false, mantissa),
     };
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let digits = python_tie(f.abs(), digits, exp);
     let decpt = exp + 1; // value = 0.DIGITS x 10^decpt
     if neg {
         out.push('-');
@@ -176,6 +219,12 @@ mod tests {
     fn floats_like_python_repr() {
         // Each right-hand side is what python3 -c 'print(repr(X))' prints.
         let cases = [
+            // Exactly halfway between two shortest forms: Python takes the even last digit.
+            (562_949_953_421_312.25, "562949953421312.2"),
+            (562_949_953_421_312.75, "562949953421312.8"),
+            (562_949_953_421_313.25, "562949953421313.2"),
+            (1e23, "1e+23"),
+            (5e-324, "5e-324"),
             (1.0, "1.0"),
             (0.5, "0.5"),
             (-0.0, "-0.0"),
