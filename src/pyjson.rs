@@ -220,9 +220,9 @@ mod tests {
         // Each right-hand side is what python3 -c 'print(repr(X))' prints.
         let cases = [
             // Exactly halfway between two shortest forms: Python takes the even last digit.
-            (562_949_953_421_312.25, "562949953421312.2"),
-            (562_949_953_421_312.75, "562949953421312.8"),
-            (562_949_953_421_313.25, "562949953421313.2"),
+            (2f64.powi(49) + 0.25, "562949953421312.2"),
+            (2f64.powi(49) + 0.75, "562949953421312.8"),
+            (2f64.powi(49) + 1.25, "562949953421313.2"),
             (1e23, "1e+23"),
             (5e-324, "5e-324"),
             (1.0, "1.0"),
