@@ -75,30 +75,7 @@ fn python_package() {
     let bin = venv.join("bin");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
-    let stamp = venv.join("tokcache-requirements");
-    let wanted = REQUIREMENTS.join("\n");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let _ = std::fs::remove_dir_all(&venv);
-        run(
-            "creating the virtualenv",
-            real_clock(Command::new(python()))
-                .args(["-m", "venv"])
-                .arg(&venv),
-        );
-        run(
-            "installing the test requirements",
-            real_clock(Command::new(bin.join("python")))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(REQUIREMENTS),
-        );
-        std::fs::write(&stamp, &wanted).expect("write the requirements stamp");
-    }
+    virtualenv(&venv, REQUIREMENTS);
 
     run(
         "building the tokcache CLI",
