@@ -157,6 +157,16 @@ impl CacheBuilder {
     /// Over the bound, compactions evict the oldest entries that were not read since they
     /// were written or last kept (docs/format.md, "Eviction"); the directory stays within
     /// about 1.1 times it. A bound under 8 MiB is taken as 8 MiB.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(dir.path()).max_disk_bytes(64 << 20).open()?;
+    /// assert_eq!(cache.get_stats().max_disk_bytes, Some(64 << 20));
+    /// // Another process that gives none uses the directory's bound.
+    /// let other = tokcache::Cache::open(dir.path())?;
+    /// assert_eq!(other.get_stats().max_disk_bytes, Some(64 << 20));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_disk_bytes(mut self, n: u64) -> Self {
         self.max_disk_bytes = Some(n);
         self

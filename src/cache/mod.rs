@@ -176,6 +176,17 @@ impl Cache {
     }
 
     /// Stores `value` under `key` in RAM and on disk.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("token_count", "tokenizer:cl100k_base:hello", &1u64)?;
+    /// assert_eq!(cache.get::<u64>("token_count", "tokenizer:cl100k_base:hello"), Some(1));
+    /// // Every process that opens the directory sees it.
+    /// let other = tokcache::Cache::open(dir.path())?;
+    /// assert_eq!(other.get::<u64>("token_count", "tokenizer:cl100k_base:hello"), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set<T: Serialize + ?Sized>(&self, prefix: &str, key: &str, value: &T) -> Result<()> {
         validate_prefix(prefix)?;
         self.put(
@@ -186,6 +197,15 @@ impl Cache {
     }
 
     /// Stores token ids so that readers can borrow them as `&[u32]`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set_tokens("tokens", "hello world", &[15339, 1917])?;
+    /// let ids = cache.get_tokens("tokens", "hello world").unwrap();
+    /// assert_eq!(ids.as_tokens(), Some(&[15339u32, 1917][..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_tokens(&self, prefix: &str, key: &str, tokens: &[u32]) -> Result<()> {
         validate_prefix(prefix)?;
         self.put(
@@ -310,6 +330,15 @@ impl Cache {
     /// The value of `key`, computed by `compute` and stored on a miss. Concurrent callers in
     /// this process asking for the same key compute it once (if `compute` panics, the panic
     /// goes to its caller, and the next caller waiting computes it).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// let n: u64 = cache.get_or_insert_with("token_count", "k", || 42)?;
+    /// let again: u64 = cache.get_or_insert_with("token_count", "k", || unreachable!())?;
+    /// assert_eq!((n, again), (42, 42));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_or_insert_with<T, F>(&self, prefix: &str, key: &str, compute: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
@@ -397,6 +426,16 @@ impl Cache {
     }
 
     /// Rebuilds the index now: merges the appended records, reclaims mostly-dead segments.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// let report = cache.compact()?;
+    /// assert!(report.generation > 0);
+    /// assert!(cache.verify(|_| {}).is_sound());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn compact(&self) -> Result<CompactReport> {
         self.writable_store()?
             .compact(self.settings.clock.now(), false)

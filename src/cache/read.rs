@@ -187,6 +187,16 @@ impl Cache {
 
     /// The value of `key`, or `None` on a miss, an expired entry, a bad prefix, or a stored
     /// value that does not decode into `T` ([`Cache::try_get`] tells these apart).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &vec!["a", "b"])?;
+    /// assert_eq!(cache.get::<Vec<String>>("test", "k"), Some(vec!["a".into(), "b".into()]));
+    /// assert_eq!(cache.get::<u64>("test", "k"), None); // another type: try_get says why
+    /// assert!(cache.try_get::<u64>("test", "k").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Option<T> {
         self.try_get(prefix, key).unwrap_or_else(|e| {
             log::debug!("get {prefix}/{}: {e}", key.len());
@@ -214,6 +224,15 @@ impl Cache {
     /// once, so that their waits overlap: in a cache much larger than the CPU cache, where a
     /// lookup mostly waits for two reads of the shared map (the index slot, then the record),
     /// a key costs a fraction of a `get` (docs/performance.md).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "a", &1u64)?;
+    /// cache.set("test", "c", &3u64)?;
+    /// assert_eq!(cache.get_many::<u64>("test", &["a", "b", "c"]), [Some(1), None, Some(3)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_many<T: DeserializeOwned>(
         &self,
         prefix: &str,
