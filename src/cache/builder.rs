@@ -191,6 +191,22 @@ impl CacheBuilder {
     }
 
     /// The clock used for timestamps and expiry (default: the system clock).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tokcache::{Cache, ManualClock};
+    /// # let dir = tempfile::tempdir()?;
+    /// let clock = Arc::new(ManualClock::at(1.9e9));
+    /// let cache = Cache::builder(dir.path())
+    ///     .ttl(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .open()?;
+    /// cache.set("test", "k", &1)?;
+    /// clock.advance(61.0);
+    /// assert_eq!(cache.get::<i32>("test", "k"), None); // expired
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

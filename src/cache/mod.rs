@@ -375,6 +375,16 @@ impl Cache {
     /// Stores the token count of `text` under `encoding` (see [`Cache::get_token_count`]):
     /// the same entry, logical name and exported bytes as `set(TOKEN_COUNT, &token_count_key(
     /// encoding, text), &count)`, without building that key.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set_token_count("cl100k_base", "Hello, world!", 4)?;
+    /// assert_eq!(cache.get_token_count("cl100k_base", "Hello, world!"), Some(4));
+    /// let key = tokcache::token_count_key("cl100k_base", "Hello, world!");
+    /// assert_eq!(cache.get::<u64>(tokcache::TOKEN_COUNT, &key), Some(4)); // the same entry
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_token_count(&self, encoding: &str, text: &str, count: u64) -> Result<()> {
         self.put(
             TOKEN_COUNT,
@@ -385,6 +395,15 @@ impl Cache {
 
     /// The token count of `text` under `encoding`, computed by `count` and stored on a miss
     /// ([`Cache::get_or_insert_with`] of the token-count key, without building it).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// let words = |t: &str| t.split_whitespace().count() as u64; // a tokenizer's count
+    /// let n = cache.token_count_or_insert_with("cl100k_base", "two words", || words("two words"))?;
+    /// assert_eq!(n, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn token_count_or_insert_with(
         &self,
         encoding: &str,
@@ -482,6 +501,14 @@ impl Cache {
     /// Makes every `set` before it durable (fsync of the active segment and control page) and,
     /// with a shared tier, waits until the background writer has written it there too (or
     /// given up: a shared tier that is down or slow holds this up for its timeouts only).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// cache.flush()?; // survives a machine crash from here on
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flush(&self) -> Result<()> {
         let local = self.writable_store().and_then(Store::flush);
         if let Some(tier) = &self.local().shared {

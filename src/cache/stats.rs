@@ -96,6 +96,18 @@ impl Cache {
     }
 
     /// Counters and sizes.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// let _ = cache.get::<i32>("test", "k");
+    /// let _ = cache.get::<i32>("test", "absent");
+    /// let s = cache.get_stats();
+    /// assert_eq!((s.saves, s.ram_hits, s.misses, s.hit_rate_percent), (1, 1, 1, 50.0));
+    /// assert_eq!(s.disk_files, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_stats(&self) -> Stats {
         self.refresh();
         let disk = self
