@@ -91,13 +91,20 @@ impl Heat {
         }
     }
 
-    /// Whether the key of `hash` was read since its bit was last cleared; clears it.
-    pub(crate) fn take(&self, hash: u64) -> bool {
+    /// Whether the key of `hash` was read since its bit was last cleared.
+    pub(crate) fn is_hot(&self, hash: u64) -> bool {
         let (word, mask) = self.bit(hash);
-        if word.load(Ordering::Relaxed) & mask == 0 {
-            return false;
+        word.load(Ordering::Relaxed) & mask != 0
+    }
+
+    /// Clears the bit of `hash`: the key must be read again to be kept once more. (Eviction
+    /// decides for all of a pass's entries first and clears after, so that a cold key whose
+    /// hash shares a hot key's bit cannot clear it before the hot key is looked at.)
+    pub(crate) fn cool(&self, hash: u64) {
+        if self.page.is_writable() {
+            let (word, mask) = self.bit(hash);
+            word.fetch_and(!mask, Ordering::Relaxed);
         }
-        self.page.is_writable() && word.fetch_and(!mask, Ordering::Relaxed) & mask != 0
     }
 }
 
@@ -137,14 +144,15 @@ mod tests {
         let heat = Heat::open(&dir, true, file_len(Some(8 << 20))).unwrap();
         // A process of another bound uses the file as it was made.
         let other = Heat::open(&dir, true, file_len(None)).unwrap();
-        assert!(!heat.take(42));
+        assert!(!heat.is_hot(42));
         heat.touch(42);
         heat.touch(42);
-        assert!(other.take(42), "seen through another mapping");
-        assert!(!heat.take(42), "taking clears it");
+        assert!(other.is_hot(42), "seen through another mapping");
+        other.cool(42);
+        assert!(!heat.is_hot(42), "cooled");
         // Hashes that differ only above the bits used share a bit.
         heat.touch(7);
-        assert!(heat.take(7 + (MIN_LEN * 8)));
+        assert!(heat.is_hot(7 + (MIN_LEN * 8)));
         let meta = std::fs::metadata(dir.join(FILE_NAME)).unwrap();
         assert_eq!(meta.len(), MIN_LEN);
         assert_eq!(file_len(Some(1 << 30)), MAX_LEN);

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use super::Store;
+use super::{Store, View};
 use crate::index::SegmentInfo;
 use crate::segment;
 
@@ -16,8 +16,8 @@ use crate::segment;
 /// it ran twice on disk until the sealed log is rewritten: seals should be rare.)
 pub(super) const LOG_SEALED_AT: u64 = 1 << 30;
 
-/// Compactions evict once the directory takes this share of the bound (in 1/64ths: 98.4%)...
-const HIGH_WATER: u64 = 63;
+/// Compactions evict once the directory takes this share of the bound (in 1/64ths: 96.9%)...
+const HIGH_WATER: u64 = 62;
 /// ...down to this share (87.5%): each eviction frees about a ninth of the bound, so
 /// evictions (full merges) come no more often than every ninth of the bound written (sets
 /// that evict run at 0.84x the rate of an unbounded cache: `cargo bench --bench loops --
@@ -92,16 +92,29 @@ impl Store {
     }
 
     /// With the directory over the high-water mark of its bound: what it takes, and how many
-    /// bytes to free to come down to the low-water mark.
-    pub(super) fn eviction_due(&self) -> Option<(Usage, u64)> {
+    /// bytes to free to come down to the low-water mark. Segments that `v`'s generation no
+    /// longer names (deleted a few milliseconds after it was published) do not count: they
+    /// are going already.
+    pub(super) fn eviction_due(&self, v: &View) -> Option<(Usage, u64)> {
         let (high, low) = (
             self.share_of_bound(HIGH_WATER)?,
             self.share_of_bound(LOW_WATER)?,
         );
+        let (total, segments) = self.measure(v)?;
+        (total >= high).then(|| (Usage { segments }, total - low))
+    }
+
+    /// What the cache's files take, less the segments `v` no longer names.
+    fn measure(&self, v: &View) -> Option<(u64, HashMap<u32, u64>)> {
         let (total, segments) = usage(&self.dir.path)
             .map_err(|e| log::warn!("cannot measure {}: {e}", self.dir.path.display()))
             .ok()?;
-        (total >= high).then(|| (Usage { segments }, total - low))
+        let going: u64 = segments
+            .iter()
+            .filter(|&(&id, _)| id != v.active && !v.infos.iter().any(|s| s.id == id))
+            .map(|(_, &bytes)| bytes)
+            .sum();
+        Some((total.saturating_sub(going), segments))
     }
 }
 

@@ -82,7 +82,7 @@ impl Store {
 /// freed: a lookup that loaded the old generation just before has long finished with it (it
 /// takes microseconds), while a process that reads again catches up first and never looks at
 /// the dropped file.
-const PUNCH_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+const PUNCH_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn is_segment(path: &Path) -> bool {
     path.file_name()

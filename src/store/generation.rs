@@ -104,7 +104,7 @@ impl Store {
         let log = v.log_entries();
         // Over the disk bound, a full merge evicts; a log as long as a bounded cache's
         // segments are is sealed by one.
-        let eviction = self.eviction_due();
+        let eviction = self.eviction_due(v);
         let seal = seal || v.scanned >= self.seal_at();
         if !(full || expire || seal || eviction.is_some() || log.len() as u64 >= self.merge_at(v)) {
             return self.plan_recent(v, index, &log).map(Some);
@@ -227,15 +227,26 @@ impl Store {
         let needed = |s: &SegmentInfo| holding.contains(&s.id) || s.tombstones > 0;
         // Rewritten segments go below the log if it goes on, else above it (and the new log
         // above them).
+        // Not an id whose file is still there either: a segment an earlier generation dropped
+        // is deleted a few milliseconds after it was published, by path (see
+        // `garbage::retire`), and must not take a new segment of that name with it.
+        let on_disk = segment::list_segments(&self.dir.path).unwrap_or_default();
         let below_log = infos
             .iter()
             .map(|s| s.id)
+            .chain(on_disk.iter().copied())
             .filter(|&id| id < v.active)
             .max()
             .map_or(0, |id| id + 1);
         let seal = seal || v.active.saturating_sub(below_log) < MIN_FREE_IDS;
         let (first_id, id_limit) = if seal {
-            let top = infos.iter().map(|s| s.id).max().unwrap_or(0).max(v.active);
+            let top = infos
+                .iter()
+                .map(|s| s.id)
+                .chain(on_disk.iter().copied())
+                .max()
+                .unwrap_or(0)
+                .max(v.active);
             (top + 1, u32::MAX - LOG_ID_GAP)
         } else {
             (below_log, v.active)
@@ -275,6 +286,7 @@ impl Store {
             // An evicted segment's entries that were read since it was written (or since an
             // eviction last kept them) are kept once more, up to half of its live bytes; the
             // rest are dropped.
+            let mut kept = Vec::new();
             let mut keep_budget: u64 = infos
                 .iter()
                 .filter(|s| victims.contains(&s.id))
@@ -290,15 +302,21 @@ impl Store {
                     continue;
                 };
                 if evicting {
-                    let hot = self.heat.as_ref().is_some_and(|h| h.take(rec.key_hash));
+                    let hot = self.heat.as_ref().is_some_and(|h| h.is_hot(rec.key_hash));
                     if !hot || keep_budget < rec.len as u64 {
                         e.seg = EVICTED;
                         continue;
                     }
                     keep_budget -= rec.len as u64;
+                    kept.push(rec.key_hash);
                 }
                 let at = e.off as usize;
                 (e.seg, e.off) = out.copy(&src.bytes()[at..at + rec.len], true)?;
+            }
+            // Kept once: a new read is needed to be kept again (cleared only now: see
+            // `Heat::cool`).
+            if let Some(h) = &self.heat {
+                kept.iter().for_each(|&hash| h.cool(hash));
             }
             let before = entries.len();
             entries.retain(|e| e.seg != EVICTED);
