@@ -18,15 +18,16 @@ pub(crate) const FILE_NAME: &str = "tokcache.heat";
 /// The largest heat file, 1 MiB: 8 Mi bits. At a million entries of which a third are read,
 /// 4% of cold keys find their bit set by another key.
 const MAX_LEN: u64 = 1 << 20;
-/// The smallest: 64 KiB, half a million bits.
-const MIN_LEN: u64 = 64 << 10;
+/// The smallest: 16 KiB, 128 Ki bits (an 8 MiB cache holds a few thousand entries).
+const MIN_LEN: u64 = 16 << 10;
 
-/// The length of a new heat file for a directory bounded to `bound` bytes: a 128th of it (a
-/// bit per 16 bytes of bound, several per entry) within [`MIN_LEN`, `MAX_LEN`], a power of
-/// two, so that it takes little of a small bound.
+/// The length of a new heat file for a directory bounded to `bound` bytes: a 512th of it (a
+/// bit per 64 bytes of bound, dozens per entry of a typical size) within [`MIN_LEN`,
+/// [`MAX_LEN`]], a power of two, so that it takes little of a small bound (its blocks count in
+/// the bound: it is allocated whole).
 pub(crate) fn file_len(bound: Option<u64>) -> u64 {
     bound
-        .map_or(MAX_LEN, |b| (b / 128).next_power_of_two())
+        .map_or(MAX_LEN, |b| (b / 512).next_power_of_two())
         .clamp(MIN_LEN, MAX_LEN)
 }
 
@@ -156,7 +157,8 @@ mod tests {
         let meta = std::fs::metadata(dir.join(FILE_NAME)).unwrap();
         assert_eq!(meta.len(), MIN_LEN);
         assert_eq!(file_len(Some(1 << 30)), MAX_LEN);
-        assert_eq!(file_len(Some(100 << 20)), 1 << 20);
-        assert_eq!(file_len(Some(20 << 20)), 256 << 10);
+        assert_eq!(file_len(Some(400 << 20)), 1 << 20);
+        assert_eq!(file_len(Some(20 << 20)), 64 << 10);
+        assert_eq!(file_len(Some(8 << 20)), MIN_LEN);
     }
 }

@@ -16,8 +16,8 @@ use crate::segment;
 /// it ran twice on disk until the sealed log is rewritten: seals should be rare.)
 pub(super) const LOG_SEALED_AT: u64 = 1 << 30;
 
-/// Compactions evict once the directory takes this share of the bound (in 1/64ths: 96.9%)...
-const HIGH_WATER: u64 = 62;
+/// Compactions evict once the directory takes this share of the bound (in 1/64ths: 98.4%)...
+const HIGH_WATER: u64 = 63;
 /// ...down to this share (87.5%): each eviction frees about a ninth of the bound, so
 /// evictions (full merges) come no more often than every ninth of the bound written (sets
 /// that evict run at 0.84x the rate of an unbounded cache: `cargo bench --bench loops --
