@@ -178,6 +178,37 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Opens `dir`'s shared file `name`, or makes it: `len` bytes with their blocks allocated (a
+/// first write through a mapping into a hole of a sparse file on a full file system is
+/// `SIGBUS`) and `header` at its start, under a temporary name, then linked into place, so
+/// that it is never replaced and every process maps the one file. Another process that made
+/// it first wins.
+pub(crate) fn open_or_make_whole(dir: &Dir, name: &str, len: u64, header: &[u8]) -> Result<File> {
+    let path = dir.join(name);
+    match file_options(dir.mode).open(&path) {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(crate::Error::io("open", &path, e)),
+    }
+    let tmp = dir.join(&format!("{name}.{}.new", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let f = file_options(dir.mode)
+        .create_new(true)
+        .open(&tmp)
+        .ctx("create", &tmp)?;
+    let made = crate::sys::allocate(&f, 0, len)
+        .and_then(|()| f.write_all_at(header, 0))
+        .and_then(|()| fs::hard_link(&tmp, &path));
+    let _ = fs::remove_file(&tmp);
+    match made {
+        Ok(()) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            file_options(dir.mode).open(&path).ctx("open", &path)
+        }
+        Err(e) => Err(crate::Error::io("create", &path, e)),
+    }
+}
+
 /// Writes `bytes` at `offset` of the log (beyond the committed length, so no reader sees them
 /// until the length is published).
 pub(crate) fn append_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {

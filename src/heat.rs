@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{IoContext, Result};
-use crate::files::{Dir, file_options};
+use crate::files::{self, Dir};
 use crate::map::SharedPage;
 
 pub(crate) const FILE_NAME: &str = "tokcache.heat";
@@ -43,15 +43,10 @@ impl Heat {
     /// then the first one's (a file of a later bound keeps the length it was made with).
     pub(crate) fn open(dir: &Dir, writable: bool, len: u64) -> Result<Self> {
         let path = dir.join(FILE_NAME);
-        let opened = if writable {
-            file_options(dir.mode).open(&path)
+        let file = if writable {
+            files::open_or_make_whole(dir, FILE_NAME, len, &[])?
         } else {
-            File::open(&path)
-        };
-        let file = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && writable => make(dir, &path, len)?,
-            Err(e) => return Err(crate::Error::io("open", &path, e)),
+            File::open(&path).ctx("open", &path)?
         };
         Self::map(&file, &path, writable)
     }
@@ -106,28 +101,6 @@ impl Heat {
             let (word, mask) = self.bit(hash);
             word.fetch_and(!mask, Ordering::Relaxed);
         }
-    }
-}
-
-/// Makes the heat file whole under a temporary name, its blocks allocated (a write through
-/// the mapping into a hole of a sparse file on a full file system is `SIGBUS`), then links it
-/// into place: every process maps a file whose every page has its block. Another process that
-/// made it first wins.
-fn make(dir: &Dir, path: &Path, len: u64) -> Result<File> {
-    let tmp = dir.join(&format!("{FILE_NAME}.{}.new", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let f = file_options(dir.mode)
-        .create_new(true)
-        .open(&tmp)
-        .ctx("create", &tmp)?;
-    let made = crate::sys::allocate(&f, 0, len).and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    match made {
-        Ok(()) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            file_options(dir.mode).open(path).ctx("open", path)
-        }
-        Err(e) => Err(crate::Error::io("create", path, e)),
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{IoContext, Result};
-use crate::files::{Dir, file_options};
+use crate::files::{self, Dir};
 use crate::fork::Held;
 use crate::map::{SharedPage, Words};
 use crate::sys;
@@ -246,38 +246,12 @@ fn seen_now(words: &Words) {
 }
 
 fn open_file(dir: &Dir) -> Result<File> {
-    let path = dir.join(FILE_NAME);
-    match file_options(dir.mode).open(&path) {
-        Ok(f) => return Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(crate::Error::io("open", &path, e)),
-    }
-    // Made whole under a temporary name, then linked into place: never replaced, so that all
-    // processes count into one file.
-    let tmp = dir.join(&format!("{FILE_NAME}.{}.new", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let f = file_options(dir.mode)
-        .create_new(true)
-        .open(&tmp)
-        .ctx("create", &tmp)?;
     let mut header = vec![0u8; HEADER_FIXED];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
     header[12..16].copy_from_slice(&(SLOTS as u32).to_le_bytes());
     header[16..20].copy_from_slice(&((SLOT_WORDS * 8) as u32).to_le_bytes());
-    // Blocks allocated, not a sparse file: a first write through the mapping into a hole on a
-    // full file system would be `SIGBUS`.
-    let made = crate::sys::allocate(&f, 0, FILE_LEN as u64)
-        .and_then(|()| f.write_all_at(&header, 0))
-        .and_then(|()| std::fs::hard_link(&tmp, &path));
-    let _ = std::fs::remove_file(&tmp);
-    match made {
-        Ok(()) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            file_options(dir.mode).open(&path).ctx("open", &path)
-        }
-        Err(e) => Err(crate::Error::io("create", &path, e)),
-    }
+    files::open_or_make_whole(dir, FILE_NAME, FILE_LEN as u64, &header)
 }
 
 fn map_file(file: File, path: &Path, writable: bool) -> Result<PoolFile> {

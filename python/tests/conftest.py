@@ -56,7 +56,7 @@ def run_cli(cli: str, *args: str) -> subprocess.CompletedProcess:
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cl100k(tmp_path_factory):
     """tiktoken's cl100k_base encoding, loaded without the network: its BPE file (the same
     bytes tiktoken downloads, which it checks by SHA-256) comes from the tiktoken-rs crate

@@ -73,25 +73,10 @@ fn python_package() {
     let venv = tmp.join("pyenv");
     let target = tmp.join("python-target");
     let bin = venv.join("bin");
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
     virtualenv(&venv, REQUIREMENTS);
 
-    run(
-        "building the tokcache CLI",
-        real_clock(Command::new(&cargo))
-            .args([
-                "build",
-                "--quiet",
-                "--locked",
-                "-p",
-                "tokcache-tools",
-                "--bin",
-                "tokcache",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(repo),
-    );
+    let cli = build_cli(repo, &target);
     run(
         "building and installing the package (maturin develop)",
         real_clock(Command::new(bin.join("maturin")))
@@ -107,7 +92,7 @@ fn python_package() {
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp"])
             .arg(tmp.join("pytest"))
             .arg(package.join("tests"))
-            .env("TOKCACHE_CLI", target.join("debug").join("tokcache"))
+            .env("TOKCACHE_CLI", &cli)
             .env("HYPOTHESIS_STORAGE_DIRECTORY", tmp.join("hypothesis"))
             .current_dir(&tmp),
     );
@@ -244,23 +229,7 @@ fn wheel() {
             .arg(wheel),
     );
     let cli_target = tmp.join("python-target");
-    run(
-        "building the tokcache CLI",
-        real_clock(Command::new(
-            env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-        ))
-        .args([
-            "build",
-            "--quiet",
-            "--locked",
-            "-p",
-            "tokcache-tools",
-            "--bin",
-            "tokcache",
-        ])
-        .env("CARGO_TARGET_DIR", &cli_target)
-        .current_dir(repo),
-    );
+    let cli = build_cli(repo, &cli_target);
     // No cargo, rustc or maturin: the virtualenv and the system's own directories only.
     let bare_path = env::join_paths([env_bin.as_path(), Path::new("/usr/bin"), Path::new("/bin")])
         .expect("plain paths");
@@ -285,10 +254,31 @@ fn wheel() {
             .arg(tmp.join("pytest-wheel"))
             .arg(package.join("tests"))
             .env("PATH", &bare_path)
-            .env("TOKCACHE_CLI", cli_target.join("debug").join("tokcache"))
+            .env("TOKCACHE_CLI", &cli)
             .env("HYPOTHESIS_STORAGE_DIRECTORY", tmp.join("hypothesis-wheel"))
             .current_dir(&sandbox),
     );
+}
+
+/// Builds the `tokcache` CLI the interop tests call into `target`; returns its path.
+fn build_cli(repo: &Path, target: &Path) -> PathBuf {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        "building the tokcache CLI",
+        real_clock(Command::new(cargo))
+            .args([
+                "build",
+                "--quiet",
+                "--locked",
+                "-p",
+                "tokcache-tools",
+                "--bin",
+                "tokcache",
+            ])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(repo),
+    );
+    target.join("debug").join("tokcache")
 }
 
 /// `$PATH` with `dir` first (maturin finds the virtualenv's python there).

@@ -28,8 +28,22 @@ const LOW_WATER: u64 = 56;
 /// Bytes the cache's files take, as the file system counts their blocks.
 #[derive(Debug, Default)]
 pub(super) struct Usage {
+    pub total: u64,
     /// Of each segment.
     pub segments: HashMap<u32, u64>,
+}
+
+impl Usage {
+    /// The directory's cache files now (empty if it cannot be read: then nothing is evicted).
+    pub(super) fn measure(dir: &std::path::Path) -> Self {
+        usage(dir).map_or_else(
+            |e| {
+                log::warn!("cannot measure {}: {e}", dir.display());
+                Self::default()
+            },
+            |(total, segments)| Self { total, segments },
+        )
+    }
 }
 
 /// Whether `name` is one of the files the cache writes (the original's entry files are not:
@@ -91,30 +105,23 @@ impl Store {
         self.share_of_bound(4).map_or(n, |b| n.min(b))
     }
 
-    /// With the directory over the high-water mark of its bound: what it takes, and how many
-    /// bytes to free to come down to the low-water mark. Segments that `v`'s generation no
-    /// longer names (deleted a few milliseconds after it was published) do not count: they
-    /// are going already.
-    pub(super) fn eviction_due(&self, v: &View) -> Option<(Usage, u64)> {
+    /// With the directory over the high-water mark of its bound: how many bytes to free to
+    /// come down to the low-water mark. `usage` is the directory as measured for this plan;
+    /// segments that `v`'s generation no longer names (deleted a few milliseconds after it
+    /// was published) do not count: they are going already.
+    pub(super) fn eviction_due(&self, v: &View, usage: &Usage) -> Option<u64> {
         let (high, low) = (
             self.share_of_bound(HIGH_WATER)?,
             self.share_of_bound(LOW_WATER)?,
         );
-        let (total, segments) = self.measure(v)?;
-        (total >= high).then(|| (Usage { segments }, total - low))
-    }
-
-    /// What the cache's files take, less the segments `v` no longer names.
-    fn measure(&self, v: &View) -> Option<(u64, HashMap<u32, u64>)> {
-        let (total, segments) = usage(&self.dir.path)
-            .map_err(|e| log::warn!("cannot measure {}: {e}", self.dir.path.display()))
-            .ok()?;
-        let going: u64 = segments
+        let going: u64 = usage
+            .segments
             .iter()
             .filter(|&(&id, _)| id != v.active && !v.infos.iter().any(|s| s.id == id))
             .map(|(_, &bytes)| bytes)
             .sum();
-        Some((total.saturating_sub(going), segments))
+        let total = usage.total.saturating_sub(going);
+        (total >= high).then(|| total - low)
     }
 }
 

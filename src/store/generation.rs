@@ -104,7 +104,9 @@ impl Store {
         let log = v.log_entries();
         // Over the disk bound, a full merge evicts; a log as long as a bounded cache's
         // segments are is sealed by one.
-        let eviction = self.eviction_due(v);
+        // One listing of the directory serves the bound and the choice of free segment ids.
+        let on_disk = evict::Usage::measure(&self.dir.path);
+        let eviction = self.eviction_due(v, &on_disk);
         let seal = seal || v.scanned >= self.seal_at();
         if !(full || expire || seal || eviction.is_some() || log.len() as u64 >= self.merge_at(v)) {
             return self.plan_recent(v, index, &log).map(Some);
@@ -230,11 +232,10 @@ impl Store {
         // Not an id whose file is still there either: a segment an earlier generation dropped
         // is deleted a few milliseconds after it was published, by path (see
         // `garbage::retire`), and must not take a new segment of that name with it.
-        let on_disk = segment::list_segments(&self.dir.path).unwrap_or_default();
         let below_log = infos
             .iter()
             .map(|s| s.id)
-            .chain(on_disk.iter().copied())
+            .chain(on_disk.segments.keys().copied())
             .filter(|&id| id < v.active)
             .max()
             .map_or(0, |id| id + 1);
@@ -243,7 +244,7 @@ impl Store {
             let top = infos
                 .iter()
                 .map(|s| s.id)
-                .chain(on_disk.iter().copied())
+                .chain(on_disk.segments.keys().copied())
                 .max()
                 .unwrap_or(0)
                 .max(v.active);
@@ -252,7 +253,7 @@ impl Store {
             (below_log, v.active)
         };
         let victims = match &eviction {
-            Some((usage, to_free)) => evict::victims(&infos, v.active, usage, *to_free, needed),
+            Some(to_free) => evict::victims(&infos, v.active, &on_disk, *to_free, needed),
             None => HashSet::new(),
         };
         if !victims.is_empty() {
