@@ -5,6 +5,18 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in tokcache.
+///
+/// ```
+/// use tokcache::{Cache, Error};
+/// # let dir = tempfile::tempdir()?;
+/// let cache = Cache::open(dir.path())?;
+/// match cache.set("a/b", "k", &1) {
+///     Err(Error::InvalidPrefix { prefix, reason }) => assert_eq!((prefix.as_str(), reason), ("a/b", "only ASCII letters, digits, '_', '-' and '.' are allowed")),
+///     other => panic!("{other:?}"),
+/// }
+/// assert!(matches!(cache.set("test", "k", &f64::NAN), Err(Error::InvalidValue(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -79,6 +91,15 @@ pub enum Error {
 }
 
 /// `Result` with tokcache's [`Error`].
+///
+/// ```
+/// fn count(cache: &tokcache::Cache, text: &str) -> tokcache::Result<u64> {
+///     cache.token_count_or_insert_with("cl100k_base", text, || text.len() as u64 / 4)
+/// }
+/// # let dir = tempfile::tempdir()?;
+/// assert_eq!(count(&tokcache::Cache::open(dir.path())?, "12345678")?, 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

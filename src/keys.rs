@@ -6,15 +6,47 @@ use crate::error::{Error, Result};
 use crate::hash::{xxh3_64, xxh3_64_with_seed};
 
 /// The prefix of token-count entries in the original.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(dir.path())?;
+/// cache.set(tokcache::TOKEN_COUNT, &tokcache::token_count_key("cl100k_base", "hi"), &1u64)?;
+/// assert_eq!(cache.get_token_count("cl100k_base", "hi"), Some(1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const TOKEN_COUNT: &str = "token_count";
 /// The prefix of symbol-efficiency entries in the original.
+///
+/// ```
+/// use tokcache::original::{SYMBOL_EFFICIENCY, symbol_test_key};
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(dir.path())?;
+/// cache.set(SYMBOL_EFFICIENCY, &symbol_test_key("→", &["a → b"]), &0.5)?;
+/// assert_eq!(cache.get::<f64>(SYMBOL_EFFICIENCY, "symbol_test:→:a → b"), Some(0.5));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const SYMBOL_EFFICIENCY: &str = "symbol_efficiency";
 /// The original's default prefix.
+///
+/// ```
+/// assert_eq!(tokcache::DEFAULT_PREFIX, "token");
+/// assert!(tokcache::validate_prefix(tokcache::DEFAULT_PREFIX).is_ok());
+/// ```
 pub const DEFAULT_PREFIX: &str = "token";
 /// Longest prefix accepted.
+///
+/// ```
+/// use tokcache::{MAX_PREFIX_LEN, validate_prefix};
+/// assert!(validate_prefix(&"p".repeat(MAX_PREFIX_LEN)).is_ok());
+/// assert!(validate_prefix(&"p".repeat(MAX_PREFIX_LEN + 1)).is_err());
+/// ```
 pub const MAX_PREFIX_LEN: usize = 64;
 
 /// The original's token-count key: `tokenizer:{tokenizer}:{text}`.
+///
+/// ```
+/// assert_eq!(tokcache::token_count_key("cl100k_base", "hello"), "tokenizer:cl100k_base:hello");
+/// ```
 pub fn token_count_key(tokenizer: &str, text: &str) -> String {
     let mut key = String::with_capacity(11 + tokenizer.len() + text.len());
     key.push_str("tokenizer:");
@@ -25,6 +57,11 @@ pub fn token_count_key(tokenizer: &str, text: &str) -> String {
 }
 
 /// The original's symbol-efficiency key: `symbol_test:{symbol}:{contexts joined by "|"}`.
+///
+/// ```
+/// let key = tokcache::original::symbol_test_key("→", &["a → b", "x → y"]);
+/// assert_eq!(key, "symbol_test:→:a → b|x → y");
+/// ```
 pub fn symbol_test_key<S: AsRef<str>>(symbol: &str, contexts: &[S]) -> String {
     let mut key = format!("symbol_test:{symbol}:");
     for (i, c) in contexts.iter().enumerate() {
@@ -37,6 +74,12 @@ pub fn symbol_test_key<S: AsRef<str>>(symbol: &str, contexts: &[S]) -> String {
 }
 
 /// `{prefix}_{md5hex(key)}`: the entry's name in the original format (its file is this + `.json`).
+///
+/// ```
+/// let name = tokcache::logical_name("token_count", "tokenizer:cl100k_base:hello");
+/// assert!(name.starts_with("token_count_") && name.len() == "token_count_".len() + 32);
+/// assert_eq!(tokcache::logical_name("p", ""), "p_d41d8cd98f00b204e9800998ecf8427e"); // md5 of ""
+/// ```
 pub fn logical_name(prefix: &str, key: &str) -> String {
     format!("{prefix}_{}", md5_hex(key.as_bytes()))
 }
@@ -67,6 +110,15 @@ const PREFIX_BYTE: [bool; 256] = {
 };
 
 /// Checks a prefix: 1-64 of ASCII letters, digits, `_`, `-`, `.`, not starting with `.`.
+///
+/// ```
+/// use tokcache::validate_prefix;
+/// assert!(validate_prefix("token_count").is_ok());
+/// assert!(validate_prefix("v1.2-beta").is_ok());
+/// for bad in ["", ".hidden", "a/b", "naïve"] {
+///     assert!(validate_prefix(bad).is_err(), "{bad}");
+/// }
+/// ```
 pub fn validate_prefix(prefix: &str) -> Result<()> {
     let reason = if prefix.is_empty() {
         "empty"

@@ -86,6 +86,14 @@ pub use store::{CompactReport, VerifyReport};
 
 /// The disk bound of a cache directory that nobody gave one
 /// ([`CacheBuilder::max_disk_bytes`]): 1 GiB.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(dir.path())?; // a new directory, no bound given
+/// assert_eq!(cache.get_stats().max_disk_bytes, Some(tokcache::DEFAULT_MAX_DISK_BYTES));
+/// assert_eq!(tokcache::DEFAULT_MAX_DISK_BYTES, 1 << 30);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_MAX_DISK_BYTES: u64 = control::DEFAULT_DISK_BOUND;
 
 /// The process-wide cache: `$TOKCACHE_DIR`, else `temp`, with the defaults (the disk bound
@@ -95,6 +103,17 @@ pub const DEFAULT_MAX_DISK_BYTES: u64 = control::DEFAULT_DISK_BOUND;
 /// It is never dropped, so a compaction its thread runs when the process exits is cut short
 /// (harmless: the next one starts over); a short-lived program that writes much can call
 /// [`Cache::compact`] before it ends.
+///
+/// ```
+/// # let tmp = tempfile::tempdir()?;
+/// # // SAFETY: the doctest has one thread here.
+/// # unsafe { std::env::set_var("TOKCACHE_DIR", tmp.path()) };
+/// let cache = tokcache::get_persistent_cache(); // $TOKCACHE_DIR, or "temp"
+/// cache.set_token_count("cl100k_base", "hello", 1)?;
+/// assert!(std::ptr::eq(cache, tokcache::get_persistent_cache())); // one per process
+/// assert_eq!(cache.dir(), tmp.path());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn get_persistent_cache() -> &'static Cache {
     static GLOBAL: OnceLock<Cache> = OnceLock::new();
     GLOBAL.get_or_init(|| {

@@ -6,6 +6,12 @@ use std::fmt::Write;
 use crate::value::Stored;
 
 /// Appends `s` as a JSON string literal, escaped like Python's `ensure_ascii` encoder.
+///
+/// ```
+/// let mut out = String::new();
+/// tokcache::bench_support::write_str(&mut out, "naïve \"quote\"");
+/// assert_eq!(out, r#""na\u00efve \"quote\"""#);
+/// ```
 pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -72,6 +78,15 @@ fn python_tie(f: f64, digits: String, exp: i32) -> String {
 }
 
 /// Appends `f` as Python's `repr(float)` writes it (`1.0`, `1e-05`, `1.5e+16`).
+///
+/// ```
+/// let mut out = String::new();
+/// for f in [1.0, 1e-5, 1.5e16, 0.1] {
+///     tokcache::bench_support::write_float(&mut out, f);
+///     out.push(' ');
+/// }
+/// assert_eq!(out, "1.0 1e-05 1.5e+16 0.1 ");
+/// ```
 pub fn write_float(out: &mut String, f: f64) {
     if !f.is_finite() {
         out.push_str(if f.is_nan() {

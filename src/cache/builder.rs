@@ -83,6 +83,17 @@ impl CacheBuilder {
     }
 
     /// Entries kept decoded in RAM (default 1000, as the original). 0 disables the RAM tier.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(dir.path()).max_ram_entries(2).open()?;
+    /// for k in ["a", "b", "c"] {
+    ///     cache.set("test", k, &1)?;
+    /// }
+    /// assert_eq!(cache.get_stats().ram_entries, 2); // the least recently used one left RAM
+    /// assert_eq!(cache.get::<i32>("test", "a"), Some(1)); // and is read from disk
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_ram_entries(mut self, n: usize) -> Self {
         self.max_ram_entries = n;
         self
@@ -93,13 +104,40 @@ impl CacheBuilder {
     /// whose records are on disk are never copied into RAM (a hit reads them from the shared
     /// mapping), so a process's private memory for its RAM tier stays bounded whatever the
     /// keys' length. A RAM-only or read-only cache keeps what it cannot write within this bound.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(dir.path()).max_ram_bytes(1 << 20).open()?;
+    /// cache.set("test", "big", &"x".repeat(512 << 10))?; // over an eighth of 1 MiB: disk only
+    /// cache.set("test", "small", &1)?;
+    /// assert_eq!(cache.get_stats().ram_entries, 1);
+    /// assert_eq!(cache.get::<String>("test", "big").map(|s| s.len()), Some(512 << 10));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_ram_bytes(mut self, n: usize) -> Self {
         self.max_ram_bytes = n;
         self
     }
 
-    /// Age after which an entry is a miss (default 24 hours). Fractions of a second work;
-    /// zero makes every entry a miss.
+    /// Age after which an entry is a miss (default 24 hours): a lookup misses an entry older
+    /// than this, as the original's `age > ttl`. Fractions of a second work; with zero, an
+    /// entry is a miss once the clock has moved past its timestamp.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// # let dir = tempfile::tempdir()?;
+    /// let clock = Arc::new(tokcache::ManualClock::at(1.9e9));
+    /// let cache = tokcache::Cache::builder(dir.path())
+    ///     .ttl(Duration::from_millis(1500))
+    ///     .clock(clock.clone())
+    ///     .open()?;
+    /// cache.set("test", "k", &1)?;
+    /// clock.advance(1.5);
+    /// assert_eq!(cache.get::<i32>("test", "k"), Some(1)); // 1.5 s old: not older than the TTL
+    /// clock.advance(0.01);
+    /// assert_eq!(cache.get::<i32>("test", "k"), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Ok(ttl);
         self
@@ -107,6 +145,19 @@ impl CacheBuilder {
 
     /// The original's `cache_ttl_hours`, fractional hours allowed. A negative, NaN or infinite
     /// number (or one too large for a [`Duration`]) makes [`CacheBuilder::open`] fail.
+    ///
+    /// ```
+    /// use tokcache::{Cache, Error};
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = Cache::builder(dir.path()).ttl_hours(0.5).open()?; // 30 minutes
+    /// cache.set("test", "k", &1)?;
+    /// assert_eq!(cache.get::<i32>("test", "k"), Some(1));
+    /// assert!(matches!(
+    ///     Cache::builder(dir.path()).ttl_hours(f64::NAN).open(),
+    ///     Err(Error::InvalidSetting { name: "ttl", .. })
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ttl_hours(mut self, hours: f64) -> Self {
         self.ttl = if hours.is_finite() && hours >= 0.0 {
             Duration::try_from_secs_f64(hours * 3600.0).map_err(|e| format!("{hours} h: {e}"))
@@ -122,6 +173,16 @@ impl CacheBuilder {
     /// prompts, so other users are kept out). A directory the cache creates gets the same
     /// bits plus search (`x`) where reading is allowed: `0o600` gives `0o700`, `0o660` (a pool
     /// whose processes run as several users of one group) gives `0o770`.
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// # let tmp = tempfile::tempdir()?;
+    /// let dir = tmp.path().join("shared");
+    /// let _cache = tokcache::Cache::builder(&dir).file_mode(0o660).open()?;
+    /// let mode = std::fs::metadata(dir.join("tokcache.ctl"))?.permissions().mode();
+    /// assert_eq!(mode & 0o007, 0); // never more than asked (the umask may take more away)
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn file_mode(mut self, mode: u32) -> Self {
         self.file_mode = mode & 0o777;
         self
@@ -131,12 +192,40 @@ impl CacheBuilder {
     /// 32768): this bounds the records a process scans when it opens the cache. A large cache
     /// writes them to a small recent index over its full index, and rewrites the full index
     /// only when the recent one reaches 1/32 of its entries (docs/format.md, "Recent or full").
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(dir.path())
+    ///     .compact_after_records(100)
+    ///     .compact_in_background(false)
+    ///     .open()?;
+    /// for i in 0..250 {
+    ///     cache.set("test", &i.to_string(), &i)?;
+    /// }
+    /// let stats = cache.get_stats();
+    /// assert!(stats.index_generation >= 2); // two compactions went by
+    /// assert!(stats.tail_records < 100); // a new process scans fewer than 100 records
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn compact_after_records(mut self, n: u64) -> Self {
         self.compact_records = n.max(1);
         self
     }
 
     /// Rebuild the index when the active segment reaches this many bytes (default 64 MiB).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(dir.path())
+    ///     .compact_after_bytes(64 << 10)
+    ///     .compact_in_background(false)
+    ///     .open()?;
+    /// for i in 0..100 {
+    ///     cache.set("test", &i.to_string(), &"x".repeat(1000))?; // 100 KB in all
+    /// }
+    /// assert!(cache.get_stats().index_generation >= 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn compact_after_bytes(mut self, n: u64) -> Self {
         self.compact_bytes = n.max(1);
         self
@@ -144,6 +233,19 @@ impl CacheBuilder {
 
     /// Rewrite a segment during compaction once it has at least this many dead bytes and
     /// they are at least half of it (default 16 MiB).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(dir.path())
+    ///     .rewrite_segments_with_dead_bytes(0) // reclaim any segment that is mostly dead
+    ///     .open()?;
+    /// cache.set("test", "k", &"x".repeat(10_000))?;
+    /// cache.compact()?;
+    /// cache.remove("test", "k")?;
+    /// cache.compact()?;
+    /// assert_eq!(cache.get_stats().live_bytes, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn rewrite_segments_with_dead_bytes(mut self, n: u64) -> Self {
         self.gc_min_dead = n;
         self
@@ -176,6 +278,19 @@ impl CacheBuilder {
     /// that no `set` waits for one, unless writes outrun compaction by a whole threshold (then
     /// the `set` that finds the log half again past it waits). `false`: the `set` that fills the
     /// log compacts before it returns. Dropping the cache waits for a compaction under way.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(dir.path())
+    ///     .compact_after_records(10)
+    ///     .compact_in_background(false) // the set that fills the log compacts, then returns
+    ///     .open()?;
+    /// for i in 0..10 {
+    ///     cache.set("test", &i.to_string(), &i)?;
+    /// }
+    /// assert_eq!(cache.get_stats().index_generation, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn compact_in_background(mut self, yes: bool) -> Self {
         self.background = yes;
         self
@@ -185,6 +300,17 @@ impl CacheBuilder {
     /// ([`Cache::pool_stats`]; default `true`). A monitor that only reads them (`tokcache
     /// stats`, `tokcache top`) turns it off, so that it does not show as one of the pool's
     /// processes.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let worker = tokcache::Cache::open(dir.path())?;
+    /// let monitor = tokcache::Cache::builder(dir.path()).count_in_pool(false).open()?;
+    /// worker.set("test", "k", &1)?;
+    /// let _ = monitor.get::<i32>("test", "k"); // not counted in the pool
+    /// let pool = monitor.pool_stats()?;
+    /// assert_eq!((pool.processes.len(), pool.totals.lookups()), (1, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn count_in_pool(mut self, yes: bool) -> Self {
         self.pool = yes;
         self
@@ -218,6 +344,16 @@ impl CacheBuilder {
     /// the nodes of a Redis Cluster, as [`CacheBuilder::redis_cluster`] takes them (the form
     /// of `TOKCACHE_REDIS` and the CLI's `--redis`). Nothing connects before the first use: a
     /// server that is down at open is only a shared tier that misses. An empty `url`: none.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// // Nothing connects yet: a server that is down is a shared tier that misses.
+    /// let cache = tokcache::Cache::builder(dir.path()).redis("redis://127.0.0.1:1/0").open()?;
+    /// assert_eq!(cache.get::<i32>("test", "k"), None);
+    /// assert!(cache.get_stats().shared.is_some());
+    /// assert!(tokcache::Cache::builder(dir.path()).redis("http://nope").check().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: &str) -> Self {
         let parsed = shared::Settings::parse(url);
@@ -228,6 +364,12 @@ impl CacheBuilder {
 
     /// A shared tier on a Redis Cluster: `nodes` are some of its nodes' URLs (one is enough);
     /// the rest are found from them.
+    ///
+    /// ```
+    /// let builder = tokcache::Cache::builder("temp")
+    ///     .redis_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+    /// assert!(builder.check().is_ok()); // nothing connects before the first use
+    /// ```
     #[cfg(feature = "redis")]
     pub fn redis_cluster<S: Into<String>>(mut self, nodes: impl IntoIterator<Item = S>) -> Self {
         self.shared.nodes = nodes.into_iter().map(Into::into).collect();
@@ -238,6 +380,12 @@ impl CacheBuilder {
     /// The first part of the shared tier's keys, `{namespace}:{prefix}_{md5(key)}` (default
     /// `tokcache`): caches that must not share entries use different namespaces. 1-64 of
     /// `[A-Za-z0-9_.:-]`.
+    ///
+    /// ```
+    /// let builder = tokcache::Cache::builder("temp").redis("redis://127.0.0.1:6379/0");
+    /// assert!(builder.clone().redis_namespace("staging").check().is_ok());
+    /// assert!(builder.redis_namespace("no spaces").check().is_err());
+    /// ```
     #[cfg(feature = "redis")]
     pub fn redis_namespace(mut self, namespace: &str) -> Self {
         namespace.clone_into(&mut self.shared.namespace);
@@ -247,6 +395,13 @@ impl CacheBuilder {
     /// How long an operation may wait for the shared tier (default 5 ms): a lookup, a
     /// connection, a pipeline of the writer. Past it the operation goes on from the local
     /// tiers, and the tier is left alone for a back-off (50 ms, doubling up to 5 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = tokcache::Cache::builder("temp").redis("redis://127.0.0.1:6379/0");
+    /// assert!(builder.clone().redis_timeout(Duration::from_millis(20)).check().is_ok());
+    /// assert!(builder.redis_timeout(Duration::ZERO).check().is_err());
+    /// ```
     #[cfg(feature = "redis")]
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
         self.shared.timeout = timeout;
@@ -255,6 +410,12 @@ impl CacheBuilder {
 
     /// Entries waiting for the background writer at most (default 100,000): past it, a `set`
     /// still returns at once and its entry is left out of the shared tier (counted as dropped).
+    ///
+    /// ```
+    /// let builder = tokcache::Cache::builder("temp").redis("redis://127.0.0.1:6379/0");
+    /// assert!(builder.clone().redis_queue(10_000).check().is_ok());
+    /// assert!(builder.redis_queue(0).check().is_err());
+    /// ```
     #[cfg(feature = "redis")]
     pub fn redis_queue(mut self, entries: usize) -> Self {
         self.shared.queue = entries;
@@ -272,6 +433,17 @@ impl CacheBuilder {
     /// file, a regular file, no permission: [`Error::Io`] with the operation and the path); a
     /// directory written by a newer release ([`Error::NewerFormat`]). To keep going from RAM
     /// instead, as the original did, use [`CacheBuilder::open_or_ram_only`].
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(tmp.path().join("a/new/dir")).open()?; // created
+    /// assert_eq!(cache.storage(), tokcache::Storage::Disk);
+    /// let file = tmp.path().join("a-file");
+    /// std::fs::write(&file, "")?;
+    /// let err = tokcache::Cache::builder(file.join("cache")).open().err().unwrap();
+    /// assert!(matches!(err, tokcache::Error::Io { .. }), "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(self) -> Result<Cache> {
         let ttl_secs = self.ttl_secs()?;
         self.check_shared()?;
@@ -287,6 +459,18 @@ impl CacheBuilder {
     /// invalid TTL counts as 24 hours) and the error that made it so. The original's
     /// forgiving behaviour; [`crate::get_persistent_cache`] uses it. Invalid shared-tier
     /// settings leave out the shared tier only (and are the error returned).
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir()?;
+    /// let file = tmp.path().join("a-file");
+    /// std::fs::write(&file, "")?;
+    /// let (cache, why) = tokcache::Cache::builder(&file).open_or_ram_only();
+    /// assert_eq!(cache.storage(), tokcache::Storage::RamOnly);
+    /// assert!(why.is_some());
+    /// cache.set("test", "k", &1)?; // still a cache, in RAM
+    /// assert_eq!(cache.get::<i32>("test", "k"), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_or_ram_only(mut self) -> (Cache, Option<Error>) {
         let (ttl_secs, ttl_err) = match self.ttl_secs() {
             Ok(t) => (t, None),
@@ -311,6 +495,13 @@ impl CacheBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidSetting`], naming the setting.
+    ///
+    /// ```
+    /// let ok = tokcache::Cache::builder("temp").ttl_hours(24.0);
+    /// assert!(ok.check().is_ok());
+    /// let bad = tokcache::Cache::builder("temp").ttl_hours(-1.0);
+    /// assert!(matches!(bad.check(), Err(tokcache::Error::InvalidSetting { name: "ttl", .. })));
+    /// ```
     pub fn check(&self) -> Result<()> {
         self.ttl_secs()?;
         self.check_shared()

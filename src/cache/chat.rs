@@ -12,6 +12,16 @@ use crate::error::Result;
 /// One message of a conversation: the values the cookbook rule counts. `name` adds
 /// [`ChatFormat::tokens_per_name`]; `extra` holds other string fields (`tool_call_id`, ...),
 /// counted as values too.
+///
+/// ```
+/// use tokcache::ChatMessage;
+/// let tool = ChatMessage {
+///     name: Some("weather"),
+///     extra: &["call_42"], // tool_call_id
+///     ..ChatMessage::new("tool", "18 degrees, sunny")
+/// };
+/// assert_eq!((tool.role, tool.name), ("tool", Some("weather")));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ChatMessage<'a> {
     /// `system`, `user`, `assistant`, `tool`, ...
@@ -27,6 +37,11 @@ pub struct ChatMessage<'a> {
 
 impl<'a> ChatMessage<'a> {
     /// A message of `role` with `content`, no name.
+    ///
+    /// ```
+    /// let m = tokcache::ChatMessage::new("user", "How many tokens is this?");
+    /// assert_eq!((m.role, m.name, m.extra.len()), ("user", None, 0));
+    /// ```
     #[must_use]
     pub fn new(role: &'a str, content: &'a str) -> Self {
         Self {
@@ -40,6 +55,14 @@ impl<'a> ChatMessage<'a> {
 
 /// The framing tokens of a chat model's conversation (OpenAI's cookbook: 3, 1, 3 for the
 /// gpt-3.5-turbo-0613 / gpt-4 family and later).
+///
+/// ```
+/// use tokcache::ChatFormat;
+/// assert_eq!(ChatFormat::default(), ChatFormat { tokens_per_message: 3, tokens_per_name: 1, reply_tokens: 3 });
+/// // gpt-3.5-turbo-0301:
+/// let old = ChatFormat { tokens_per_message: 4, tokens_per_name: -1, ..ChatFormat::default() };
+/// assert_eq!(old.reply_tokens, 3);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChatFormat {
     /// Added once per message.
@@ -64,6 +87,16 @@ impl Default for ChatFormat {
 impl Cache {
     /// The token counts cached for `texts` under `encoding` (as [`Cache::get_token_count`]),
     /// in one pass.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set_token_count("cl100k_base", "hello", 1)?;
+    /// cache.set_token_count("cl100k_base", "hello world", 2)?;
+    /// let counts = cache.get_token_counts("cl100k_base", &["hello", "unseen", "hello world"]);
+    /// assert_eq!(counts, [Some(1), None, Some(2)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_token_counts(&self, encoding: &str, texts: &[&str]) -> Vec<Option<u64>> {
         texts
             .iter()

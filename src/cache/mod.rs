@@ -110,22 +110,63 @@ impl Drop for Flight<'_> {
 impl Cache {
     /// Opens `dir` with the defaults: 1000 RAM entries, 24 h TTL (see [`CacheBuilder::open`]
     /// for the errors).
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(tmp.path().join("temp"))?;
+    /// cache.set("token_count", "tokenizer:cl100k_base:hi", &1u64)?;
+    /// assert_eq!(cache.get_stats().ram_entries, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         Self::builder(dir).open()
     }
 
     /// A builder for `dir`, with the defaults its methods document.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::builder(tmp.path()).max_ram_entries(10_000).open()?;
+    /// assert_eq!(cache.dir(), tmp.path());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder(dir: impl AsRef<Path>) -> CacheBuilder {
         CacheBuilder::new(dir.as_ref().to_path_buf())
     }
 
     /// The cache directory, as given when it was opened.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(tmp.path().join("temp"))?;
+    /// assert!(cache.dir().ends_with("temp"));
+    /// assert_eq!(cache.get_stats().temp_dir, cache.dir().display().to_string());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dir(&self) -> &Path {
         &self.settings.dir
     }
 
     /// How this process keeps the cache's entries: [`Storage::Disk`] unless the directory
     /// was read-only, or could not be used ([`CacheBuilder::open_or_ram_only`]).
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// use tokcache::{Cache, Storage};
+    /// # let tmp = tempfile::tempdir()?;
+    /// let dir = tmp.path().join("cache");
+    /// Cache::open(&dir)?.set("test", "k", &1)?;
+    /// assert_eq!(Cache::open(&dir)?.storage(), Storage::Disk);
+    /// std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))?;
+    /// let reader = Cache::open(&dir)?;
+    /// # let root = reader.storage() == Storage::Disk; // root writes anywhere
+    /// # if !root {
+    /// assert_eq!(reader.storage(), Storage::ReadOnly); // entries on disk are still served
+    /// # }
+    /// assert_eq!(reader.get::<i32>("test", "k"), Some(1));
+    /// # std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn storage(&self) -> Storage {
         self.local().storage()
     }
@@ -294,6 +335,16 @@ impl Cache {
     ///
     /// [`Error::Degraded`] if the key is on disk and the cache cannot write there (a read-only
     /// directory): nothing is removed, since the entry would come back on the next `get`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// assert!(cache.remove("test", "k")?);
+    /// assert!(!cache.remove("test", "k")?); // no longer there
+    /// assert_eq!(tokcache::Cache::open(dir.path())?.get::<i32>("test", "k"), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn remove(&self, prefix: &str, key: &str) -> Result<bool> {
         validate_prefix(prefix)?;
         let key = Key::whole(key.as_bytes());
@@ -437,6 +488,23 @@ impl Cache {
     ///
     /// [`Error::Degraded`] without a writable disk tier (read-only or RAM-only), as
     /// [`Cache::compact`].
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// # let dir = tempfile::tempdir()?;
+    /// let clock = Arc::new(tokcache::ManualClock::at(1.9e9));
+    /// let cache = tokcache::Cache::builder(dir.path())
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .clock(clock.clone())
+    ///     .open()?;
+    /// cache.set("test", "old", &1)?;
+    /// clock.advance(3000.0);
+    /// cache.set("test", "new", &2)?;
+    /// clock.advance(1000.0); // "old" is 4000 s old, "new" 1000 s
+    /// assert_eq!(cache.clear_expired()?, 1);
+    /// assert_eq!(cache.get_stats().disk_files, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn clear_expired(&self) -> Result<usize> {
         let report = self
             .writable_store()?
@@ -467,6 +535,18 @@ impl Cache {
     ///
     /// [`Error::Degraded`] on a read-only directory (the RAM tier is cleared, the disk keeps
     /// its entries, which later gets return).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// std::fs::write(dir.path().join("notes.txt"), "not the cache's")?;
+    /// cache.clear_all()?;
+    /// assert_eq!(cache.get::<i32>("test", "k"), None);
+    /// assert_eq!(cache.get_stats().disk_files, 0);
+    /// assert!(dir.path().join("notes.txt").exists()); // left alone
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn clear_all(&self) -> Result<()> {
         self.local().ram.clear();
         if self.local().store.is_some() {
@@ -484,6 +564,18 @@ impl Cache {
     /// Checks every file of the cache (see [`VerifyReport`]); `progress` is called with the
     /// number of records checked so far. Waits for a compaction under way in any process, and
     /// holds new ones off until it is done (their files in flight would look like leftovers).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// for i in 0..100 {
+    ///     cache.set("test", &i.to_string(), &i)?;
+    /// }
+    /// let report = cache.verify(|n| eprint!("\r{n} records checked"));
+    /// assert!(report.is_sound(), "{:?}", report.problems);
+    /// assert_eq!(report.records_checked, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn verify(&self, progress: impl FnMut(u64)) -> VerifyReport {
         match &self.local().store {
             Some(s) => s.verify(progress),
@@ -524,6 +616,14 @@ impl Cache {
     /// # Errors
     ///
     /// [`Error::Shared`] when the cache has no shared tier or Redis fails meanwhile.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// // Without a shared tier there is nothing to clear: an error says so.
+    /// assert!(matches!(cache.clear_shared(), Err(tokcache::Error::Shared { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn clear_shared(&self) -> Result<u64> {
         match &self.local().shared {
             Some(tier) => tier.clear(),
@@ -536,6 +636,19 @@ impl Cache {
     /// Calls `f` with every entry on disk, expired ones included (see [`Entry::is_expired`]).
     /// Streams: memory does not grow with the number of entries. `f` must not call back into
     /// this cache.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("token_count", "tokenizer:cl100k_base:hi", &1u64)?;
+    /// cache.set("test", "k", &"v")?;
+    /// let mut names = Vec::new();
+    /// cache.for_each_entry(|e| names.push((e.prefix().to_string(), e.logical_name())));
+    /// names.sort();
+    /// assert_eq!(names.len(), 2);
+    /// assert_eq!(names[0].1, tokcache::logical_name("test", "k"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn for_each_entry(&self, mut f: impl FnMut(&Entry<'_>)) {
         self.refresh();
         let Some(store) = &self.local().store else {

@@ -11,6 +11,16 @@ use crate::files::Dir;
 use crate::pool::{self, Counter, Counts};
 
 /// Counters of a process, or of the whole pool (see [`Cache::pool_stats`]).
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(dir.path())?;
+/// cache.set("test", "k", &1)?;
+/// let _ = cache.get::<i32>("test", "k");
+/// let totals = cache.pool_stats()?.totals;
+/// assert_eq!((totals.sets, totals.ram_hits, totals.misses), (1, 1, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct PoolCounts {
@@ -66,24 +76,68 @@ impl PoolCounts {
     }
 
     /// Lookups answered by any tier.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// let _ = cache.get::<i32>("test", "k"); // a RAM hit
+    /// let _ = tokcache::Cache::open(dir.path())?.get::<i32>("test", "k"); // a disk hit
+    /// let _ = cache.get::<i32>("test", "absent"); // a miss
+    /// assert_eq!(cache.pool_stats()?.totals.hits(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn hits(&self) -> u64 {
         self.ram_hits + self.disk_hits + self.shared_hits
     }
 
     /// Lookups.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// let _ = cache.get::<i32>("test", "k"); // a RAM hit
+    /// let _ = tokcache::Cache::open(dir.path())?.get::<i32>("test", "k"); // a disk hit
+    /// let _ = cache.get::<i32>("test", "absent"); // a miss
+    /// assert_eq!(cache.pool_stats()?.totals.lookups(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn lookups(&self) -> u64 {
         self.hits() + self.misses
     }
 
     /// Lookups, sets and removals.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// let _ = cache.get::<i32>("test", "k"); // a RAM hit
+    /// let _ = tokcache::Cache::open(dir.path())?.get::<i32>("test", "k"); // a disk hit
+    /// let _ = cache.get::<i32>("test", "absent"); // a miss
+    /// assert_eq!(cache.pool_stats()?.totals.operations(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn operations(&self) -> u64 {
         self.lookups() + self.sets + self.removals
     }
 
     /// Hits per lookup, 0 to 1 (0 before any lookup).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// assert_eq!(cache.pool_stats()?.totals.hit_rate(), 0.0); // no lookup yet
+    /// cache.set("test", "k", &1)?;
+    /// let _ = cache.get::<i32>("test", "k");
+    /// let _ = cache.get::<i32>("test", "absent");
+    /// assert_eq!(cache.pool_stats()?.totals.hit_rate(), 0.5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn hit_rate(&self) -> f64 {
         match self.lookups() {
@@ -94,6 +148,17 @@ impl PoolCounts {
 }
 
 /// One live cache handle of the pool (a process has one per cache it opened, usually one).
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(dir.path())?;
+/// cache.set("test", "k", &1)?;
+/// let pool = cache.pool_stats()?;
+/// let me = &pool.processes[0];
+/// assert_eq!((me.pid, me.counts.sets), (std::process::id(), 1));
+/// assert!(me.started > 0.0 && me.last_seen >= me.started);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct ProcessStats {
@@ -109,6 +174,18 @@ pub struct ProcessStats {
 
 /// The counters of every process that used the directory, summed, and its live handles
 /// (see [`Cache::pool_stats`]).
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let a = tokcache::Cache::open(dir.path())?;
+/// let b = tokcache::Cache::open(dir.path())?;
+/// a.set("test", "k", &1)?;
+/// b.set("test", "j", &2)?;
+/// drop(b); // gone, its counts stay in the totals
+/// let pool = a.pool_stats()?;
+/// assert_eq!((pool.totals.sets, pool.processes.len()), (2, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct PoolStats {
@@ -197,6 +274,16 @@ impl Cache {
     /// # Errors
     ///
     /// [`crate::Error::Io`] if the statistics file cannot be written.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// cache.reset_pool_stats()?;
+    /// assert_eq!(cache.pool_stats()?.totals.sets, 0);
+    /// assert_eq!(cache.get_stats().saves, 1); // this handle's own statistics are not the pool's
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reset_pool_stats(&self) -> Result<()> {
         pool::reset(&Dir {
             path: self.settings.dir.clone(),

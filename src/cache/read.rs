@@ -205,6 +205,17 @@ impl Cache {
     }
 
     /// Like [`Cache::get`], with the reason of a failure.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &"text")?;
+    /// assert_eq!(cache.try_get::<String>("test", "k")?, Some("text".to_string()));
+    /// assert_eq!(cache.try_get::<String>("test", "absent")?, None);
+    /// assert!(matches!(cache.try_get::<u64>("test", "k"), Err(tokcache::Error::Decode(_))));
+    /// assert!(matches!(cache.try_get::<u64>("bad/prefix", "k"), Err(tokcache::Error::InvalidPrefix { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_get<T: DeserializeOwned>(&self, prefix: &str, key: &str) -> Result<Option<T>> {
         self.get_counted(prefix, Key::whole(key.as_bytes()), true)
     }
@@ -251,6 +262,18 @@ impl Cache {
 
     /// Like [`Cache::get_many`], with the reason of each failure: what [`Cache::try_get`]
     /// returns for each key (a bad prefix: that error for every key).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "n", &1u64)?;
+    /// cache.set("test", "s", &"text")?;
+    /// let found = cache.try_get_many::<u64>("test", &["n", "s", "absent"]);
+    /// assert_eq!(found[0].as_ref().ok(), Some(&Some(1)));
+    /// assert!(found[1].is_err()); // not a u64
+    /// assert_eq!(found[2].as_ref().ok(), Some(&None));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_get_many<T: DeserializeOwned>(
         &self,
         prefix: &str,
@@ -261,6 +284,20 @@ impl Cache {
 
     /// What [`Cache::read`] returns for each of many keys of one prefix, in their order, with
     /// the overlapped reads of [`Cache::get_many`].
+    ///
+    /// ```
+    /// use tokcache::{Cache, ReadOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = Cache::open(dir.path())?;
+    /// cache.set_tokens("tokens", "a", &[1, 2])?;
+    /// cache.set("tokens", "b", &7)?;
+    /// let found = cache.read_many("tokens", &["a", "b", "c"], ReadOptions::default().borrowed());
+    /// let [a, b, c] = <[_; 3]>::try_from(found).unwrap();
+    /// assert_eq!(a?.unwrap().as_tokens(), Some(&[1, 2][..])); // borrowed from the map
+    /// assert_eq!(b?.unwrap().as_i64(), Some(7));
+    /// assert!(c?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_many(
         &self,
         prefix: &str,
@@ -383,6 +420,18 @@ impl Cache {
     /// The token count of `text` under `encoding` ([`Cache::get_token_count`]) looked up as
     /// `options` say (`keep_in_ram` does not apply: a count is copied anyway), with the reason
     /// of a failure (a stored value that is not a count: [`crate::Error::Decode`]).
+    ///
+    /// ```
+    /// use tokcache::{Cache, ReadOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = Cache::open(dir.path())?;
+    /// cache.set_token_count("cl100k_base", "hello", 1)?;
+    /// assert_eq!(cache.read_token_count("cl100k_base", "hello", ReadOptions::default())?, Some(1));
+    /// // A second look after waiting for another thread's count, not counted again:
+    /// assert_eq!(cache.read_token_count("cl100k_base", "new", ReadOptions::default().uncounted())?, None);
+    /// assert_eq!(cache.get_stats().misses, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_token_count(
         &self,
         encoding: &str,
@@ -400,6 +449,16 @@ impl Cache {
     /// `&[u32]`, JSON as `&str`, numbers as they are. Counts as a hit or miss like `get`.
     /// `None` on a miss, an expired entry or a bad prefix ([`Cache::read`] with
     /// [`ReadOptions::borrowed`] tells these apart).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// tokcache::Cache::open(dir.path())?.set("test", "k", &serde_json::json!({"a": 1}))?;
+    /// let cache = tokcache::Cache::open(dir.path())?; // another process
+    /// let v = cache.get_ref("test", "k").unwrap(); // borrowed from the shared map
+    /// assert_eq!(v.as_json_str(), Some(r#"{"a":1}"#));
+    /// assert_eq!(cache.get_stats().ram_entries, 0); // not copied into RAM
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_ref(&self, prefix: &str, key: &str) -> Option<ValueRef> {
         self.read(prefix, key, ReadOptions::default().borrowed())
             .unwrap_or_else(|e| {
@@ -410,6 +469,17 @@ impl Cache {
 
     /// Token ids stored with [`Cache::set_tokens`], borrowed from the shared map (`None` for
     /// a value of another kind too).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set_tokens("tokens", "tokenizer:cl100k_base:hello world", &[15339, 1917])?;
+    /// let ids = cache.get_tokens("tokens", "tokenizer:cl100k_base:hello world").unwrap();
+    /// assert_eq!(ids.as_tokens(), Some(&[15339, 1917][..]));
+    /// cache.set("tokens", "a count", &2)?;
+    /// assert!(cache.get_tokens("tokens", "a count").is_none()); // not token ids
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_tokens(&self, prefix: &str, key: &str) -> Option<ValueRef> {
         self.get_ref(prefix, key)
             .filter(|v| v.as_tokens().is_some())
@@ -419,6 +489,17 @@ impl Cache {
     /// [`TOKEN_COUNT`] and key `tokenizer:{encoding}:{text}` ([`crate::token_count_key`]), the
     /// original's, looked up without joining that key: a message of hundreds of KB is hashed
     /// and compared where it is, not copied first.
+    ///
+    /// ```
+    /// use tokcache::{Cache, TOKEN_COUNT, token_count_key};
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = Cache::open(dir.path())?;
+    /// // An entry the original (or any caller) stored under the original's key:
+    /// cache.set(TOKEN_COUNT, &token_count_key("cl100k_base", "hello world"), &2u64)?;
+    /// assert_eq!(cache.get_token_count("cl100k_base", "hello world"), Some(2));
+    /// assert_eq!(cache.get_token_count("o200k_base", "hello world"), None); // another encoding
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_token_count(&self, encoding: &str, text: &str) -> Option<u64> {
         self.read_token_count(encoding, text, ReadOptions::default())
             .unwrap_or_else(|e| {
@@ -431,6 +512,14 @@ impl Cache {
 /// How [`Cache::read`], [`Cache::read_many`] and [`Cache::read_token_count`] look a key up.
 /// The default is what [`Cache::get`] does: counted in the statistics, a value found on disk
 /// kept in the RAM tier.
+///
+/// ```
+/// use tokcache::ReadOptions;
+/// let options = ReadOptions::default();
+/// assert!(options.counted && options.keep_in_ram); // what get does
+/// let peek = ReadOptions::default().uncounted().borrowed();
+/// assert!(!peek.counted && !peek.keep_in_ram);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReadOptions {
@@ -454,6 +543,15 @@ impl Default for ReadOptions {
 
 impl ReadOptions {
     /// Not counted in the statistics.
+    ///
+    /// ```
+    /// use tokcache::{Cache, ReadOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = Cache::open(dir.path())?;
+    /// assert!(cache.read("test", "k", ReadOptions::default().uncounted())?.is_none());
+    /// assert_eq!(cache.get_stats().misses, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn uncounted(mut self) -> Self {
         self.counted = false;
@@ -461,6 +559,17 @@ impl ReadOptions {
     }
 
     /// Borrowed from the map, not kept in the RAM tier.
+    ///
+    /// ```
+    /// use tokcache::{Cache, ReadOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// Cache::open(dir.path())?.set_tokens("tokens", "k", &[1, 2, 3])?;
+    /// let cache = Cache::open(dir.path())?;
+    /// let v = cache.read("tokens", "k", ReadOptions::default().borrowed())?.unwrap();
+    /// assert_eq!(v.as_tokens(), Some(&[1, 2, 3][..]));
+    /// assert_eq!(cache.get_stats().ram_entries, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn borrowed(mut self) -> Self {
         self.keep_in_ram = false;

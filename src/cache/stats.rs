@@ -8,6 +8,16 @@ use crate::shared::SharedStats;
 use crate::tally::Found;
 
 /// How the cache keeps its entries.
+///
+/// ```
+/// use tokcache::{Cache, Storage};
+/// # let tmp = tempfile::tempdir()?;
+/// assert_eq!(Cache::open(tmp.path())?.storage(), Storage::Disk);
+/// let file = tmp.path().join("a-file");
+/// std::fs::write(&file, "")?;
+/// assert_eq!(Cache::builder(&file).open_or_ram_only().0.storage(), Storage::RamOnly);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Storage {
@@ -20,6 +30,17 @@ pub enum Storage {
 }
 
 /// Counters and sizes, with the original's field names first.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::builder(dir.path()).max_disk_bytes(64 << 20).open()?;
+/// cache.set("test", "k", &1)?;
+/// let s = cache.get_stats();
+/// assert_eq!((s.disk_files, s.saves, s.storage), (1, 1, tokcache::Storage::Disk));
+/// assert!(s.live_bytes > 0 && s.disk_bytes <= s.max_disk_bytes.unwrap());
+/// assert!(s.shared.is_none()); // no shared tier
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
@@ -77,6 +98,16 @@ pub struct Stats {
 
 impl Cache {
     /// The original's start-up banner.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// let banner = tokcache::Cache::open(dir.path())?.banner();
+    /// assert!(banner.starts_with("Persistent token cache initialized\n  Cache directory: "));
+    /// assert!(banner.contains("Cache files: 1, RAM entries: 0"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn banner(&self) -> String {
         let s = self.get_stats();
         let mut b = format!(

@@ -108,6 +108,22 @@ impl Settings {
 
 /// What this process's shared tier did, since the cache was opened here
 /// ([`crate::Stats::shared`]).
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let local = tokcache::Cache::open(dir.path())?;
+/// assert!(local.get_stats().shared.is_none()); // no shared tier, no shared statistics
+/// # #[cfg(feature = "redis")]
+/// # {
+/// // A tier whose server is down: lookups miss and are counted, never fail.
+/// let cache = tokcache::Cache::builder(dir.path()).redis("redis://127.0.0.1:1/0").open()?;
+/// assert_eq!(cache.get::<i32>("test", "k"), None);
+/// let shared = cache.get_stats().shared.unwrap();
+/// assert_eq!(shared.hits, 0);
+/// assert_eq!(shared.errors + shared.timeouts + shared.skipped, 1);
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SharedStats {

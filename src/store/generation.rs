@@ -27,6 +27,17 @@ const EVICTED: u32 = u32::MAX;
 const MIN_FREE_IDS: u32 = 64;
 
 /// What compaction did.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(dir.path())?;
+/// cache.set("test", "k", &1)?;
+/// let first = cache.compact()?;
+/// let second = cache.compact()?;
+/// assert!(second.generation > first.generation);
+/// assert_eq!((second.expired, second.evicted), (0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CompactReport {

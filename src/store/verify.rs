@@ -12,6 +12,17 @@ use crate::record::Kind;
 use crate::segment;
 
 /// What [`Cache::verify`](crate::Cache::verify) found.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let cache = tokcache::Cache::open(dir.path())?;
+/// cache.set("test", "k", &1)?;
+/// cache.compact()?;
+/// let report = cache.verify(|_| {});
+/// assert!(report.is_sound() && report.litter.is_empty());
+/// assert_eq!((report.records_checked, report.slots_checked), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct VerifyReport {
@@ -29,6 +40,24 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     /// Whether nothing is damaged (litter may be there: see [`VerifyReport::litter`]).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = tokcache::Cache::open(dir.path())?;
+    /// cache.set("test", "k", &1)?;
+    /// cache.flush()?;
+    /// assert!(cache.verify(|_| {}).is_sound());
+    /// // A damaged segment is a problem; the cache itself goes on from what is intact.
+    /// let seg = std::fs::read_dir(dir.path())?
+    ///     .map(|e| e.unwrap().path())
+    ///     .find(|p| p.extension().is_some_and(|x| x == "tks"))
+    ///     .unwrap();
+    /// let mut bytes = std::fs::read(&seg)?;
+    /// bytes[40] ^= 0xff;
+    /// std::fs::write(&seg, bytes)?;
+    /// assert!(!tokcache::Cache::open(dir.path())?.verify(|_| {}).is_sound());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn is_sound(&self) -> bool {
         self.problems.is_empty()
