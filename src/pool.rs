@@ -311,9 +311,11 @@ fn claim(dir: &Dir) -> Result<Option<Slot>> {
     Ok(None)
 }
 
-/// Reads the pool's totals and its live handles (`own`: a slot of this process, alive though
-/// its lock does not show to itself). `None` if the directory has no statistics file yet.
-pub(crate) fn read(dir: &Path, own: &[usize]) -> Result<Option<Reading>> {
+/// Reads the pool's totals and, given `Some(own)`, its live handles (`own`: a slot of this
+/// process, alive though its lock does not show to itself); `None`: the totals only, without
+/// asking the kernel which slots are locked (a system call per slot). `None` if the directory
+/// has no statistics file yet.
+pub(crate) fn read(dir: &Path, own: Option<&[usize]>) -> Result<Option<Reading>> {
     let path = dir.join(FILE_NAME);
     let file = match std::fs::OpenOptions::new()
         .read(true)
@@ -331,8 +333,12 @@ pub(crate) fn read(dir: &Path, own: &[usize]) -> Result<Option<Reading>> {
     }
     for i in 0..SLOTS {
         let words = pool.slot(i);
+        if words[PID].load(Ordering::Relaxed) == 0 {
+            continue; // never claimed: nothing counted (a claim stores the pid before counting)
+        }
         let counts = slot_counts(load(words));
         reading.totals.add(&counts);
+        let Some(own) = own else { continue };
         let alive =
             own.contains(&i) || sys::byte_is_locked(&pool.file, i as u64).ctx("lock", &path)?;
         if alive {

@@ -216,10 +216,10 @@ pub struct PoolStats {
 /// [`crate::Error::Io`] if the statistics file cannot be read; [`crate::Error::Corrupt`] if
 /// it is not one.
 pub fn pool_stats(dir: impl AsRef<Path>) -> Result<PoolStats> {
-    read(dir.as_ref(), &[])
+    read(dir.as_ref(), Some(&[]))
 }
 
-fn read(dir: &Path, own: &[usize]) -> Result<PoolStats> {
+fn read(dir: &Path, own: Option<&[usize]>) -> Result<PoolStats> {
     let Some(r) = pool::read(dir, own)? else {
         return Ok(PoolStats::default());
     };
@@ -266,7 +266,18 @@ impl Cache {
             return Ok(PoolStats::default()); // RAM only: no directory to read
         }
         let own: Vec<usize> = self.local().pool.index().into_iter().collect();
-        read(&self.settings.dir, &own)
+        read(&self.settings.dir, Some(&own))
+    }
+
+    /// The pool's totals alone ([`Cache::pool_stats`] without the live handles, which take
+    /// a system call per slot to tell): what [`Cache::get_stats`] reports of the pool.
+    pub(super) fn pool_totals(&self) -> PoolCounts {
+        if self.local().store.is_none() {
+            return PoolCounts::default();
+        }
+        read(&self.settings.dir, None)
+            .map(|p| p.totals)
+            .unwrap_or_default()
     }
 
     /// Sets every count of the pool to zero, the live handles' too.

@@ -147,7 +147,7 @@ impl Cache {
             .as_ref()
             .map(|s| s.stats())
             .unwrap_or_default();
-        let pool = self.pool_stats().map(|p| p.totals).unwrap_or_default();
+        let pool = self.pool_totals();
         let (ram_hits, disk_hits, shared_hits, misses) = (
             self.tally.get(Found::RamHit),
             self.tally.get(Found::DiskHit),
