@@ -1,5 +1,6 @@
 //! Borrowed views of stored values and entries.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -296,7 +297,8 @@ impl ValueRef {
 pub struct Entry<'a> {
     rec: &'a RecordRef<'a>,
     prefix: &'a str,
-    key: &'a str,
+    /// The key's text (a packed key decompressed).
+    key: Cow<'a, str>,
     age: f64,
     expired: bool,
 }
@@ -304,7 +306,10 @@ pub struct Entry<'a> {
 impl<'a> Entry<'a> {
     pub(crate) fn new(rec: &'a RecordRef<'a>, now: f64, ttl_secs: f64) -> Option<Self> {
         let prefix = std::str::from_utf8(rec.prefix).ok()?;
-        let key = std::str::from_utf8(rec.key).ok()?;
+        let key = match rec.key_text()? {
+            Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).ok()?),
+            Cow::Owned(v) => Cow::Owned(String::from_utf8(v).ok()?),
+        };
         let age = now - rec.timestamp;
         Some(Self {
             rec,
@@ -342,7 +347,7 @@ impl<'a> Entry<'a> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn key(&self) -> &str {
-        self.key
+        &self.key
     }
 
     /// When the entry was stored, in seconds since the Unix epoch.
@@ -417,7 +422,7 @@ impl<'a> Entry<'a> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn logical_name(&self) -> String {
-        logical_name(self.prefix, self.key)
+        logical_name(self.prefix, &self.key)
     }
 
     /// Whether the entry came from an original-format file (exported as it was).
@@ -471,7 +476,7 @@ impl<'a> Entry<'a> {
         }
         let value = Stored::decode(self.rec.kind, self.rec.value)?;
         let mut out = String::with_capacity(self.key.len() + self.rec.value.len() + 64);
-        pyjson::write_entry(&mut out, self.key, &value, self.rec.timestamp, self.prefix)?;
+        pyjson::write_entry(&mut out, &self.key, &value, self.rec.timestamp, self.prefix)?;
         Some(out)
     }
 }

@@ -235,6 +235,74 @@ impl<'a> Key<'a> {
     }
 }
 
+/// Keys of this many bytes or more are stored packed: compressed, behind an identity that
+/// lookups compare instead of the text (docs/format.md, "Packed keys").
+pub(crate) const PACK_MIN: usize = 512;
+/// The first byte of a packed key, which no UTF-8 text begins with.
+pub(crate) const PACKED: u8 = 0xff;
+/// Bytes of a packed key's identity: [`PACKED`], the key's length (u32), its 128-bit check.
+pub(crate) const KEY_ID_LEN: usize = 21;
+/// The seed of the identity's check: a constant, so that the identity of a key is the same in
+/// every directory and under every prefix (the key hash, which is seeded, sits beside it).
+const CHECK_SEED: u64 = 0x746f_6b63_6163_6865; // "tokcache"
+
+impl Key<'_> {
+    /// The identity a packed record stores for this key: [`PACKED`], the length, and xxh3-128
+    /// of the bytes (only meaningful for keys of [`PACK_MIN`] bytes or more).
+    pub(crate) fn id(&self) -> [u8; KEY_ID_LEN] {
+        let check = match self.as_whole() {
+            Some(whole) => twox_hash::XxHash3_128::oneshot_with_seed(CHECK_SEED, whole),
+            None => {
+                let mut h = twox_hash::XxHash3_128::with_seed(CHECK_SEED);
+                for p in self.parts() {
+                    h.write(p);
+                }
+                h.finish_128()
+            }
+        };
+        let mut id = [0u8; KEY_ID_LEN];
+        id[0] = PACKED;
+        id[1..5].copy_from_slice(&(self.len as u32).to_le_bytes());
+        id[5..].copy_from_slice(&check.to_le_bytes());
+        id
+    }
+
+    /// The key as a record stores it: `None` below [`PACK_MIN`] bytes (the bytes themselves),
+    /// else its identity followed by an LZ4 block of the bytes.
+    pub(crate) fn packed(&self) -> Option<Vec<u8>> {
+        if self.len < PACK_MIN || u32::try_from(self.len).is_err() {
+            return None;
+        }
+        let joined;
+        let bytes = match self.as_whole() {
+            Some(whole) => whole,
+            None => {
+                joined = self.to_vec();
+                &joined[..]
+            }
+        };
+        let mut out =
+            Vec::with_capacity(KEY_ID_LEN + lz4_flex::block::get_maximum_output_size(bytes.len()));
+        out.extend_from_slice(&self.id());
+        out.resize(out.capacity(), 0);
+        let n = lz4_flex::block::compress_into(bytes, &mut out[KEY_ID_LEN..]).ok()?;
+        out.truncate(KEY_ID_LEN + n);
+        Some(out)
+    }
+}
+
+/// The text of a stored key: `id` as it is, or (a packed key: `id` its identity, `block` the
+/// rest) the bytes decompressed, `None` if they do not match the identity (damage).
+pub(crate) fn unpack<'a>(id: &'a [u8], block: &[u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+    if id.first() != Some(&PACKED) {
+        return Some(std::borrow::Cow::Borrowed(id));
+    }
+    let len = u32::from_le_bytes(id.get(1..5)?.try_into().ok()?) as usize;
+    let mut text = vec![0u8; len];
+    let n = lz4_flex::block::decompress_into(block, &mut text).ok()?;
+    (n == len && Key::whole(&text).id()[..] == *id).then_some(std::borrow::Cow::Owned(text))
+}
+
 /// A key that stored key bytes can be compared with: given whole (`[u8]`) or in parts.
 pub(crate) trait KeyBytes {
     /// Whether `stored` is this key, byte for byte.
@@ -242,15 +310,23 @@ pub(crate) trait KeyBytes {
 }
 
 impl KeyBytes for [u8] {
+    /// `self` is a key's text, or the identity of a packed key (another record's).
     #[inline]
     fn eq_bytes(&self, stored: &[u8]) -> bool {
+        if stored.first() == Some(&PACKED) && self.first() != Some(&PACKED) {
+            return Key::whole(self).eq_bytes(stored);
+        }
         self == stored
     }
 }
 
 impl KeyBytes for Key<'_> {
+    /// A packed key (`stored` is its identity) is this key when the identities are equal.
     #[inline]
     fn eq_bytes(&self, stored: &[u8]) -> bool {
+        if stored.first() == Some(&PACKED) {
+            return self.len >= PACK_MIN && stored == self.id();
+        }
         if let Some(whole) = self.as_whole() {
             return whole == stored;
         }
@@ -306,6 +382,59 @@ pub(crate) type HashKeyed<V> =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys from [`PACK_MIN`] bytes on are packed: the identity compares as the key does
+    /// (given whole, in parts, or as another record's identity), the text comes back whole,
+    /// and a change of any byte, or of the length, is another key.
+    #[test]
+    fn packed_keys_compare_by_identity_and_unpack_to_their_text() {
+        let text: Vec<u8> = (0..9000u32)
+            .map(|i| {
+                b"the quick brown fox jumps over the lazy dog "[(i % 44) as usize]
+                    ^ (i / 700) as u8 % 2
+            })
+            .collect();
+        for len in [PACK_MIN - 1, PACK_MIN, PACK_MIN + 1, 2048, 9000] {
+            let key = &text[..len];
+            let whole = Key::whole(key);
+            let Some(stored) = whole.packed() else {
+                assert!(len < PACK_MIN);
+                assert!(whole.eq_bytes(key));
+                continue;
+            };
+            assert!(len >= PACK_MIN);
+            assert!(
+                stored.len() < len / 2,
+                "{len} bytes packed to {}",
+                stored.len()
+            );
+            let (id, block) = stored.split_at(KEY_ID_LEN);
+            assert_eq!(unpack(id, block).as_deref(), Some(key));
+            assert!(whole.eq_bytes(id));
+            assert!(key.eq_bytes(id));
+            assert!(id.eq_bytes(id));
+            let (a, b) = key.split_at(len / 3);
+            let parts = Key {
+                parts: [a, b"", b, b""],
+                len,
+            };
+            assert!(parts.eq_bytes(id));
+            assert_eq!(parts.packed().as_deref(), Some(&stored[..]));
+            let mut other = key.to_vec();
+            other[len / 2] ^= 1;
+            assert!(!Key::whole(&other).eq_bytes(id));
+            assert!(!other[..].eq_bytes(id));
+            assert!(!Key::whole(&key[..len - 1]).eq_bytes(id));
+            // A damaged block never unpacks to a wrong text.
+            for at in [0, block.len() / 2, block.len() - 1] {
+                let mut damaged = block.to_vec();
+                damaged[at] ^= 0x55;
+                if let Some(t) = unpack(id, &damaged) {
+                    assert_eq!(&t[..], key);
+                }
+            }
+        }
+    }
 
     /// A key in parts hashes and compares as the joined key, at every length around xxh3's
     /// internal boundaries, and differs from it in any byte.

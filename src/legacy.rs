@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 use crate::files::{Dir, sync_dir};
-use crate::keys::key_hash;
+use crate::keys::{Key, key_hash};
 use crate::keys::{md5_hex, validate_prefix};
 use crate::lock::FileLock;
 use crate::record::{self, Kind};
@@ -147,6 +147,7 @@ fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
             Ok(e) if now - e.timestamp > ttl_secs => {}
             Ok(e) => {
                 let hash = key_hash(store.seed(), &e.prefix, e.key.as_bytes());
+                let packed = Key::whole(e.key.as_bytes()).packed();
                 record::encode(
                     &mut buf,
                     Kind::Legacy,
@@ -154,7 +155,7 @@ fn migrate(store: &Store, ttl_secs: f64, now: f64) -> Result<()> {
                     e.timestamp,
                     &e.bytes,
                     store.prefix_field(&e.prefix)?,
-                    e.key.as_bytes(),
+                    packed.as_deref().unwrap_or(e.key.as_bytes()),
                 );
             }
             Err(err) => log::warn!("not migrated: {err}"),

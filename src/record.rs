@@ -1,7 +1,10 @@
 //! Segment records, as bytes. `docs/format.md` is the specification; this module knows nothing
 //! of files, maps or types beyond the value kind byte.
 
+use std::borrow::Cow;
+
 use crate::hash::xxh3_64;
+use crate::keys;
 use crate::le;
 
 /// Size of the fixed record header.
@@ -103,12 +106,22 @@ pub(crate) struct RecordRef<'a> {
     pub prefix: &'a [u8],
     /// Its number, for a record of an interned prefix.
     pub prefix_id: Option<u8>,
+    /// What keys are compared by: the key's bytes, or a packed key's identity (see
+    /// [`crate::keys::PACK_MIN`]).
     pub key: &'a [u8],
+    /// The key as stored: `key`, or a packed key's identity and compressed bytes (what a
+    /// record written again from this one stores).
+    pub stored_key: &'a [u8],
     /// Bytes the record takes in its segment, padding included.
     pub len: usize,
 }
 
 impl RecordRef<'_> {
+    /// The key's text (a packed key decompressed); `None` if a packed key is damaged.
+    pub(crate) fn key_text(&self) -> Option<Cow<'_, [u8]>> {
+        keys::unpack(self.key, &self.stored_key[self.key.len()..])
+    }
+
     /// The prefix as the record names it (to write it again the same way).
     pub(crate) fn prefix_field(&self) -> Prefix<'_> {
         match self.prefix_id {
@@ -276,6 +289,15 @@ pub(crate) fn decode<'a, P: PrefixNames + ?Sized>(
     if !ok_kind_len {
         return Err("value length does not fit its kind");
     }
+    let stored_key = &rec[prefix_end..prefix_end + key_len];
+    let key = if stored_key.first() == Some(&keys::PACKED) {
+        stored_key
+            .get(..keys::KEY_ID_LEN)
+            .filter(|_| stored_key.len() > keys::KEY_ID_LEN)
+            .ok_or("packed key shorter than its identity")?
+    } else {
+        stored_key
+    };
     let (prefix, prefix_id) = if interned {
         let id = h[OFF_PREFIX_LEN];
         (prefixes.name(id).unwrap_or_default().as_bytes(), Some(id))
@@ -289,7 +311,8 @@ pub(crate) fn decode<'a, P: PrefixNames + ?Sized>(
         value: &rec[HEADER_LEN..value_end],
         prefix,
         prefix_id,
-        key: &rec[prefix_end..prefix_end + key_len],
+        key,
+        stored_key,
         len,
     })
 }

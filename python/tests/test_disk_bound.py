@@ -2,6 +2,7 @@
 traffic, and given by $TOKCACHE_MAX_DISK_BYTES to get_persistent_cache()."""
 
 import os
+import random
 import subprocess
 import sys
 
@@ -29,10 +30,16 @@ def test_the_bound_is_the_directorys(tmp_path):
 def test_skewed_traffic_stays_within_the_bound_and_keeps_hot_entries(tmp_path):
     d = tmp_path / "c"
     cache = PersistentTokenCache(d, max_ram_entries=0, max_disk_bytes=8 * MIB)
-    pad = "words " * 300
-    hot = [f"system prompt {i} {pad}" for i in range(20)]
+
+    letters = bytes(b"abcdefghijklmnopqrstuvwxyz     "[b % 31] for b in range(256))
+
+    def text(name):  # letters at random: long keys are stored compressed, these barely shrink
+        noise = random.Random(name).randbytes(1800).translate(letters).decode()
+        return f"{name} {noise}"
+
+    hot = [text(f"system prompt {i}") for i in range(20)]
     for i in range(12_000):  # ~22 MB of unique texts
-        cache.set_token_count(f"message {i} {pad}", i)
+        cache.set_token_count(text(f"message {i}"), i)
         if i % 100 == 0:
             for t in hot:
                 if cache.get_token_count(t) is None:
@@ -43,7 +50,7 @@ def test_skewed_traffic_stays_within_the_bound_and_keeps_hot_entries(tmp_path):
     assert s["disk_bytes"] <= 8 * MIB * 5 // 4, s
     assert s["disk_evictions"] > 0, s
     for i in range(0, 12_000, 97):  # present or evicted, never wrong
-        assert cache.get_token_count(f"message {i} {pad}") in (None, i)
+        assert cache.get_token_count(text(f"message {i}")) in (None, i)
 
 
 def test_get_persistent_cache_takes_the_bound_from_the_environment(tmp_path):

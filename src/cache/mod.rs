@@ -307,7 +307,13 @@ impl Cache {
         timestamp: f64,
         published: impl FnOnce(),
     ) -> Result<()> {
-        let len = record::encoded_len(value.len(), record::Prefix::Text(prefix), key.len());
+        let packed = key.packed();
+        let stored: &[&[u8]] = match &packed {
+            Some(p) => &[p],
+            None => key.parts(),
+        };
+        let stored_len = stored.iter().map(|p| p.len()).sum();
+        let len = record::encoded_len(value.len(), record::Prefix::Text(prefix), stored_len);
         if len > MAX_RECORD_LEN {
             return Err(Error::TooLarge {
                 what: "key and value",
@@ -321,7 +327,7 @@ impl Cache {
         };
         let prefix = store.prefix_field(prefix)?;
         let mut buf = Vec::with_capacity(len);
-        record::encode_parts(&mut buf, kind, hash, timestamp, value, prefix, key.parts());
+        record::encode_parts(&mut buf, kind, hash, timestamp, value, prefix, stored);
         if store.append(&buf, published)? {
             self.local().compact_when_full(store);
         }

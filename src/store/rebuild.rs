@@ -119,7 +119,10 @@ impl Store {
                 else {
                     return;
                 };
-                let hash = key_hash(self.seed(), prefix, rec.key);
+                let Some(text) = rec.key_text() else {
+                    return; // a damaged packed key: its record cannot be placed
+                };
+                let hash = key_hash(self.seed(), prefix, &text);
                 let locs = latest.entry(hash).or_default();
                 let same = locs.iter().position(|&(m2, o2)| {
                     record::decode(maps[m2].bytes(), o2, &self.prefixes)
@@ -151,7 +154,7 @@ impl Store {
                     rec.timestamp,
                     rec.value,
                     rec.prefix_field(),
-                    rec.key,
+                    rec.stored_key,
                 );
                 entries.push(Slot {
                     hash: index::slot_hash(hash),
