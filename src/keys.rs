@@ -391,7 +391,7 @@ mod tests {
         let text: Vec<u8> = (0..9000u32)
             .map(|i| {
                 b"the quick brown fox jumps over the lazy dog "[(i % 44) as usize]
-                    ^ (i / 700) as u8 % 2
+                    ^ ((i / 700) as u8 % 2)
             })
             .collect();
         for len in [PACK_MIN - 1, PACK_MIN, PACK_MIN + 1, 2048, 9000] {
