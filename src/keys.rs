@@ -310,13 +310,17 @@ pub(crate) trait KeyBytes {
 }
 
 impl KeyBytes for [u8] {
-    /// `self` is a key's text, or the identity of a packed key (another record's).
+    /// `self` is a key's text, or the identity of a packed key (another record's); so is
+    /// `stored`. A text and an identity are compared by the text's identity (a key is
+    /// packed only from [`PACK_MIN`] bytes on, but directories written before keys were
+    /// packed hold long keys as text).
     #[inline]
     fn eq_bytes(&self, stored: &[u8]) -> bool {
-        if stored.first() == Some(&PACKED) && self.first() != Some(&PACKED) {
-            return Key::whole(self).eq_bytes(stored);
+        match (self.first() == Some(&PACKED), stored.first() == Some(&PACKED)) {
+            (false, true) => Key::whole(self).eq_bytes(stored),
+            (true, false) => Key::whole(stored).eq_bytes(self),
+            _ => self == stored,
         }
-        self == stored
     }
 }
 
@@ -413,6 +417,7 @@ mod tests {
             assert!(whole.eq_bytes(id));
             assert!(key.eq_bytes(id));
             assert!(id.eq_bytes(id));
+            assert!(id.eq_bytes(key)); // a record of the key stored as text
             let (a, b) = key.split_at(len / 3);
             let parts = Key {
                 parts: [a, b"", b, b""],

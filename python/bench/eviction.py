@@ -2,15 +2,17 @@
 budget, on the same traces; and what a read costs in disk writes.
 
 Traces (token counts, get then set on a miss, as `count_tokens` does):
-  zipf-0.8, zipf-1.0  100,000 texts of 200 B - 8 KB (log-uniform, mean ~2.1 KB), Zipf
-                      popularity, 1,000,000 requests
+  zipf-0.8, zipf-1.0  100,000 texts of 200 B - 8 KB (log-uniform, mean ~2.1 KB) of English
+                      prose (slices of Python's documentation), Zipf popularity, 1,000,000
+                      requests
   chat                a replay of chat traffic: conversations of 2-40 turns, each turn counts
                       the system prompt (one of 20, Zipf) and every message so far, then adds
                       a reply and a new message (200 B - 8 KB); 8 conversations at a time
 Budgets: 5% and 20% of the trace's unique bytes (key + value), at least 8 MiB (tokcache's
 smallest bound). An object's size is its key's and value's bytes; tokcache is given the
 budget as `max_disk_bytes` (which counts everything it keeps on disk: record headers,
-indexes, its small files) and no RAM tier (`max_ram_entries=0`), so that only the disk bound
+indexes, its small files; keys of 512 bytes or more are stored compressed, so it holds more
+than their text's bytes) and no RAM tier (`max_ram_entries=0`), so that only the disk bound
 decides what is kept. Miss ratios count the requests after the first fifth (warm-up).
 
 Write amplification: after a trace, 200,000 gets of cached entries only (hits), with the
@@ -49,9 +51,22 @@ def size_of(i, rng_seed=7):
     return int(200 * math.exp(r * math.log(8000 / 200)))
 
 
+def _prose():
+    """English prose: Python's own documentation (the standard library's pydoc topics), so
+    that keys compress as messages do (tokcache stores keys of 512 bytes or more compressed)."""
+    import pydoc_data.topics
+
+    return " ".join(" ".join(t.split()) for t in pydoc_data.topics.topics.values())
+
+
+PROSE = _prose()
+
+
 def text_of(i):
     head = f"message {i}: "
-    return head + "x" * max(0, size_of(i) - len(head))
+    n = max(0, size_of(i) - len(head))
+    at = (i * 7919) % (len(PROSE) - n)
+    return head + PROSE[at:at + n]
 
 
 def zipf_trace(n, alpha, length, seed):
