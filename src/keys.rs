@@ -316,7 +316,10 @@ impl KeyBytes for [u8] {
     /// packed hold long keys as text).
     #[inline]
     fn eq_bytes(&self, stored: &[u8]) -> bool {
-        match (self.first() == Some(&PACKED), stored.first() == Some(&PACKED)) {
+        match (
+            self.first() == Some(&PACKED),
+            stored.first() == Some(&PACKED),
+        ) {
             (false, true) => Key::whole(self).eq_bytes(stored),
             (true, false) => Key::whole(stored).eq_bytes(self),
             _ => self == stored,

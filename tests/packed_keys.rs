@@ -37,14 +37,24 @@ fn check_all(dir: &std::path::Path, texts: &[String]) {
     let cache = Cache::builder(dir).max_ram_entries(0).open().unwrap();
     for (i, t) in texts.iter().enumerate() {
         let n = i as u64;
-        assert_eq!(cache.get_token_count("cl100k_base", t), Some(n), "{} bytes", t.len());
+        assert_eq!(
+            cache.get_token_count("cl100k_base", t),
+            Some(n),
+            "{} bytes",
+            t.len()
+        );
         let key = token_count_key("cl100k_base", t);
         assert_eq!(cache.get::<u64>(TOKEN_COUNT, &key), Some(n));
         assert_eq!(cache.get::<String>("doc", t).as_deref(), Some(&t[..10]));
         let ids = cache.get_tokens("ids", t).unwrap();
         assert_eq!(ids.as_tokens(), Some(&[n as u32, 7][..]));
-        let v = cache.read("doc", t, ReadOptions::default().borrowed()).unwrap();
-        assert_eq!(v.and_then(|v| v.to_json_string()), Some(format!("{:?}", &t[..10])));
+        let v = cache
+            .read("doc", t, ReadOptions::default().borrowed())
+            .unwrap();
+        assert_eq!(
+            v.and_then(|v| v.to_json_string()),
+            Some(format!("{:?}", &t[..10]))
+        );
         // Near misses: one byte changed, one byte less, one more, another prefix.
         let mut other = t.clone().into_bytes();
         other[t.len() / 2] ^= 1;
@@ -57,7 +67,11 @@ fn check_all(dir: &std::path::Path, texts: &[String]) {
         assert_eq!(cache.get_token_count("o200k_base", t), None);
     }
     let many = cache.get_many::<String>("doc", texts);
-    assert!(many.iter().zip(texts).all(|(v, t)| v.as_deref() == Some(&t[..10])));
+    assert!(
+        many.iter()
+            .zip(texts)
+            .all(|(v, t)| v.as_deref() == Some(&t[..10]))
+    );
 }
 
 #[test]
@@ -97,7 +111,11 @@ fn long_keys_are_stored_compressed_and_found_by_every_path() {
             ("ids", t.clone()),
             (TOKEN_COUNT, token_count_key("cl100k_base", t)),
         ] {
-            assert!(exported.contains(&(prefix.to_string(), key)), "{prefix}: {} bytes", t.len());
+            assert!(
+                exported.contains(&(prefix.to_string(), key)),
+                "{prefix}: {} bytes",
+                t.len()
+            );
         }
     }
 

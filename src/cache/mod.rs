@@ -307,6 +307,17 @@ impl Cache {
         timestamp: f64,
         published: impl FnOnce(),
     ) -> Result<()> {
+        // The limit holds for the key's text (and again for its packed form, which an
+        // incompressible key makes a little longer).
+        let too_large = |len| Error::TooLarge {
+            what: "key and value",
+            len,
+            max: MAX_RECORD_LEN,
+        };
+        let len = record::encoded_len(value.len(), record::Prefix::Text(prefix), key.len());
+        if len > MAX_RECORD_LEN {
+            return Err(too_large(len));
+        }
         let packed = key.packed();
         let stored: &[&[u8]] = match &packed {
             Some(p) => &[p],
@@ -315,11 +326,7 @@ impl Cache {
         let stored_len = stored.iter().map(|p| p.len()).sum();
         let len = record::encoded_len(value.len(), record::Prefix::Text(prefix), stored_len);
         if len > MAX_RECORD_LEN {
-            return Err(Error::TooLarge {
-                what: "key and value",
-                len,
-                max: MAX_RECORD_LEN,
-            });
+            return Err(too_large(len));
         }
         let Some(store) = self.local().writable_store() else {
             published();
