@@ -22,7 +22,7 @@ after, plus a sync.
 Run from the package's virtualenv (libcachesim from PyPI for its columns; without it they
 are left out):
 
-    python python/bench/eviction.py [REQUESTS] [DIR]
+    python python/bench/eviction.py [REQUESTS] [DIR or ""] [prose|noise]
 """
 import bisect
 import collections
@@ -42,7 +42,10 @@ except ImportError:  # the exact LRU column still runs
     lcs = None
 
 REQUESTS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-BASE = sys.argv[2] if len(sys.argv) > 2 else tempfile.mkdtemp()
+BASE = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else tempfile.mkdtemp()
+# "prose" (default): slices of English text, which tokcache stores compressed; "noise":
+# letters at random, which do not compress, so that the policies alone are compared.
+TEXTS = sys.argv[3] if len(sys.argv) > 3 else "prose"
 MIN_BOUND = 8 << 20
 
 
@@ -62,9 +65,14 @@ def _prose():
 PROSE = _prose()
 
 
+LETTERS = bytes(b"abcdefghijklmnopqrstuvwxyz     "[b % 31] for b in range(256))
+
+
 def text_of(i):
     head = f"message {i}: "
     n = max(0, size_of(i) - len(head))
+    if TEXTS == "noise":
+        return head + random.Random(i).randbytes(n).translate(LETTERS).decode()
     at = (i * 7919) % (len(PROSE) - n)
     return head + PROSE[at:at + n]
 
