@@ -285,6 +285,8 @@ impl Key<'_> {
             Vec::with_capacity(KEY_ID_LEN + lz4_flex::block::get_maximum_output_size(bytes.len()));
         out.extend_from_slice(&self.id());
         out.resize(out.capacity(), 0);
+        // Never fails with room for the worst case; if it did, the key would be stored as its
+        // text, which compares with its packed records by identity all the same.
         let n = lz4_flex::block::compress_into(bytes, &mut out[KEY_ID_LEN..]).ok()?;
         out.truncate(KEY_ID_LEN + n);
         Some(out)
