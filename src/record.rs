@@ -289,14 +289,13 @@ pub(crate) fn decode<'a, P: PrefixNames + ?Sized>(
     if !ok_kind_len {
         return Err("value length does not fit its kind");
     }
+    // The key is not under the checksum: a key field that starts as a packed key but is too
+    // short for one is damage, kept whole as the key (it equals no asked key, and the scan
+    // goes on past it as it does past any other damaged key).
     let stored_key = &rec[prefix_end..prefix_end + key_len];
-    let key = if stored_key.first() == Some(&keys::PACKED) {
-        stored_key
-            .get(..keys::KEY_ID_LEN)
-            .filter(|_| stored_key.len() > keys::KEY_ID_LEN)
-            .ok_or("packed key shorter than its identity")?
-    } else {
-        stored_key
+    let key = match stored_key.get(..keys::KEY_ID_LEN) {
+        Some(id) if id[0] == keys::PACKED && stored_key.len() > keys::KEY_ID_LEN => id,
+        _ => stored_key,
     };
     let (prefix, prefix_id) = if interned {
         let id = h[OFF_PREFIX_LEN];
@@ -322,6 +321,46 @@ mod tests {
     use super::*;
     use crate::files::Dir;
     use crate::prefixes::Prefixes;
+
+    /// A key field that begins like a packed key but is too short for one (damage: keys are
+    /// not under the checksum) decodes as a key that nothing asks for, and the scan goes on.
+    #[test]
+    fn a_damaged_key_that_looks_packed_is_a_key_of_its_own() {
+        use crate::keys::{Key, KeyBytes};
+        let mut buf = Vec::new();
+        let damaged = [keys::PACKED, b'e', b'y'];
+        encode(
+            &mut buf,
+            Kind::Int,
+            7,
+            1.5,
+            &[0; 8],
+            Prefix::Text("t"),
+            &damaged,
+        );
+        encode(
+            &mut buf,
+            Kind::Int,
+            8,
+            1.5,
+            &[0; 8],
+            Prefix::Text("t"),
+            b"next",
+        );
+        struct NoNames;
+        impl PrefixNames for NoNames {
+            fn name(&self, _: u8) -> Option<&str> {
+                None
+            }
+        }
+        let table = NoNames;
+        let r = decode(&buf, 0, &table).unwrap();
+        assert_eq!(r.key, &damaged[..]);
+        assert!(r.key_text().is_none());
+        assert!(!Key::whole(b"key").eq_bytes(r.key));
+        assert!(!b"\xffey"[..].eq_bytes(b"key"));
+        assert_eq!(decode(&buf, r.len, &table).unwrap().key, b"next");
+    }
 
     #[test]
     fn round_trip_and_damage() {
