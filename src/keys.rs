@@ -242,6 +242,8 @@ pub(crate) const PACK_MIN: usize = 512;
 pub(crate) const PACKED: u8 = 0xff;
 /// Bytes of a packed key's identity: [`PACKED`], the key's length (u32), its 128-bit check.
 pub(crate) const KEY_ID_LEN: usize = 21;
+/// The most an LZ4 block expands: a match token encodes at most 255 more bytes per byte.
+const MAX_LZ4_RATIO: usize = 255;
 /// The seed of the identity's check: a constant, so that the identity of a key is the same in
 /// every directory and under every prefix (the key hash, which is seeded, sits beside it).
 const CHECK_SEED: u64 = 0x746f_6b63_6163_6865; // "tokcache"
@@ -300,6 +302,11 @@ pub(crate) fn unpack<'a>(id: &'a [u8], block: &[u8]) -> Option<std::borrow::Cow<
         return Some(std::borrow::Cow::Borrowed(id));
     }
     let len = u32::from_le_bytes(id.get(1..5)?.try_into().ok()?) as usize;
+    // The length is not under the record's checksum: a damaged one must not size an
+    // allocation. An LZ4 block grows at most 255 times when decompressed.
+    if !(PACK_MIN..=block.len().saturating_mul(MAX_LZ4_RATIO)).contains(&len) {
+        return None;
+    }
     let mut text = vec![0u8; len];
     let n = lz4_flex::block::decompress_into(block, &mut text).ok()?;
     (n == len && Key::whole(&text).id()[..] == *id).then_some(std::borrow::Cow::Owned(text))
@@ -435,6 +442,15 @@ mod tests {
             assert!(!Key::whole(&other).eq_bytes(id));
             assert!(!other[..].eq_bytes(id));
             assert!(!Key::whole(&key[..len - 1]).eq_bytes(id));
+            // The most compressible key still unpacks (LZ4's expansion bound holds).
+            let same = vec![b'a'; len * 40];
+            let packed = Key::whole(&same).packed().unwrap();
+            let (same_id, same_block) = packed.split_at(KEY_ID_LEN);
+            assert_eq!(unpack(same_id, same_block).as_deref(), Some(&same[..]));
+            // A damaged length is refused before it sizes anything.
+            let mut huge = id.to_vec();
+            huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+            assert!(unpack(&huge, block).is_none());
             // A damaged block never unpacks to a wrong text.
             for at in [0, block.len() / 2, block.len() - 1] {
                 let mut damaged = block.to_vec();
