@@ -29,6 +29,10 @@ use std::time::{Duration, Instant};
 
 use tokcache::Cache;
 
+#[path = "../tests/common/noise.rs"]
+mod noise;
+use noise::noise;
+
 const PREFIX: &str = "token_count";
 
 fn key(i: u64) -> String {
@@ -40,20 +44,6 @@ fn big_key(i: u64) -> String {
         "tokenizer:cl100k_base:{i:08}:{}",
         "lorem ipsum dolor sit amet ".repeat(303)
     )
-}
-
-/// `len` letters and spaces from a splitmix64 stream seeded by `seed`.
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            b"abcdefghijklmnopqrstuvwxyz     "[((z ^ (z >> 31)) % 31) as usize] as char
-        })
-        .collect()
 }
 
 struct Rng(u64);

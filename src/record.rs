@@ -327,26 +327,11 @@ mod tests {
     #[test]
     fn a_damaged_key_that_looks_packed_is_a_key_of_its_own() {
         use crate::keys::{Key, KeyBytes};
-        let mut buf = Vec::new();
         let damaged = [keys::PACKED, b'e', b'y'];
-        encode(
-            &mut buf,
-            Kind::Int,
-            7,
-            1.5,
-            &[0; 8],
-            Prefix::Text("t"),
-            &damaged,
-        );
-        encode(
-            &mut buf,
-            Kind::Int,
-            8,
-            1.5,
-            &[0; 8],
-            Prefix::Text("t"),
-            b"next",
-        );
+        let mut buf = Vec::new();
+        for key in [&damaged[..], b"next"] {
+            encode(&mut buf, Kind::Int, 7, 1.5, &[0; 8], Prefix::Text("t"), key);
+        }
         struct NoNames;
         impl PrefixNames for NoNames {
             fn name(&self, _: u8) -> Option<&str> {

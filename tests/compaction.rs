@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{Rng, child_spec, expect_success, spawn_child, value_of};
+use common::{Rng, child_spec, expect_success, files_with, spawn_child, value_of};
 use tokcache::Cache;
 
 const ENTRIES: u64 = 200_000;
@@ -277,17 +277,6 @@ fn a_rebuild_leaves_out_segments_a_dead_compaction_never_published() {
         "the leftover is removed: {:?}",
         segments()
     );
-}
-
-/// The files of `dir` with this extension, sorted (by id, for segments and indexes).
-fn files_with(dir: &Path, extension: &str) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == extension))
-        .collect();
-    v.sort();
-    v
 }
 
 fn index_files(dir: &Path) -> usize {

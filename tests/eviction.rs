@@ -25,7 +25,7 @@ fn open(dir: &Path, bound: Option<u64>) -> Cache {
 fn key(i: u32) -> String {
     format!(
         "tokenizer:cl100k_base:message {i} {}",
-        common::noise(u64::from(i), 1800)
+        common::noise::noise(u64::from(i), 1800)
     )
 }
 
@@ -160,7 +160,7 @@ mod pool {
     fn key(setter: u64, i: u64) -> String {
         format!(
             "tokenizer:cl100k_base:setter {setter} message {i} {}",
-            crate::common::noise(setter << 32 | i, 1200)
+            crate::common::noise::noise(setter << 32 | i, 1200)
         )
     }
 

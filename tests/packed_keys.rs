@@ -2,6 +2,8 @@
 //! "Packed keys"): every read path finds them, near misses miss, export gives the text back
 //! byte for byte, and verify, compaction and a rebuild from the segments keep them.
 
+mod common;
+
 use tokcache::{Cache, ReadOptions, TOKEN_COUNT, logical_name, token_count_key};
 
 /// Prose: this repository's README, ASCII only, repeated as needed (real text, which is
@@ -21,14 +23,6 @@ fn texts() -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(i, &len)| prose(len, i * 997))
-        .collect()
-}
-
-fn our_files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
         .collect()
 }
 
@@ -135,7 +129,7 @@ fn long_keys_are_stored_compressed_and_found_by_every_path() {
     drop((cache, other));
 
     // A rebuild from the segments alone (every index deleted) hashes the unpacked keys.
-    for index in our_files(dir, "tki") {
+    for index in common::files_with(dir, "tki") {
         std::fs::remove_file(index).unwrap();
     }
     check_all(dir, &texts);
@@ -155,7 +149,7 @@ fn a_damaged_packed_key_is_a_miss_and_a_problem_never_another_key() {
     }
     // The compressed bytes sit at the end of the record, past the 32-byte header, the value
     // (8 bytes) and the 21-byte identity: damage one of them.
-    let seg = our_files(dir, "tks").pop().unwrap();
+    let seg = common::files_with(dir, "tks").pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[32 + 8 + 21 + 100] ^= 0x20;
     std::fs::write(&seg, bytes).unwrap();

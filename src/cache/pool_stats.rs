@@ -262,22 +262,22 @@ impl Cache {
     ///
     /// As [`pool_stats`].
     pub fn pool_stats(&self) -> Result<PoolStats> {
-        if self.local().store.is_none() {
-            return Ok(PoolStats::default()); // RAM only: no directory to read
-        }
-        let own: Vec<usize> = self.local().pool.index().into_iter().collect();
-        read(&self.settings.dir, Some(&own))
+        self.read_pool(true)
     }
 
     /// The pool's totals alone ([`Cache::pool_stats`] without the live handles, which take
     /// a system call per slot to tell): what [`Cache::get_stats`] reports of the pool.
     pub(super) fn pool_totals(&self) -> PoolCounts {
+        self.read_pool(false).map(|p| p.totals).unwrap_or_default()
+    }
+
+    /// The directory's pool statistics, with the live handles if `live`.
+    fn read_pool(&self, live: bool) -> Result<PoolStats> {
         if self.local().store.is_none() {
-            return PoolCounts::default();
+            return Ok(PoolStats::default()); // RAM only: no directory to read
         }
-        read(&self.settings.dir, None)
-            .map(|p| p.totals)
-            .unwrap_or_default()
+        let own: Vec<usize> = self.local().pool.index().into_iter().collect();
+        read(&self.settings.dir, live.then_some(&own[..]))
     }
 
     /// Sets every count of the pool to zero, the live handles' too.

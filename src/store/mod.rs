@@ -16,7 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::files::Dir;
 use crate::heat::{self, Heat};
 use crate::index::{self};
-use crate::keys::{KeyBytes, random_seed};
+use crate::keys::{self, KeyBytes, random_seed};
 use crate::lock::LockFile;
 use crate::map::ReadMap;
 use crate::pool::{self, Counter};
@@ -323,6 +323,14 @@ impl Store {
 
     pub(crate) fn seed(&self) -> u64 {
         self.control.seed()
+    }
+
+    /// The key hash of `rec` computed from its prefix and key text, not the one it stores
+    /// (rebuilds place records by it; verify checks the stored one against it). `None` for a
+    /// prefix that is not text or a packed key that does not unpack.
+    pub(super) fn hash_of(&self, rec: &RecordRef<'_>) -> Option<u64> {
+        let prefix = std::str::from_utf8(rec.prefix).ok()?;
+        Some(keys::key_hash(self.seed(), prefix, &rec.key_text()?))
     }
 
     /// Notes a hit on the key of `hash`: eviction keeps it once more.

@@ -9,7 +9,6 @@ use super::{Store, View, key_eq};
 use crate::error::{IoContext, Result};
 use crate::files::{self, Dir};
 use crate::index::{self, IndexBody, SegmentInfo, Slot};
-use crate::keys::key_hash;
 use crate::record::{self, Kind};
 use crate::segment;
 
@@ -112,17 +111,11 @@ impl Store {
         let mut latest: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
         for (m, map) in maps.iter().enumerate() {
             segment::scan(map.bytes(), 0, &self.prefixes, |off, rec| {
-                // A prefix whose number the table lacks cannot be hashed: its records are lost.
-                let Some(prefix) = std::str::from_utf8(rec.prefix)
-                    .ok()
-                    .filter(|p| !p.is_empty())
-                else {
+                // A prefix whose number the table lacks, or a damaged packed key, cannot be
+                // hashed: its records are lost.
+                let Some(hash) = self.hash_of(rec).filter(|_| !rec.prefix.is_empty()) else {
                     return;
                 };
-                let Some(text) = rec.key_text() else {
-                    return; // a damaged packed key: its record cannot be placed
-                };
-                let hash = key_hash(self.seed(), prefix, &text);
                 let locs = latest.entry(hash).or_default();
                 let same = locs.iter().position(|&(m2, o2)| {
                     record::decode(maps[m2].bytes(), o2, &self.prefixes)

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::{Store, View};
 use crate::index::{self, Index};
-use crate::keys::key_hash;
 use crate::map::ReadMap;
 use crate::record::Kind;
 use crate::segment;
@@ -118,10 +117,7 @@ impl Store {
                 .min(map.bytes().len())];
             let (stop, why) = segment::scan(valid, 0, &v.prefixes, |off, rec| {
                 report.records_checked += 1;
-                let ok = std::str::from_utf8(rec.prefix).is_ok_and(|p| {
-                    rec.key_text()
-                        .is_some_and(|k| key_hash(self.seed(), p, &k) == rec.key_hash)
-                });
+                let ok = self.hash_of(rec) == Some(rec.key_hash);
                 if rec.prefix.is_empty() {
                     report.problems.push(format!(
                         "{} offset {off}: prefix number {} is not in {}",
@@ -199,12 +195,9 @@ impl Store {
                     if rec.kind != Kind::Tombstone {
                         *live.entry(seg).or_default() += rec.len as u64;
                     }
-                    let actual = std::str::from_utf8(rec.prefix)
-                        .ok()
-                        .zip(rec.key_text())
-                        .map(|(p, k)| key_hash(self.seed(), p, &k));
-                    (index::slot_hash(rec.key_hash) != hash || actual != Some(rec.key_hash))
-                        .then(|| "disagrees with its record's key hash".to_string())
+                    (index::slot_hash(rec.key_hash) != hash
+                        || self.hash_of(&rec) != Some(rec.key_hash))
+                    .then(|| "disagrees with its record's key hash".to_string())
                 }
             };
             // The filter must hold every slot's hash, or lookups of that key would stop at it.

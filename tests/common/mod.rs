@@ -11,20 +11,15 @@ pub fn value_of(key: &str) -> u64 {
     }) >> 8
 }
 
-/// `len` bytes of letters and spaces that look random (a splitmix64 stream from `seed`): text
-/// that compression cannot shrink much, for tests whose keys must take their length on disk
-/// (keys of 512 bytes or more are stored compressed).
-pub fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            b"abcdefghijklmnopqrstuvwxyz     "[((z ^ (z >> 31)) % 31) as usize] as char
-        })
-        .collect()
+/// The files of `dir` with this extension, sorted (by id, for segments and indexes).
+pub fn files_with(dir: &std::path::Path, extension: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect();
+    v.sort();
+    v
 }
 
 /// The spec a parent process gave this child process in `var`. The child entry points are
@@ -112,5 +107,6 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+pub mod noise;
 pub mod redis;
 pub mod system;
