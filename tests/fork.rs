@@ -18,8 +18,9 @@ const WORKERS: usize = 8;
 const BEFORE: usize = 3000;
 /// The cache's `compact_after_records`: a compaction starts at every 1500 records.
 const COMPACT_AFTER: u64 = BEFORE as u64 / 2;
-/// How long the parent waits for the workers that were not killed.
-const DEADLINE: Duration = Duration::from_secs(60);
+/// How long the parent waits for the workers that were not killed before it calls them blocked
+/// (they take seconds; the margin is for a loaded machine).
+const DEADLINE: Duration = Duration::from_secs(300);
 
 fn key(kind: &str, n: u64) -> String {
     format!("{kind}-{n}")
