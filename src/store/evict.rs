@@ -20,8 +20,8 @@ pub(super) const LOG_SEALED_AT: u64 = 1 << 30;
 const HIGH_WATER: u64 = 63;
 /// ...down to this share (87.5%): each eviction frees about a ninth of the bound, so
 /// evictions (full merges) come no more often than every ninth of the bound written (sets
-/// that evict run at 0.84x the rate of an unbounded cache: `cargo bench --bench loops --
-/// set-evict`; closer marks keep more entries but evict more often). What is written while
+/// that evict run at 0.80-0.86x the rate of an unbounded cache: `cargo bench --bench loops
+/// -- set-evict`; closer marks keep more entries but evict more often). What is written while
 /// one runs goes past the high-water mark: the bound is exceeded by that, briefly.
 const LOW_WATER: u64 = 56;
 
@@ -83,19 +83,21 @@ impl Store {
     }
 
     /// The log is sealed (becomes a segment eviction can take) at this length: an eighth of the
-    /// bound (eviction takes whole segments), at most 1 GiB.
+    /// bound (eviction takes whole segments), at least 1 MiB, at most 1 GiB. (A sixteenth
+    /// lowered the peaks over the bound a little more, but cost up to 0.8 points of hit ratio:
+    /// docs/performance.md, "The disk bound".)
     pub(super) fn seal_at(&self) -> u64 {
         self.share_of_bound(8)
             .map_or(LOG_SEALED_AT, |n| n.clamp(1 << 20, LOG_SEALED_AT))
     }
 
     /// A compaction starts when the tail has this many bytes: the builder's setting, at most a
-    /// sixteenth of the bound (a bounded cache checks its room that often: the directory goes
-    /// past the high-water mark by at most that much, and by half as much again while a
+    /// thirty-second of the bound (a bounded cache checks its room that often: the directory
+    /// goes past the high-water mark by at most that much, and by half as much again while a
     /// compaction runs, before writers wait for it).
     pub(super) fn compact_bytes(&self) -> u64 {
         let n = self.opts.compact_bytes;
-        self.share_of_bound(4).map_or(n, |b| n.min(b.max(64 << 10)))
+        self.share_of_bound(2).map_or(n, |b| n.min(b.max(64 << 10)))
     }
 
     /// Dead bytes that make a segment worth rewriting: the builder's setting, at most a
