@@ -1,7 +1,8 @@
 """Expired space given back without clear_expired: unique 2 KB message keys set flat out into a
 cache with a 7.2 s TTL (cache_ttl_hours=0.002) for N seconds (argument, default 40), the
 directory's size (du -sb) sampled every 0.5 s beside the bytes of the entries set within the
-last TTL (2060 bytes each: key and record). Run from the package's virtualenv:
+last TTL (2060 bytes each: key and record; the keys are random letters, which do not
+compress). Run from the package's virtualenv:
 
     python python/bench/expiry.py 40 [DIR] [BOUND]
 
@@ -23,12 +24,17 @@ def sampler():
         samples.append((time.time(), int(out[0]) if out else 0, sets[0]))
         time.sleep(0.5)
 t = threading.Thread(target=sampler); t.start()
-pad = "m" * 2000
+# Keys of random letters (slices of one random text at varying offsets): tokcache stores keys
+# of 512 bytes or more compressed, and a repeated letter would compress to almost nothing.
+import random
+rng = random.Random(7)
+text = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz     ", k=1 << 22))
 i = 0
 start = time.time()
 while time.time() < stop:
     for _ in range(1000):
-        cache.set_token_count(f"{i} {pad}", i)
+        at = (i * 7919) % ((1 << 22) - 2000)
+        cache.set_token_count(f"{i} {text[at:at + 2000]}", i)
         i += 1
     sets[0] = i
 t.join()
