@@ -116,6 +116,46 @@ fn clear_expired_lets_removals_go_once_nothing_older_needs_them() {
     assert_eq!(open(dir, 16 << 20).get::<u32>("test", "a"), Some(2));
 }
 
+/// A known bug, not fixed yet: after the index was lost and rebuilt, compactions in quick
+/// succession (one the tail set off, then an explicit `compact()`) lose an entry: it reads as
+/// a miss afterwards, never as a wrong value. Fails every time in release builds (`cargo test
+/// --release --test removals -- --ignored`), at times in test builds; the property test below
+/// found it (also with compactions in the foreground, so the cause is not the thread alone:
+/// suspected, the deletion by name of dropped files a few milliseconds after a generation).
+#[test]
+#[ignore = "known race: an explicit compaction right after a background one can lose an entry"]
+fn an_explicit_compaction_right_after_a_background_one_keeps_every_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let small = |d: &Path| {
+        Cache::builder(d)
+            .compact_after_records(5)
+            .rewrite_segments_with_dead_bytes(0)
+            .open()
+            .unwrap()
+    };
+    let cache = small(dir);
+    cache.set("t", "k8", &53881u16).unwrap();
+    cache.set("t", "k2", &8772u16).unwrap();
+    drop(cache);
+    lose_the_index(dir);
+    let cache = small(dir);
+    for (k, v) in [(2, 65275u16), (6, 8980)] {
+        cache.set("t", &format!("k{k}"), &v).unwrap();
+    }
+    cache.clear_expired().unwrap();
+    for (k, v) in [(10, 49702u16), (0, 23069)] {
+        cache.set("t", &format!("k{k}"), &v).unwrap();
+    }
+    cache.remove("t", "k8").unwrap();
+    for (k, v) in [(7, 23765u16), (7, 31071), (10, 21827), (3, 54352)] {
+        cache.set("t", &format!("k{k}"), &v).unwrap();
+    }
+    cache.remove("t", "k2").unwrap();
+    cache.compact().unwrap();
+    assert_eq!(cache.get::<u16>("t", "k6"), Some(8980));
+}
+
 mod random {
     use std::collections::HashMap;
 
@@ -151,6 +191,8 @@ mod random {
         fn losing_the_index_changes_nothing(ops in proptest::collection::vec(op(), 1..80)) {
             let tmp = tempfile::tempdir().unwrap();
             let dir = tmp.path();
+            // (A known race loses an entry in some sequences in release builds: see
+            // `an_explicit_compaction_right_after_a_background_one_keeps_every_entry`.)
             let small = |d| {
                 tokcache::Cache::builder(d)
                     .compact_after_records(5)
