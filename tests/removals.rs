@@ -116,16 +116,11 @@ fn clear_expired_lets_removals_go_once_nothing_older_needs_them() {
     assert_eq!(open(dir, 16 << 20).get::<u32>("test", "a"), Some(2));
 }
 
-/// A known bug, not fixed yet: after the index was lost and rebuilt, compactions in quick
-/// succession (one the tail set off, then an explicit `compact()`) lose an entry: it reads as
-/// a miss afterwards, never as a wrong value. Fails every time in release builds (`cargo test
-/// --release --test removals -- --ignored`), at times in test builds; the property test below
-/// found it. Cause: the compaction the tail set off hands a dropped segment to the reaper
-/// thread, which deletes it by name 5 ms later; the next compaction's `remove_leftovers`
-/// deletes it at once, its plan then finds the id free and writes a rewritten segment under
-/// that name, and the reaper deletes the new file.
+/// Two compactions in quick succession (one the tail set off, then an explicit `compact()`)
+/// after the index was rebuilt: the second once reused the id of a segment the first had
+/// dropped while its deletion (by name, after a grace, on another thread) was pending, and
+/// that deletion took the new segment and the entry in it. Found by the property test below.
 #[test]
-#[ignore = "known race: an explicit compaction right after a background one can lose an entry"]
 fn an_explicit_compaction_right_after_a_background_one_keeps_every_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

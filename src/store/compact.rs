@@ -177,9 +177,11 @@ impl Store {
             None => return self.rebuild_damaged(&mut v).map(Some),
         };
         drop((v, l, w));
-        // A compaction the tail set off does not hold up the next one (nor, through it, the
-        // writers) for the grace of dropped segments: a thread of its own deletes them.
-        self.retire(garbage, only_if_full)?;
+        // The dropped files are deleted before the compaction lock is let go (after their
+        // grace): a later compaction's `remove_leftovers` would otherwise delete them at once
+        // and its plan reuse a dropped segment's id, whose delayed deletion by name then took
+        // the new segment with it.
+        self.retire(garbage, false)?;
         self.count_compaction(started, &report);
         Ok(Some(report))
     }
