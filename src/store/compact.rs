@@ -181,7 +181,7 @@ impl Store {
         // grace): a later compaction's `remove_leftovers` would otherwise delete them at once
         // and its plan reuse a dropped segment's id, whose delayed deletion by name then took
         // the new segment with it.
-        self.retire(garbage, false)?;
+        self.retire(garbage)?;
         self.count_compaction(started, &report);
         Ok(Some(report))
     }
@@ -229,7 +229,7 @@ impl Store {
             v,
             self.load_view(self.control.state(), None)?,
         ));
-        self.retire(garbage, false)?;
+        self.retire(garbage)?;
         self.count_compaction(started, &report);
         Ok(report)
     }

@@ -46,34 +46,18 @@ impl Store {
 
     /// Makes the published generation durable, then deletes the files of the old one (the
     /// segments' blocks first: see [`punch_segment`]), after [`PUNCH_GRACE`], so that no
-    /// lookup that began in the old generation is still reading them.
-    /// With `later`, on a thread of its own where one can be started (if the process ends
-    /// first, the next compaction deletes what is left: no generation names it).
-    pub(super) fn retire(&self, garbage: Garbage, later: bool) -> Result<()> {
+    /// lookup that began in the old generation is still reading them. The caller holds the
+    /// compaction lock: no later plan sees a name whose deletion is pending, and reuses it.
+    pub(super) fn retire(&self, garbage: Garbage) -> Result<()> {
         self.control.flush(&self.ctl_path)?;
         kill_point!("retire.flushed");
         for p in &garbage.keep_blocks {
             remove_file(p);
         }
-        if !garbage.files.iter().any(|p| is_segment(p)) {
-            remove_garbage(&garbage.files);
-            return Ok(());
-        }
-        let files = garbage.files;
-        let reap = move || {
+        if garbage.files.iter().any(|p| is_segment(p)) {
             std::thread::sleep(PUNCH_GRACE);
-            remove_garbage(&files);
-        };
-        if later {
-            if let Err(e) = std::thread::Builder::new()
-                .name("tokcache-reaper".into())
-                .spawn(reap)
-            {
-                log::debug!("cannot start a thread to delete dropped segments: {e}");
-            }
-        } else {
-            reap();
         }
+        remove_garbage(&garbage.files);
         Ok(())
     }
 }
